@@ -1,0 +1,1 @@
+"""Prompts -> text embeddings for the UNet's cross-attention."""

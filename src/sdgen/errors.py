@@ -1,0 +1,27 @@
+"""Errors a user can cause and fix. The CLI prints their message on one line and exits 2."""
+
+from __future__ import annotations
+
+
+class SdgenError(Exception):
+    """A problem with what the user asked for, explained in the message; never a bug."""
+
+
+class InvalidRequest(SdgenError, ValueError):
+    """A request field has a value outside what is allowed."""
+
+    def __init__(self, field: str, value: object, allowed: str):
+        self.field, self.value, self.allowed = field, value, allowed
+        super().__init__(f"{field}: {value!r} is not allowed; {allowed}")
+
+
+class ModelNotFound(SdgenError):
+    """The model named by a path or hub id cannot be found or fetched."""
+
+
+class PickleRefused(SdgenError):
+    """A pickle checkpoint was found and the user has not allowed pickle loading."""
+
+
+class GenerationCancelled(Exception):
+    """Raised by a step callback to stop a generation at the next step boundary."""

@@ -1,0 +1,1 @@
+"""Pictures in and out: latents <-> images, PNG metadata."""

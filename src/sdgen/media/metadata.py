@@ -1,0 +1,109 @@
+"""PNG metadata: A1111's ``parameters`` text and sdgen's own JSON record of the request.
+
+The ``parameters`` chunk makes sdgen's pictures readable by A1111, its png-info and every tool
+that follows it (format in shared/reference/a1111.md). The ``sdgen`` chunk holds the request as
+JSON, exactly, so ``sdgen reproduce`` can regenerate the picture.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from sdgen.errors import SdgenError
+from sdgen.params import GenerationRequest
+
+JSON_KEY = "sdgen"
+PARAMETERS_KEY = "parameters"
+# A1111's infotext parser (modules/infotext_utils.py), used to read the parameters line back.
+_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """What one picture was made from: the request of exactly this picture, and the model."""
+
+    request: GenerationRequest  # num_images=1, seed = the picture's own seed
+    sampler_label: tuple[str, str | None]  # A1111 "Sampler" and "Schedule type"
+    model_name: str
+    model_hash: str
+    version: str
+
+    def parameters_text(self) -> str:
+        """A1111's infotext: prompt, ``Negative prompt:`` line, then the settings line."""
+        r = self.request
+        sampler, schedule = self.sampler_label
+        fields = {
+            "Steps": r.steps,
+            "Sampler": sampler,
+            "Schedule type": schedule,
+            "CFG scale": f"{r.guidance_scale:g}",
+            "Seed": r.seed,
+            "Size": f"{r.width}x{r.height}",
+            "Model hash": self.model_hash,
+            "Model": self.model_name,
+            "Version": self.version,
+        }
+        settings = ", ".join(f"{k}: {_quote(v)}" for k, v in fields.items() if v is not None)
+        lines = [r.prompts[0]]
+        if r.negative_prompts[0]:
+            lines.append(f"Negative prompt: {r.negative_prompts[0]}")
+        return "\n".join([*lines, settings])
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "request": self.request.to_dict(),
+                "model_hash": self.model_hash,
+                "version": self.version,
+            }
+        )
+
+
+def save_png(image: Image.Image, path: Path, record: ImageRecord) -> Path:
+    """Write ``image`` with both metadata chunks."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMETERS_KEY, record.parameters_text())
+    info.add_text(JSON_KEY, record.to_json())
+    image.save(path, pnginfo=info)
+    return path
+
+
+def read_request(path: Path) -> GenerationRequest:
+    """The request recorded in a PNG written by sdgen."""
+    try:
+        with Image.open(path) as image:
+            text = image.text.get(JSON_KEY)  # type: ignore[attr-defined]
+    except (OSError, ValueError) as err:
+        raise SdgenError(f"image: {path} cannot be read as a PNG ({err})") from err
+    if text is None:
+        raise SdgenError(f"image: {path} has no sdgen metadata (was it written by sdgen?)")
+    return GenerationRequest.from_dict(json.loads(text)["request"])
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """A1111's infotext -> fields, as A1111's own parser reads it (prompt, negative, settings)."""
+    *lines, last = text.strip().split("\n")
+    if len(_PARAM_RE.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:") :].strip()
+        (negative if in_negative else prompt).append(line)
+    fields = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in _PARAM_RE.findall(last):
+        fields[key.strip()] = json.loads(value) if value.startswith('"') else value
+    return fields
+
+
+def _quote(value: object) -> str:
+    """A1111 JSON-quotes values that contain a comma, a colon or a newline."""
+    text = str(value)
+    return json.dumps(text) if any(c in text for c in ",:\n") else text

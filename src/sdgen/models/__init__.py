@@ -1,0 +1,1 @@
+"""Model loading: diffusers folders, Hugging Face hub ids and single-file checkpoints."""

@@ -1,0 +1,138 @@
+"""``load_model``: a local diffusers folder, a Hugging Face hub id, or a single checkpoint file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from sdgen.errors import ModelNotFound
+from sdgen.models.devices import resolve_device, resolve_dtype
+from sdgen.models.loaded import LoadedModel
+from sdgen.models.safety import ALLOW_PICKLE_FLAG, is_pickle, refuse_pickle
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+NETWORKS = ("unet", "vae", "text_encoder")  # the folders whose weights are loaded
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def load_model(
+    model: str | os.PathLike | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    token: str | None = None,
+    allow_pickle: bool = False,
+) -> LoadedModel:
+    """Load a Stable Diffusion 1.x/2.x model for generation.
+
+    Args:
+        model: a diffusers folder (with model_index.json), a single ``.safetensors`` checkpoint,
+            or a hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5``. ``None`` is the
+            default model.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``.
+        token: Hugging Face token for gated models; defaults to ``HF_TOKEN``.
+        allow_pickle: load ``.ckpt``/``.bin`` files (through torch's weights-only loader).
+    Returns:
+        The loaded components, on ``device`` in the chosen precision, in eval mode.
+    """
+    name = str(model) if model is not None else DEFAULT_MODEL
+    target = resolve_device(device)
+    dtype = resolve_dtype(precision, target)
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise ModelNotFound(
+                f"model: {path} is not a checkpoint; "
+                f"expected one of {', '.join(SINGLE_FILE_SUFFIXES)}"
+            )
+        from sdgen.models.single_file import load_single_file
+
+        components = load_single_file(path, dtype=dtype, allow_pickle=allow_pickle)
+    elif path.is_dir():
+        components = load_folder(path, dtype=dtype, allow_pickle=allow_pickle)
+    elif _HUB_ID.fullmatch(name) and not name.startswith((".", "/", "~")):
+        from sdgen.models.hub import download_model
+
+        path = download_model(name, token=token, allow_pickle=allow_pickle)
+        components = load_folder(path, dtype=dtype, allow_pickle=allow_pickle)
+    else:
+        raise ModelNotFound(
+            f"model: {name!r} is neither a file, a folder, nor a hub id (owner/name)"
+        )
+    for network in NETWORKS:
+        components[network].to(target).eval().requires_grad_(False)
+    return LoadedModel(name=name, source=path, device=target, dtype=dtype, **components)
+
+
+def load_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool) -> dict:
+    """The components of a diffusers-format folder (model_index.json and one folder each)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if not (folder / "model_index.json").is_file():
+        raise ModelNotFound(
+            f"model: {folder} is not a diffusers model folder (it has no model_index.json)"
+        )
+    for sub in (*NETWORKS, "tokenizer", "scheduler"):
+        if not (folder / sub).is_dir():
+            raise ModelNotFound(f"model: {folder} has no {sub}/ folder")
+    variant = {sub: _weights_variant(folder / sub, allow_pickle) for sub in NETWORKS}
+    use_safetensors = None if allow_pickle else True
+    return {
+        "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        "text_encoder": CLIPTextModel.from_pretrained(
+            folder / "text_encoder",
+            dtype=dtype,
+            use_safetensors=use_safetensors,
+            variant=variant["text_encoder"],
+        ),
+        "unet": UNet2DConditionModel.from_pretrained(
+            folder / "unet",
+            torch_dtype=dtype,
+            use_safetensors=use_safetensors,
+            variant=variant["unet"],
+        ),
+        "vae": AutoencoderKL.from_pretrained(
+            folder / "vae",
+            torch_dtype=dtype,
+            use_safetensors=use_safetensors,
+            variant=variant["vae"],
+        ),
+        "scheduler_config": json.loads(
+            (folder / "scheduler" / "scheduler_config.json").read_text()
+        ),
+    }
+
+
+def _weights_variant(component: Path, allow_pickle: bool) -> str | None:
+    """Which weights to load from a component folder: None (plain) or a variant such as fp16.
+
+    Refuses a folder that has only pickle weights unless ``allow_pickle``.
+    """
+    files = [p for p in component.iterdir() if p.suffix in (".safetensors", ".bin")]
+    safe = [p for p in files if p.suffix == ".safetensors"]
+    usable = files if allow_pickle else safe
+    if not usable:
+        pickles = [p for p in files if is_pickle(p)]
+        if pickles:
+            refuse_pickle(pickles[0])
+        raise ModelNotFound(f"model: {component} holds no weights (.safetensors)")
+    # model.safetensors / diffusion_pytorch_model.safetensors have one dot; a variant has two.
+    plain = [p for p in usable if len(p.name.split(".")) == 2]
+    if plain:
+        return None
+    variant = usable[0].name.split(".")[-2]
+    log.info("%s has only %s weights; loading those", component, variant)
+    return variant
+
+
+__all__ = ["ALLOW_PICKLE_FLAG", "DEFAULT_MODEL", "load_model", "load_folder"]

@@ -1,0 +1,156 @@
+"""The one request type shared by the CLI, the Python API and (later) the HTTP server.
+
+Validation lives here, once, with messages that name the field and the allowed values. Checks
+that need the loaded model (the size against its latent factor) are functions here too, called by
+the pipelines once the model is known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+from dataclasses import dataclass
+
+from sdgen.errors import InvalidRequest
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
+MAX_RANDOM_SEED = 2**32 - 1  # random seeds stay in A1111's range so they read well in metadata
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything that determines the pictures of one txt2img request.
+
+    Image ``i`` (counted over all prompts) is drawn from a CPU generator seeded ``seed + i`` and
+    depends on nothing else but these settings. ``None`` means "the model's own default" for
+    ``sampler``, ``width`` and ``height``, and "draw one at random" for ``seed``.
+    """
+
+    prompt: str | tuple[str, ...]
+    negative_prompt: str | tuple[str, ...] = ""
+    model: str | None = None
+    num_images: int = 1
+    steps: int = 50
+    guidance_scale: float = 7.5
+    sampler: str | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    precision: str = "auto"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        # Lists become tuples so the request stays hashable and immutable.
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        _check_text("prompt", self.prompt)
+        _check_text("negative_prompt", self.negative_prompt)
+        if isinstance(self.prompt, tuple) and not self.prompt:
+            raise InvalidRequest("prompt", [], "give at least one prompt")
+        if isinstance(self.negative_prompt, tuple) and len(self.negative_prompt) != len(
+            self.prompts
+        ):
+            raise InvalidRequest(
+                "negative_prompt",
+                list(self.negative_prompt),
+                f"give one negative prompt, or one per prompt ({len(self.prompts)})",
+            )
+        _check_int("num_images", self.num_images, 1, 10_000)
+        _check_int("steps", self.steps, 1, 10_000)
+        _check_guidance(self.guidance_scale)
+        for name in ("width", "height"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1, 65_536)
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, MAX_SEED - 10_000)
+        if self.precision not in PRECISIONS:
+            raise InvalidRequest("precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        if self.sampler is not None:
+            # Imported here: the sampler registry pulls in diffusers, and params stays light.
+            from sdgen.sampling.samplers import resolve_sampler
+
+            object.__setattr__(self, "sampler", resolve_sampler(self.sampler).name)
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        """The prompts, one per group of ``num_images`` pictures."""
+        return self.prompt if isinstance(self.prompt, tuple) else (self.prompt,)
+
+    @property
+    def negative_prompts(self) -> tuple[str, ...]:
+        """One negative prompt per prompt."""
+        if isinstance(self.negative_prompt, tuple):
+            return self.negative_prompt
+        return (self.negative_prompt,) * len(self.prompts)
+
+    @property
+    def total_images(self) -> int:
+        return len(self.prompts) * self.num_images
+
+    def image_prompts(self) -> list[tuple[str, str]]:
+        """(prompt, negative prompt) of every image, in order; each prompt's images together."""
+        pairs = zip(self.prompts, self.negative_prompts, strict=True)
+        return [pair for pair in pairs for _ in range(self.num_images)]
+
+    def with_seed(self) -> GenerationRequest:
+        """This request with a seed: its own, or one drawn at random (then recorded everywhere)."""
+        if self.seed is not None:
+            return self
+        return dataclasses.replace(self, seed=secrets.randbelow(MAX_RANDOM_SEED))
+
+    def replace(self, **changes: object) -> GenerationRequest:
+        """A copy with some fields changed, validated again."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GenerationRequest:
+        """The inverse of ``to_dict``; unknown keys are refused by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidRequest(unknown[0], data[unknown[0]], f"known fields: {sorted(known)}")
+        return cls(**data)
+
+
+def check_size(width: int, height: int, factor: int) -> None:
+    """Refuse a size the model cannot produce exactly; nothing is rounded silently."""
+    for name, value in (("width", width), ("height", height)):
+        if value % factor:
+            lower, upper = value - value % factor, value - value % factor + factor
+            nearest = f"{lower} or {upper}" if lower else str(upper)
+            raise InvalidRequest(
+                name, value, f"a multiple of {factor} (this model's latent factor), e.g. {nearest}"
+            )
+
+
+def _check_text(field: str, value: object) -> None:
+    items = value if isinstance(value, tuple) else (value,)
+    if not all(isinstance(item, str) for item in items):
+        raise InvalidRequest(field, value, "a string or a list of strings")
+
+
+def _check_int(field: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(field, value, f"a whole number from {low} to {high}")
+    if not low <= value <= high:
+        raise InvalidRequest(field, value, f"a whole number from {low} to {high}")
+
+
+def _check_guidance(value: object) -> None:
+    allowed = "a finite number (1 or less turns classifier-free guidance off)"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest("guidance_scale", value, allowed)
+    if not math.isfinite(value):
+        raise InvalidRequest("guidance_scale", value, allowed)

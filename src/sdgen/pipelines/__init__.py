@@ -1,0 +1,1 @@
+"""Pipelines: short functions that compose conditioning, sampling and decoding."""

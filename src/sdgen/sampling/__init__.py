@@ -1,0 +1,1 @@
+"""Samplers (name -> diffusers scheduler), initial noise and the one denoising loop."""

@@ -1,0 +1,106 @@
+"""The denoising loop, written once for every pipeline, the CLI and the server.
+
+Each step: scale the latents for the scheduler, one batched UNet call (unconditional and text
+halves together when guiding), guidance, the scheduler's update, then one callback with a
+``Step``. Progress bars, previews, videos, cancellation and server events are all callbacks.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sdgen.sampling.guidance import guide, uses_guidance
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a step callback receives. Tensors are (B, C, H/f, W/f) on the model's device."""
+
+    index: int  # 0-based step number
+    total: int  # number of steps in this run
+    timestep: float  # the scheduler's timestep for this step
+    latents: torch.Tensor  # latents after this step, in the scheduler's own space
+    denoised: torch.Tensor  # predicted clean latents (x0) from this step's noise prediction
+
+
+StepCallback = Callable[[Step], None]  # raise GenerationCancelled inside it to stop
+
+
+def denoise(
+    unet: torch.nn.Module,
+    scheduler,
+    latents: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    *,
+    guidance_scale: float,
+    generators: list[torch.Generator],
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Run the scheduler's timesteps over ``latents`` (B, C, h, w) and return the final latents.
+
+    Args:
+        unet: the noise predictor, called as ``unet(x, t, encoder_hidden_states=...)``.
+        scheduler: a diffusers scheduler on which ``set_timesteps`` has been called.
+        latents: the starting latents, already multiplied by ``init_noise_sigma`` if needed.
+        text_embeddings: (2B, 77, D) as [uncond; text] when guiding, else (B, 77, D).
+        guidance_scale: classifier-free guidance weight; <= 1 means no guidance.
+        generators: one CPU generator per image, for the sampler's own random draws.
+        callback: called after every step with a ``Step``.
+    Returns:
+        The denoised latents (B, C, h, w).
+    """
+    guided = uses_guidance(guidance_scale)
+    step_kwargs = _step_kwargs(scheduler, generators)
+    alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64).numpy()
+    prediction_type = scheduler.config.prediction_type
+    timesteps = scheduler.timesteps
+    for index, t in enumerate(timesteps):
+        model_input = torch.cat([latents] * 2) if guided else latents  # (2B or B, C, h, w)
+        model_input = scheduler.scale_model_input(model_input, t)
+        noise_pred = unet(model_input, t, encoder_hidden_states=text_embeddings).sample
+        if guided:
+            noise_pred = guide(noise_pred, guidance_scale)
+        x_t = model_input[
+            : latents.shape[0]
+        ]  # the scaled input is in x_t space for every scheduler
+        latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
+        if callback is not None:
+            alpha_bar = _alpha_bar_at(float(t), alphas_cumprod)
+            denoised = predict_x0(x_t, noise_pred, alpha_bar, prediction_type)
+            callback(Step(index, len(timesteps), float(t), latents, denoised))
+    return latents
+
+
+def predict_x0(
+    x_t: torch.Tensor, model_output: torch.Tensor, alpha_bar: float, prediction_type: str
+) -> torch.Tensor:
+    """The clean latents implied by one prediction at noise level ``alpha_bar`` (DDPM x_t space)."""
+    a, s = alpha_bar**0.5, (1.0 - alpha_bar) ** 0.5
+    if prediction_type == "epsilon":
+        return (x_t - s * model_output) / a
+    if prediction_type == "v_prediction":
+        return a * x_t - s * model_output
+    return model_output  # "sample": the model predicts x0 itself
+
+
+def _alpha_bar_at(t: float, alphas_cumprod: np.ndarray) -> float:
+    """alpha_bar at a possibly fractional timestep (Karras schedules interpolate log sigma)."""
+    log_sigmas = 0.5 * np.log((1.0 - alphas_cumprod) / alphas_cumprod)
+    log_sigma = np.interp(t, np.arange(len(alphas_cumprod)), log_sigmas)
+    return float(1.0 / (1.0 + np.exp(2.0 * log_sigma)))
+
+
+def _step_kwargs(scheduler, generators: list[torch.Generator]) -> dict:
+    """The generator (and eta=0, DDIM's deterministic default) for schedulers that take them."""
+    accepted = inspect.signature(scheduler.step).parameters
+    kwargs = {}
+    if "generator" in accepted:
+        kwargs["generator"] = generators
+    if "eta" in accepted:
+        kwargs["eta"] = 0.0
+    return kwargs

@@ -1,0 +1,17 @@
+"""Picture comparisons for the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+TOLERANCE = 3  # per pixel, out of 255: the issue's parity bound
+
+
+def max_pixel_diff(a: Image.Image, b: Image.Image) -> int:
+    assert a.size == b.size, (a.size, b.size)
+    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+
+
+def mean_pixel_diff(a: Image.Image, b: Image.Image) -> float:
+    return float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean())

@@ -1,0 +1,168 @@
+"""``sdgen generate`` and ``sdgen reproduce`` as a user sees them: exit codes, stdout, PNGs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import max_pixel_diff
+from PIL import Image
+
+from sdgen.cli import main
+from sdgen.media.metadata import parse_parameters, read_request
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_writes_pngs_in_order_with_a1111_metadata(capsys, tmp_path, tiny_sd1):
+    code, out, err = run(
+        capsys,
+        "generate",
+        "a red circle, big",
+        "--negative-prompt",
+        "blue",
+        "--model",
+        tiny_sd1,
+        "--seed",
+        41,
+        "--num-images",
+        3,
+        "--steps",
+        4,
+        "--sampler",
+        "Euler a",
+        "--width",
+        48,
+        "--height",
+        32,
+        "--out",
+        tmp_path,
+    )
+    assert code == 0, err
+    paths = [Path(line) for line in out.splitlines()]
+    assert [p.name for p in paths] == ["0000000041.png", "0000000042.png", "0000000043.png"]
+    with Image.open(paths[1]) as image:
+        assert image.size == (48, 32)
+        fields = parse_parameters(image.text["parameters"])
+    assert fields["Prompt"] == "a red circle, big"
+    assert fields["Negative prompt"] == "blue"
+    assert fields["Steps"] == "4" and fields["Sampler"] == "Euler a"
+    assert fields["CFG scale"] == "7.5" and fields["Seed"] == "42" and fields["Size"] == "48x32"
+    assert fields["Model"] == "tiny-sd1" and len(fields["Model hash"]) == 10
+    assert fields["Version"].startswith("sdgen ")
+    request = read_request(paths[1])
+    assert (request.seed, request.num_images, request.sampler) == (42, 1, "euler_a")
+
+
+def test_reproduce_gives_the_same_picture(capsys, tmp_path, tiny_sd2):
+    code, out, _ = run(
+        capsys,
+        "generate",
+        "a green square",
+        "--model",
+        tiny_sd2,
+        "--num-images",
+        2,
+        "--steps",
+        3,
+        "--sampler",
+        "dpmpp_2m",
+        "--out",
+        tmp_path / "first",
+    )
+    assert code == 0
+    second = Path(out.splitlines()[1])
+    assert read_request(second).seed is not None  # a random seed was drawn and recorded
+    code, out, err = run(capsys, "reproduce", second, "--out", tmp_path / "again")
+    assert code == 0, err
+    again = Path(out.strip())
+    with Image.open(second) as a, Image.open(again) as b:
+        assert max_pixel_diff(a, b) == 0
+        assert a.text["parameters"] == b.text["parameters"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--width", "33"], "width: 33 is not allowed; a multiple of 2"),
+        (["--steps", "0"], "steps: 0"),
+        (["--guidance", "nan"], "guidance_scale: nan"),
+        (["--guidance", "inf"], "guidance_scale: inf"),
+        (["--sampler", "bogus"], "sampler: 'bogus' is not allowed; one of ddim (DDIM), pndm"),
+        (["--steps", "many"], "'many' is not a valid integer"),
+        (["--precision", "fp8"], "'fp8' is not one of"),
+        (["--device", "tpu"], "device: 'tpu'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys, tmp_path, tiny_sd1, args, expected):
+    code, out, err = run(capsys, "generate", "x", "--model", tiny_sd1, "--out", tmp_path, *args)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("sdgen: error: "), err
+    assert expected in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_missing_model_and_refused_pickle_exit_2(capsys, tmp_path, tiny_sd1):
+    code, _, err = run(capsys, "generate", "x", "--model", tmp_path / "nowhere")
+    assert code == 2 and "nowhere" in err and err.count("\n") == 1
+    pickled = tmp_path / "model.ckpt"
+    pickled.write_bytes(b"not even a pickle")
+    code, _, err = run(capsys, "generate", "x", "--model", pickled)
+    assert code == 2 and "--allow-pickle" in err and "model.ckpt" in err
+
+
+def test_pickle_weights_in_a_folder_are_refused(capsys, tmp_path, tiny_sd1):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_sd1, folder)
+    unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(unet), unet.with_suffix(".bin"))
+    unet.unlink()
+    code, _, err = run(capsys, "generate", "x", "--model", folder, "--steps", 1)
+    assert code == 2 and "--allow-pickle" in err
+    code, out, err = run(
+        capsys,
+        "generate",
+        "x",
+        "--model",
+        folder,
+        "--steps",
+        1,
+        "--allow-pickle",
+        "--out",
+        tmp_path / "out",
+    )
+    assert code == 0, err
+    assert Path(out.strip()).is_file()
+
+
+def test_the_installed_command_runs(tmp_path, tiny_sd1):
+    """The console script itself: paths on stdout only; exit status 2 on a user mistake."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "sdgen.cli", "generate", "a cat", "--model", str(tiny_sd1)]
+    done = subprocess.run(
+        [*command, "--steps", "2", "--seed", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{tmp_path / '0000000001.png'}\n"
+    done = subprocess.run(
+        [*command, "--steps", "-3"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "steps: -3" in done.stderr

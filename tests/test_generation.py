@@ -1,0 +1,92 @@
+"""Seeds, batches, guidance and the step callback of the one denoising loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import max_pixel_diff
+
+from sdgen.errors import GenerationCancelled
+from sdgen.params import GenerationRequest
+from sdgen.pipelines.txt2img import txt2img
+
+REQUEST = GenerationRequest(prompt="a blue triangle", steps=4, seed=100, sampler="euler_a")
+
+
+@pytest.mark.parametrize("sampler", ["euler_a", "dpmpp_2m"])  # with and without sampler noise
+def test_a_batch_of_four_equals_four_single_runs(sd1_model, sampler):
+    batch = txt2img(sd1_model, REQUEST.replace(num_images=4, sampler=sampler))
+    assert batch.seeds == [100, 101, 102, 103]
+    for i, image in enumerate(batch.images):
+        alone = txt2img(sd1_model, REQUEST.replace(seed=100 + i, sampler=sampler)).images[0]
+        assert max_pixel_diff(image, alone) <= 1, f"image {i}"
+
+
+def test_prompt_lists_and_per_image_seeds(sd1_model):
+    both = txt2img(sd1_model, REQUEST.replace(prompt=["a red circle", "a white square"]))
+    second = txt2img(sd1_model, REQUEST.replace(prompt="a white square", seed=101))
+    assert max_pixel_diff(both.images[1], second.images[0]) <= 1
+    assert max_pixel_diff(both.images[0], both.images[1]) > 10
+
+
+def test_same_seed_same_picture_other_seed_other_picture(sd1_model):
+    first = txt2img(sd1_model, REQUEST).images[0]
+    assert max_pixel_diff(first, txt2img(sd1_model, REQUEST).images[0]) == 0
+    assert max_pixel_diff(first, txt2img(sd1_model, REQUEST.replace(seed=7)).images[0]) > 10
+
+
+def _unet_batch_sizes(model, request) -> list[int]:
+    sizes = []
+    hook = model.unet.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
+    try:
+        txt2img(model, request)
+    finally:
+        hook.remove()
+    return sizes
+
+
+def test_guidance_is_one_batched_call_and_off_at_scale_one(sd1_model):
+    request = REQUEST.replace(num_images=3, sampler="ddim")
+    assert _unet_batch_sizes(sd1_model, request) == [6] * 4  # [uncond; text] together
+    assert _unet_batch_sizes(sd1_model, request.replace(guidance_scale=1.0)) == [3] * 4
+
+
+def test_negative_prompt_changes_the_picture(sd1_model):
+    plain = txt2img(sd1_model, REQUEST).images[0]
+    negative = txt2img(sd1_model, REQUEST.replace(negative_prompt="red")).images[0]
+    assert max_pixel_diff(plain, negative) > 3
+
+
+def test_step_callback_reports_every_step_and_can_cancel(sd2_model):
+    steps = []
+    txt2img(sd2_model, REQUEST.replace(num_images=2, steps=5), callback=steps.append)
+    assert [s.index for s in steps] == [0, 1, 2, 3, 4] and {s.total for s in steps} == {5}
+    assert steps[0].latents.shape == steps[0].denoised.shape == (2, 4, 16, 16)
+    timesteps = [s.timestep for s in steps]
+    assert timesteps == sorted(timesteps, reverse=True)
+    # The last prediction of the clean latents is close to where the sampler ends.
+    assert torch.allclose(steps[-1].denoised, steps[-1].latents, atol=0.05)
+
+    seen = []
+
+    def cancel_at_two(step):
+        seen.append(step.index)
+        if step.index == 2:
+            raise GenerationCancelled
+
+    with pytest.raises(GenerationCancelled):
+        txt2img(sd2_model, REQUEST.replace(steps=10), callback=cancel_at_two)
+    assert seen == [0, 1, 2]
+
+
+def test_model_facts_come_from_its_configs(sd1_model, sd2_model):
+    assert sd1_model.vae_scale_factor == 2  # the tiny VAE has two blocks: never a fixed 8
+    assert (sd1_model.native_size, sd1_model.family, sd1_model.prediction_type) == (
+        32,
+        "sd1",
+        "epsilon",
+    )
+    assert (sd2_model.family, sd2_model.prediction_type) == ("sd2", "v_prediction")
+    result = txt2img(sd1_model, REQUEST)
+    assert result.images[0].size == (32, 32) and result.request.width == 32
+    assert result.request.precision == "fp32"

@@ -1,0 +1,106 @@
+"""sdgen's pictures equal diffusers' StableDiffusionPipeline's on the same weights and seeds."""
+
+from __future__ import annotations
+
+import diffusers
+import pytest
+import torch
+from helpers import TOLERANCE, max_pixel_diff, mean_pixel_diff
+
+from sdgen.params import GenerationRequest
+from sdgen.pipelines.txt2img import txt2img
+from sdgen.sampling.samplers import SAMPLERS
+
+PROMPT, NEGATIVE = "a red circle on a blue background", "green"
+SEED, STEPS, WIDTH, HEIGHT = 1234, 5, 48, 32  # non-square on purpose
+
+
+def _diffusers_pipeline(folder):
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        folder, safety_checker=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.model_scheduler_config = dict(pipe.scheduler.config)  # before any swap below
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipelines(tiny_sd1, tiny_sd2):
+    return {"sd1": _diffusers_pipeline(tiny_sd1), "sd2": _diffusers_pipeline(tiny_sd2)}
+
+
+def _reference(pipe, sampler_name: str, seed: int, **kwargs):
+    """diffusers' picture: scheduler from the model's config, a CPU generator seeded ``seed``."""
+    sampler = SAMPLERS[sampler_name]
+    scheduler_class = getattr(diffusers, sampler.scheduler_class)
+    config = pipe.model_scheduler_config
+    if sampler.name == "dpmpp_2m_karras":
+        pipe.scheduler = scheduler_class.from_config(config, use_karras_sigmas=True)
+    else:
+        pipe.scheduler = scheduler_class.from_config(config)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return pipe(generator=generator, output_type="pil", **kwargs).images[0]
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_every_sampler_matches_diffusers(family, sampler, pipelines, sd1_model, sd2_model):
+    model = {"sd1": sd1_model, "sd2": sd2_model}[family]
+    pipe = pipelines[family]
+    request = GenerationRequest(
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        num_images=2,
+        steps=STEPS,
+        guidance_scale=7.5,
+        sampler=sampler,
+        width=WIDTH,
+        height=HEIGHT,
+        seed=SEED,
+    )
+    result = txt2img(model, request)
+    common = dict(
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        width=WIDTH,
+        height=HEIGHT,
+    )
+    for i, image in enumerate(result.images):
+        reference = _reference(pipe, sampler, SEED + i, **common)
+        assert image.size == (WIDTH, HEIGHT)
+        assert max_pixel_diff(image, reference) <= TOLERANCE, f"image {i}"
+
+
+def test_the_comparison_can_fail(pipelines, sd1_model):
+    """Guard for the test above: another seed gives a clearly different picture."""
+    request = GenerationRequest(prompt=PROMPT, steps=STEPS, width=WIDTH, height=HEIGHT, seed=SEED)
+    image = txt2img(sd1_model, request.replace(sampler="euler")).images[0]
+    other = _reference(
+        pipelines["sd1"],
+        "euler",
+        SEED + 1,
+        prompt=PROMPT,
+        num_inference_steps=STEPS,
+        width=WIDTH,
+        height=HEIGHT,
+    )
+    assert max_pixel_diff(image, other) > 10 * TOLERANCE
+    assert mean_pixel_diff(image, other) > 5
+
+
+def test_model_default_sampler_and_guidance_one(pipelines, sd2_model):
+    """No sampler given = the model's own scheduler; guidance 1 skips the unconditional pass."""
+    request = GenerationRequest(prompt=PROMPT, steps=STEPS, guidance_scale=1.0, seed=SEED)
+    result = txt2img(sd2_model, request)
+    assert result.request.sampler == "pndm"
+    reference = _reference(
+        pipelines["sd2"],
+        "pndm",
+        SEED,
+        prompt=PROMPT,
+        num_inference_steps=STEPS,
+        guidance_scale=1.0,
+    )
+    assert max_pixel_diff(result.images[0], reference) <= TOLERANCE
