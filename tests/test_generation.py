@@ -90,3 +90,27 @@ def test_model_facts_come_from_its_configs(sd1_model, sd2_model):
     result = txt2img(sd1_model, REQUEST)
     assert result.images[0].size == (32, 32) and result.request.width == 32
     assert result.request.precision == "fp32"
+
+
+@pytest.mark.parametrize(("precision", "mean_limit"), [("fp16", 1.0), ("bf16", 3.0)])
+def test_half_precisions_run_and_stay_close_to_fp32(tiny_sd1, sd1_model, precision, mean_limit):
+    from helpers import mean_pixel_diff
+
+    from sdgen.models.loader import load_model
+
+    half = load_model(tiny_sd1, device="cpu", precision=precision)
+    result = txt2img(half, REQUEST)
+    assert result.request.precision == precision
+    assert half.unet.dtype == half.vae.dtype == half.text_encoder.dtype != torch.float32
+    reference = txt2img(sd1_model, REQUEST).images[0]
+    assert mean_pixel_diff(result.images[0], reference) < mean_limit
+
+
+def test_import_sdgen_stays_light():
+    import subprocess
+    import sys
+
+    heavy = "{'torch', 'diffusers', 'transformers'}"
+    code = f"import sys, sdgen; print(sorted({heavy} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -104,3 +104,23 @@ def test_model_default_sampler_and_guidance_one(pipelines, sd2_model):
         guidance_scale=1.0,
     )
     assert max_pixel_diff(result.images[0], reference) <= TOLERANCE
+
+
+def test_sdgen_generate_writes_diffusers_pictures(tmp_path, capsys, pipelines, tiny_sd1):
+    """The same check through the command line: the PNGs on disk equal diffusers' pictures."""
+    from PIL import Image
+
+    from sdgen.cli import main
+
+    args = ["generate", PROMPT, "--negative-prompt", NEGATIVE, "--model", str(tiny_sd1)]
+    args += ["--seed", str(SEED), "--num-images", "2", "--steps", str(STEPS)]
+    args += ["--sampler", "DPM++ 2M Karras", "--width", str(WIDTH), "--height", str(HEIGHT)]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    paths = capsys.readouterr().out.split()
+    common = dict(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS)
+    for i, path in enumerate(paths):
+        reference = _reference(
+            pipelines["sd1"], "dpmpp_2m_karras", SEED + i, width=WIDTH, height=HEIGHT, **common
+        )
+        with Image.open(path) as image:
+            assert max_pixel_diff(image.convert("RGB"), reference) <= TOLERANCE
