@@ -56,7 +56,7 @@ def denoise(
     """
     guided = uses_guidance(guidance_scale)
     step_kwargs = _step_kwargs(scheduler, generators)
-    alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64).numpy()
+    log_sigmas = _log_sigmas(scheduler.alphas_cumprod)
     prediction_type = scheduler.config.prediction_type
     timesteps = scheduler.timesteps
     for index, t in enumerate(timesteps):
@@ -70,7 +70,7 @@ def denoise(
         ]  # the scaled input is in x_t space for every scheduler
         latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
         if callback is not None:
-            alpha_bar = _alpha_bar_at(float(t), alphas_cumprod)
+            alpha_bar = _alpha_bar_at(float(t), log_sigmas)
             denoised = predict_x0(x_t, noise_pred, alpha_bar, prediction_type)
             callback(Step(index, len(timesteps), float(t), latents, denoised))
     return latents
@@ -88,10 +88,15 @@ def predict_x0(
     return model_output  # "sample": the model predicts x0 itself
 
 
-def _alpha_bar_at(t: float, alphas_cumprod: np.ndarray) -> float:
+def _log_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
+    """log sigma of every training timestep, sigma^2 = (1 - alpha_bar) / alpha_bar."""
+    alphas = alphas_cumprod.to(torch.float64).numpy()
+    return 0.5 * np.log((1.0 - alphas) / alphas)
+
+
+def _alpha_bar_at(t: float, log_sigmas: np.ndarray) -> float:
     """alpha_bar at a possibly fractional timestep (Karras schedules interpolate log sigma)."""
-    log_sigmas = 0.5 * np.log((1.0 - alphas_cumprod) / alphas_cumprod)
-    log_sigma = np.interp(t, np.arange(len(alphas_cumprod)), log_sigmas)
+    log_sigma = np.interp(t, np.arange(len(log_sigmas)), log_sigmas)
     return float(1.0 / (1.0 + np.exp(2.0 * log_sigma)))
 
 
