@@ -114,3 +114,38 @@ def test_import_sdgen_stays_light():
     code = f"import sys, sdgen; print(sorted({heavy} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler_a", "lms", "dpmpp_2m_karras"])
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_denoised_preview_equals_the_schedulers_own_x0(sampler, family, sd1_model, sd2_model):
+    """The callback's predicted x0 matches what the scheduler itself predicts, where it says."""
+    from sdgen.pipelines import txt2img as pipeline
+
+    model = {"sd1": sd1_model, "sd2": sd2_model}[family]
+    theirs, ours = [], []
+    original = pipeline.make_scheduler
+
+    def recording_scheduler(*args, **kwargs):
+        scheduler = original(*args, **kwargs)
+        step = scheduler.step
+
+        def recorded_step(*a, **k):
+            out = step(*a, **k)
+            x0 = getattr(out, "pred_original_sample", None)
+            if x0 is None:  # DPM-Solver keeps its x0 as the last model output it converted
+                x0 = scheduler.model_outputs[-1]
+            theirs.append(x0.clone())
+            return out
+
+        scheduler.step = recorded_step
+        return scheduler
+
+    pipeline.make_scheduler = recording_scheduler
+    try:
+        txt2img(model, REQUEST.replace(sampler=sampler, steps=4), callback=lambda s: ours.append(s))
+    finally:
+        pipeline.make_scheduler = original
+    assert len(theirs) == len(ours) == 4
+    for step, x0 in zip(ours, theirs, strict=True):
+        assert torch.allclose(step.denoised, x0, atol=1e-4), step.index

@@ -77,6 +77,12 @@ def build_tiny_model(folder: Path, *, family: str = "sd1", seed: int = 0) -> Pat
         part.save_pretrained(folder / name, safe_serialization=True)
     tokenizer.save_pretrained(folder / "tokenizer")
     scheduler.save_pretrained(folder / "scheduler")
+    # SD 1.x/2.x's scheduler_config.json also carries clip_sample: false, which PNDM ignores but
+    # DDIM reads (its default, True, would clip x0 to [-1, 1]).
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config_file.write_text(
+        json.dumps({**json.loads(config_file.read_text()), "clip_sample": False})
+    )
     (folder / "model_index.json").write_text(json.dumps(_model_index(), indent=2))
     return folder
 

@@ -70,7 +70,7 @@ def denoise(
         ]  # the scaled input is in x_t space for every scheduler
         latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
         if callback is not None:
-            alpha_bar = _alpha_bar_at(float(t), log_sigmas)
+            alpha_bar = _alpha_bar_of_step(scheduler, float(t), log_sigmas)
             denoised = predict_x0(x_t, noise_pred, alpha_bar, prediction_type)
             callback(Step(index, len(timesteps), float(t), latents, denoised))
     return latents
@@ -92,6 +92,20 @@ def _log_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
     """log sigma of every training timestep, sigma^2 = (1 - alpha_bar) / alpha_bar."""
     alphas = alphas_cumprod.to(torch.float64).numpy()
     return 0.5 * np.log((1.0 - alphas) / alphas)
+
+
+def _alpha_bar_of_step(scheduler, t: float, log_sigmas: np.ndarray) -> float:
+    """alpha_bar of the step just taken, read after ``scheduler.step``.
+
+    Sigma schedulers (Euler, Heun, LMS, DPM-Solver, UniPC) step along their own ``sigmas``, which
+    Karras spacing puts between training timesteps; their step index has just moved past the one
+    used. The others (DDIM, PNDM) step on integer training timesteps.
+    """
+    index, sigmas = getattr(scheduler, "step_index", None), getattr(scheduler, "sigmas", None)
+    if index is not None and sigmas is not None and index >= 1:
+        sigma = float(sigmas[index - 1])
+        return 1.0 / (1.0 + sigma * sigma)  # sigma^2 = (1 - alpha_bar) / alpha_bar
+    return _alpha_bar_at(t, log_sigmas)
 
 
 def _alpha_bar_at(t: float, log_sigmas: np.ndarray) -> float:
