@@ -1,0 +1,1 @@
+"""The miniature model's data (captioned shape pictures), training and evaluation."""
