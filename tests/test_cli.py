@@ -84,7 +84,8 @@ def test_reproduce_gives_the_same_picture(capsys, tmp_path, tiny_sd2):
     assert code == 0, err
     again = Path(out.strip())
     with Image.open(second) as a, Image.open(again) as b:
-        assert max_pixel_diff(a, b) == 0
+        # Made in a batch of 2, remade alone: batched kernels may round differently by 1/255.
+        assert max_pixel_diff(a, b) <= 1
         assert a.text["parameters"] == b.text["parameters"]
 
 
