@@ -1,0 +1,1 @@
+"""CLIP scoring of pictures against a prompt."""
