@@ -68,7 +68,7 @@ class LoadedModel:
     @property
     def display_name(self) -> str:
         """A1111's ``Model`` value: the checkpoint or folder name without extension."""
-        return self.source.stem if self.source.is_file() else Path(self.name).name
+        return self.source.stem if self.source.is_file() else Path(self.name).name  # hub: repo
 
 
 def sha256_file(path: Path) -> str:

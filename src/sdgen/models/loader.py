@@ -11,13 +11,14 @@ from pathlib import Path
 import torch
 
 from sdgen.errors import ModelNotFound
+from sdgen.models.bundled import BUNDLED_MODELS, MINIATURE_MODEL
 from sdgen.models.devices import resolve_device, resolve_dtype
 from sdgen.models.loaded import LoadedModel
 from sdgen.models.safety import ALLOW_PICKLE_FLAG, is_pickle, refuse_pickle
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_MODEL = MINIATURE_MODEL
 NETWORKS = ("unet", "vae", "text_encoder")  # the folders whose weights are loaded
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -35,8 +36,8 @@ def load_model(
 
     Args:
         model: a diffusers folder (with model_index.json), a single ``.safetensors`` checkpoint,
-            or a hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5``. ``None`` is the
-            default model.
+            a hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5``, or the name of a
+            model sdgen ships. ``None`` is the default: sdgen's own miniature model.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``.
         token: Hugging Face token for gated models; defaults to ``HF_TOKEN``.
@@ -47,7 +48,7 @@ def load_model(
     name = str(model) if model is not None else DEFAULT_MODEL
     target = resolve_device(device)
     dtype = resolve_dtype(precision, target)
-    path = Path(name).expanduser()
+    path = BUNDLED_MODELS.get(name) or Path(name).expanduser()
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
             raise ModelNotFound(
