@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sdgen.models.bundled import CLIP_TOKENIZER_DIR
+from sdgen.models.loader import STABLE_DIFFUSION_MODEL_INDEX
 
 TEXT_DIM = 32
 
@@ -83,7 +84,7 @@ def build_tiny_model(folder: Path, *, family: str = "sd1", seed: int = 0) -> Pat
     config_file.write_text(
         json.dumps({**json.loads(config_file.read_text()), "clip_sample": False})
     )
-    (folder / "model_index.json").write_text(json.dumps(_model_index(), indent=2))
+    (folder / "model_index.json").write_text(json.dumps(STABLE_DIFFUSION_MODEL_INDEX, indent=2))
     return folder
 
 
@@ -93,18 +94,3 @@ def _randomize_zero_inits(module: torch.nn.Module) -> None:
         for param in module.parameters():
             if param.dim() > 0 and not param.any():
                 param.normal_(0, 0.05)
-
-
-def _model_index() -> dict:
-    return {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": "0.30.0",
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }

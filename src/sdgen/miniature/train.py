@@ -26,6 +26,7 @@ from tqdm import tqdm
 from sdgen.miniature import architecture as arch
 from sdgen.miniature.shapes import caption, make_dataset, stack_images
 from sdgen.miniature.tokenizer import learn_merges, write_clip_tokenizer
+from sdgen.models.loader import STABLE_DIFFUSION_MODEL_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -277,23 +278,9 @@ def export(out: Path, clip, vae, unet, scaling: float, report: dict) -> Path:
     (folder / "scheduler" / "scheduler_config.json").write_text(
         json.dumps(arch.scheduler_config(), indent=2)
     )
-    (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
+    (folder / "model_index.json").write_text(json.dumps(STABLE_DIFFUSION_MODEL_INDEX, indent=2))
     (folder / "training.json").write_text(json.dumps(report, indent=2))
     return folder
-
-
-MODEL_INDEX = {
-    "_class_name": "StableDiffusionPipeline",
-    "_diffusers_version": "0.30.0",
-    "feature_extractor": [None, None],
-    "requires_safety_checker": False,
-    "safety_checker": [None, None],
-    "scheduler": ["diffusers", "PNDMScheduler"],
-    "text_encoder": ["transformers", "CLIPTextModel"],
-    "tokenizer": ["transformers", "CLIPTokenizer"],
-    "unet": ["diffusers", "UNet2DConditionModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
 
 
 def train(out: Path, config: TrainConfig, device: torch.device) -> Path:

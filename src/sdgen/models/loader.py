@@ -22,6 +22,20 @@ DEFAULT_MODEL = MINIATURE_MODEL
 NETWORKS = ("unet", "vae", "text_encoder")  # the folders whose weights are loaded
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+# model_index.json of a diffusers StableDiffusionPipeline folder without a safety checker: what
+# sdgen writes for the models it makes (the miniature model, the tests' tiny models).
+STABLE_DIFFUSION_MODEL_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "_diffusers_version": "0.30.0",
+    "feature_extractor": [None, None],
+    "requires_safety_checker": False,
+    "safety_checker": [None, None],
+    "scheduler": ["diffusers", "PNDMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
 
 
 def load_model(
