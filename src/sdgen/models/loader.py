@@ -14,7 +14,7 @@ from sdgen.errors import ModelNotFound
 from sdgen.models.bundled import BUNDLED_MODELS, MINIATURE_MODEL
 from sdgen.models.devices import resolve_device, resolve_dtype
 from sdgen.models.loaded import LoadedModel
-from sdgen.models.safety import ALLOW_PICKLE_FLAG, is_pickle, refuse_pickle
+from sdgen.models.safety import is_pickle, refuse_pickle
 
 log = logging.getLogger(__name__)
 
@@ -150,4 +150,4 @@ def _weights_variant(component: Path, allow_pickle: bool) -> str | None:
     return variant
 
 
-__all__ = ["ALLOW_PICKLE_FLAG", "DEFAULT_MODEL", "load_model", "load_folder"]
+__all__ = ["DEFAULT_MODEL", "load_model", "load_folder"]
