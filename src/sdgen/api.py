@@ -11,8 +11,10 @@ from sdgen.pipelines.txt2img import GenerationResult
 from sdgen.sampling.samplers import resolve_sampler
 
 
-def image_record(result: GenerationResult, model: LoadedModel, index: int) -> ImageRecord:
-    """The metadata of picture ``index`` of ``result``."""
+def image_record(
+    result: GenerationResult, model: LoadedModel, index: int, extra: dict | None = None
+) -> ImageRecord:
+    """The metadata of picture ``index`` of ``result``, with facts found after generation."""
     request = result.image_request(index)
     if request.sampler:
         sampler = resolve_sampler(request.sampler)
@@ -25,23 +27,37 @@ def image_record(result: GenerationResult, model: LoadedModel, index: int) -> Im
         model_name=model.display_name,
         model_hash=model.short_hash,
         version=f"sdgen {version('sdgen')}",
+        extra=extra or {},
     )
 
 
-def save_result(result: GenerationResult, model: LoadedModel, out: Path) -> list[Path]:
-    """Write every picture of ``result`` as ``{seed}-{index}.png`` into ``out``; return the paths.
+def save_result(
+    result: GenerationResult,
+    model: LoadedModel,
+    out: Path,
+    *,
+    indices: list[int] | None = None,
+    extras: dict[int, dict] | None = None,
+) -> list[Path]:
+    """Write pictures of ``result`` as ``{seed}.png`` into ``out``; return the paths.
 
+    Args:
+        indices: which pictures, in this order (default: all, in image order).
+        extras: per picture index, facts to add to its metadata (CLIP score and rank, NSFW).
     A name that is taken gets a counter, so earlier pictures are never overwritten.
     """
     out.mkdir(parents=True, exist_ok=True)
+    extras = extras or {}
     paths = []
-    for index, image in enumerate(result.images):
-        path = _free_path(out, f"{result.seeds[index]:010d}")
-        paths.append(save_png(image, path, image_record(result, model, index)))
+    for index in range(len(result.images)) if indices is None else indices:
+        path = free_path(out, f"{result.seeds[index]:010d}")
+        record = image_record(result, model, index, extras.get(index))
+        paths.append(save_png(result.images[index], path, record))
     return paths
 
 
-def _free_path(out: Path, stem: str) -> Path:
+def free_path(out: Path, stem: str) -> Path:
+    """``out/stem.png``, or ``out/stem-N.png`` with the first N that is not taken."""
     path, counter = out / f"{stem}.png", 1
     while path.exists():
         path, counter = out / f"{stem}-{counter}.png", counter + 1

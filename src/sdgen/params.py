@@ -8,24 +8,53 @@ the pipelines once the model is known.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sdgen.errors import InvalidRequest
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
 MAX_RANDOM_SEED = 2**32 - 1  # random seeds stay in A1111's range so they read well in metadata
+DEFAULT_STRENGTH = 0.8  # diffusers' StableDiffusionImg2ImgPipeline default
+PICTURE_FIELDS = ("init_image", "mask")
+
+
+@dataclass(frozen=True)
+class InputPicture:
+    """A picture that comes with a request (init picture or mask): pixels and their hash.
+
+    Two input pictures are equal when their pixels are; the hash (of mode, size and pixel bytes,
+    not of the file) is what the metadata records, so a re-encoded file still matches.
+    """
+
+    image: Any = field(compare=False, repr=False)  # PIL.Image.Image, already decoded
+    sha256: str
+
+    @classmethod
+    def from_image(cls, image: Any) -> InputPicture:
+        """Wrap a decoded PIL picture (``media.images.read_picture`` decodes files safely)."""
+        header = f"{image.mode} {image.width}x{image.height}\n".encode()
+        return cls(image=image, sha256=hashlib.sha256(header + image.tobytes()).hexdigest())
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """Everything that determines the pictures of one txt2img request.
+    """Everything that determines the pictures of one request: txt2img, img2img or inpainting.
 
     Image ``i`` (counted over all prompts) is drawn from a CPU generator seeded ``seed + i`` and
     depends on nothing else but these settings. ``None`` means "the model's own default" for
-    ``sampler``, ``width`` and ``height``, and "draw one at random" for ``seed``.
+    ``sampler``, ``width`` and ``height`` (for img2img: the init picture's size), and "draw one at
+    random" for ``seed``. An ``init_image`` makes it img2img; a ``mask`` as well, inpainting
+    (white = repaint, black = keep). ``strength`` (0..1) is how much of the init picture is
+    noised away; ``resize`` allows the init picture and mask to be resized to the output size.
     """
 
     prompt: str | tuple[str, ...]
@@ -40,6 +69,10 @@ class GenerationRequest:
     seed: int | None = None
     precision: str = "auto"
     device: str = "auto"
+    init_image: InputPicture | None = None
+    mask: InputPicture | None = None
+    strength: float = DEFAULT_STRENGTH
+    resize: bool = False
 
     def __post_init__(self) -> None:
         # Lists become tuples so the request stays hashable and immutable.
@@ -74,6 +107,29 @@ class GenerationRequest:
             from sdgen.sampling.samplers import resolve_sampler
 
             object.__setattr__(self, "sampler", resolve_sampler(self.sampler).name)
+        self._check_pictures()
+
+    def _check_pictures(self) -> None:
+        for name in PICTURE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, InputPicture):
+                raise InvalidRequest(name, value, "a picture (InputPicture) or nothing")
+        if self.mask is not None and self.init_image is None:
+            raise InvalidRequest("mask", "given", "a mask needs an init_image to inpaint")
+        allowed = "a number from 0 to 1 (0 keeps the init picture, 1 replaces it)"
+        if isinstance(self.strength, bool) or not isinstance(self.strength, int | float):
+            raise InvalidRequest("strength", self.strength, allowed)
+        if not (math.isfinite(self.strength) and 0.0 <= self.strength <= 1.0):
+            raise InvalidRequest("strength", self.strength, allowed)
+        if not isinstance(self.resize, bool):
+            raise InvalidRequest("resize", self.resize, "true or false")
+
+    @property
+    def mode(self) -> str:
+        """ "txt2img", "img2img" or "inpaint", from the pictures given."""
+        if self.init_image is None:
+            return "txt2img"
+        return "inpaint" if self.mask is not None else "img2img"
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -107,20 +163,44 @@ class GenerationRequest:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """JSON-ready fields (tuples become lists)."""
-        out = dataclasses.asdict(self)
+        """JSON-ready fields: tuples become lists, input pictures their hash and size."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)
+            elif isinstance(value, InputPicture):
+                out[key] = {"sha256": value.sha256, "width": value.size[0], "height": value.size[1]}
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> GenerationRequest:
-        """The inverse of ``to_dict``; unknown keys are refused by name."""
+    def from_dict(
+        cls, data: dict, pictures: dict[str, InputPicture] | None = None
+    ) -> GenerationRequest:
+        """The inverse of ``to_dict``; unknown keys are refused by name.
+
+        A recorded input picture is only a hash: the picture itself must be given in
+        ``pictures`` (by field name), and must be the one recorded.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidRequest(unknown[0], data[unknown[0]], f"known fields: {sorted(known)}")
+        data, pictures = dict(data), pictures or {}
+        for name in PICTURE_FIELDS:
+            recorded, given = data.get(name), pictures.get(name)
+            if recorded is None:
+                if given is not None:
+                    raise InvalidRequest(name, "given", "nothing: the recorded request has none")
+                continue
+            if given is None:
+                raise InvalidRequest(name, "missing", f"the picture recorded ({_short(recorded)})")
+            if given.sha256 != recorded.get("sha256"):
+                raise InvalidRequest(
+                    name,
+                    f"sha256 {given.sha256[:12]}",
+                    f"the picture recorded ({_short(recorded)})",
+                )
+            data[name] = given
         return cls(**data)
 
 
@@ -133,6 +213,13 @@ def check_size(width: int, height: int, factor: int) -> None:
             raise InvalidRequest(
                 name, value, f"a multiple of {factor} (this model's latent factor), e.g. {nearest}"
             )
+
+
+def _short(recorded: object) -> str:
+    if not isinstance(recorded, dict):
+        return str(recorded)
+    size = f"{recorded.get('width')}x{recorded.get('height')}"
+    return f"{size}, sha256 {str(recorded.get('sha256', ''))[:12]}"
 
 
 def _check_text(field: str, value: object) -> None:

@@ -1,10 +1,16 @@
-"""Latents -> pictures through the VAE, as diffusers' VaeImageProcessor does it."""
+"""Pictures <-> tensors: VAE decoding as diffusers' VaeImageProcessor does it; input pictures."""
 
 from __future__ import annotations
+
+import io
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from sdgen.errors import InvalidRequest
+from sdgen.params import InputPicture
 
 
 @torch.no_grad()
@@ -28,3 +34,30 @@ def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
     images = (images / 2 + 0.5).clamp(0, 1)
     array = images.cpu().permute(0, 2, 3, 1).float().numpy()
     return [Image.fromarray(a) for a in (array * 255).round().astype(np.uint8)]
+
+
+MAX_INPUT_PIXELS = 8192 * 8192  # larger inputs are refused before their pixels are decoded
+
+
+def read_picture(
+    source: Path | bytes, field: str, *, mode: str = "RGB", max_pixels: int = MAX_INPUT_PIXELS
+) -> InputPicture:
+    """Decode an input picture (a file's path or its bytes) for the request field ``field``.
+
+    Anything that is not a picture, or one with more than ``max_pixels`` pixels (a decompression
+    bomb), is refused by field name before its pixels are decoded. ``mode`` is "RGB" for init
+    pictures and "L" for masks; transparency is dropped.
+    """
+    allowed = "a PNG, JPEG or WebP picture"
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InvalidRequest(
+                    field, f"{width}x{height}", f"a picture of at most {max_pixels} pixels"
+                )
+            decoded = image.convert(mode)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        name = "bytes" if isinstance(source, bytes) else str(source)
+        raise InvalidRequest(field, name, f"{allowed} ({err})") from err
+    return InputPicture.from_image(decoded)

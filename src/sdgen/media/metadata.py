@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
 from sdgen.errors import SdgenError
-from sdgen.params import GenerationRequest
+from sdgen.params import GenerationRequest, InputPicture
 
 JSON_KEY = "sdgen"
 PARAMETERS_KEY = "parameters"
@@ -32,6 +32,9 @@ class ImageRecord:
     model_name: str
     model_hash: str
     version: str
+    # Facts found after generation, e.g. {"CLIP score": 24.1, "CLIP rank": 1, "NSFW": True}:
+    # written into A1111's settings line and the JSON chunk's "extra".
+    extra: dict[str, object] = field(default_factory=dict)
 
     def parameters_text(self) -> str:
         """A1111's infotext: prompt, ``Negative prompt:`` line, then the settings line."""
@@ -46,6 +49,10 @@ class ImageRecord:
             "Size": f"{r.width}x{r.height}",
             "Model hash": self.model_hash,
             "Model": self.model_name,
+            "Denoising strength": f"{r.strength:g}" if r.init_image is not None else None,
+            "Init image hash": r.init_image.sha256[:12] if r.init_image is not None else None,
+            "Mask hash": r.mask.sha256[:12] if r.mask is not None else None,
+            **self.extra,
             "Version": self.version,
         }
         settings = ", ".join(f"{k}: {_quote(v)}" for k, v in fields.items() if v is not None)
@@ -60,6 +67,7 @@ class ImageRecord:
                 "request": self.request.to_dict(),
                 "model_hash": self.model_hash,
                 "version": self.version,
+                "extra": self.extra,
             }
         )
 
@@ -73,8 +81,12 @@ def save_png(image: Image.Image, path: Path, record: ImageRecord) -> Path:
     return path
 
 
-def read_request(path: Path) -> GenerationRequest:
-    """The request recorded in a PNG written by sdgen."""
+def read_request(path: Path, pictures: dict[str, InputPicture] | None = None) -> GenerationRequest:
+    """The request recorded in a PNG written by sdgen.
+
+    An img2img or inpainting request records only its input pictures' hashes: give the pictures
+    in ``pictures`` (``init_image``, ``mask``); they must be the ones recorded.
+    """
     try:
         with Image.open(path) as image:
             text = image.text.get(JSON_KEY)  # type: ignore[attr-defined]
@@ -82,7 +94,7 @@ def read_request(path: Path) -> GenerationRequest:
         raise SdgenError(f"image: {path} cannot be read as a PNG ({err})") from err
     if text is None:
         raise SdgenError(f"image: {path} has no sdgen metadata (was it written by sdgen?)")
-    return GenerationRequest.from_dict(json.loads(text)["request"])
+    return GenerationRequest.from_dict(json.loads(text)["request"], pictures)
 
 
 def parse_parameters(text: str) -> dict[str, str]:

@@ -1,0 +1,349 @@
+"""``generate``, ``img2img``, ``inpaint`` and ``reproduce``: one request, one run, PNGs out.
+
+All four build a GenerationRequest and hand it to ``_run``, which composes the optional parts
+around the one pipeline call: step pictures and videos (step callbacks), the safety checker,
+CLIP ranking with ``--best-of``, the contact sheet, and spreading the pictures over devices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from sdgen.cli.common import ProgressBar, cli, model_options, quiet_libraries
+from sdgen.errors import InvalidRequest
+from sdgen.params import DEFAULT_STRENGTH, GenerationRequest
+
+
+def request_options(func):
+    """The settings of a request, shared by generate, img2img and inpaint."""
+    options = [
+        click.option("--negative-prompt", default="", help="what the picture should not show"),
+        click.option("--model", help="diffusers folder, .safetensors file or hub id"),
+        click.option("--seed", type=int, help="seed of the first picture (random if not given)"),
+        click.option("--num-images", type=int, default=1, show_default=True),
+        click.option("--steps", type=int, default=50, show_default=True),
+        click.option("--guidance", type=float, default=7.5, show_default=True, help="CFG scale"),
+        click.option(
+            "--sampler",
+            help="e.g. euler_a, dpmpp_2m_karras, 'DPM++ 2M Karras' (default: the model's)",
+        ),
+        click.option("--width", type=int, help="default: the model's native size"),
+        click.option("--height", type=int, help="default: the model's native size"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def output_options(func):
+    """What else to do with a run: rank, check, sheet, video, devices."""
+    options = [
+        click.option(
+            "--best-of", type=int, help="keep the K best pictures by CLIP score (of --num-images)"
+        ),
+        click.option(
+            "--clip-model",
+            help="CLIP model for --best-of: folder or hub id (default: the embedded model's)",
+        ),
+        click.option("--grid", is_flag=True, help="also write a contact sheet of the pictures"),
+        click.option(
+            "--save-steps",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="write the first picture's denoising as a video (.mp4, .gif or .webp)",
+        ),
+        click.option(
+            "--every", type=int, default=1, show_default=True, help="one video frame every K steps"
+        ),
+        click.option(
+            "--preview",
+            type=click.Choice(["x0", "latents"]),
+            default="x0",
+            show_default=True,
+            help="video frames: the predicted clean picture, or the current latents (fast)",
+        ),
+        click.option(
+            "--save-intermediates",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="write every step's picture of the first picture as numbered PNGs here",
+        ),
+        click.option(
+            "--devices",
+            help="spread the pictures over devices, e.g. cuda:0,cuda:1, cpu,cpu or all",
+        ),
+        click.option(
+            "--safety-checker",
+            help="check pictures with this safety checker (folder or hub id); off by default",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The CLI's options that are not part of the request."""
+
+    out: Path
+    token: str | None = None
+    allow_pickle: bool = False
+    best_of: int | None = None
+    clip_model: str | None = None
+    grid: bool = False
+    save_steps: Path | None = None
+    every: int = 1
+    preview: str = "x0"
+    save_intermediates: Path | None = None
+    devices: str | None = None
+    safety_checker: str | None = None
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict) -> RunOptions:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in kwargs.items() if k in names})
+
+
+def _request(prompt: str, kwargs: dict, **pictures) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=prompt,
+        negative_prompt=kwargs["negative_prompt"],
+        model=kwargs["model"],
+        num_images=kwargs["num_images"],
+        steps=kwargs["steps"],
+        guidance_scale=kwargs["guidance"],
+        sampler=kwargs["sampler"],
+        width=kwargs["width"],
+        height=kwargs["height"],
+        seed=kwargs["seed"],
+        precision=kwargs["precision"] or "auto",
+        device=kwargs["device"],
+        **pictures,
+    )
+
+
+@cli.command()
+@click.argument("prompt")
+@request_options
+@model_options
+@output_options
+def generate(prompt, **kwargs) -> None:
+    """Generate pictures from PROMPT and print their paths."""
+    _run(_request(prompt, kwargs), RunOptions.from_kwargs(kwargs))
+
+
+def _init_options(func):
+    options = [
+        click.option(
+            "--init-image",
+            required=True,
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="the picture to start from",
+        ),
+        click.option(
+            "--strength",
+            type=float,
+            default=DEFAULT_STRENGTH,
+            show_default=True,
+            help="how much of the init picture is noised away (0..1)",
+        ),
+        click.option(
+            "--resize",
+            is_flag=True,
+            help="resize the init picture (and mask) to the output size, or the nearest valid one",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@cli.command()
+@click.argument("prompt")
+@_init_options
+@request_options
+@model_options
+@output_options
+def img2img(prompt, init_image, strength, resize, **kwargs) -> None:
+    """Generate pictures from PROMPT, starting from --init-image."""
+    from sdgen.media.images import read_picture
+
+    pictures = {"init_image": read_picture(init_image, "init_image")}
+    request = _request(prompt, kwargs, strength=strength, resize=resize, **pictures)
+    _run(request, RunOptions.from_kwargs(kwargs))
+
+
+@cli.command()
+@click.argument("prompt")
+@_init_options
+@click.option(
+    "--mask",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="white where the picture is repainted, black where it is kept",
+)
+@request_options
+@model_options
+@output_options
+def inpaint(prompt, init_image, mask, strength, resize, **kwargs) -> None:
+    """Repaint the masked part of --init-image following PROMPT."""
+    from sdgen.media.images import read_picture
+
+    pictures = {
+        "init_image": read_picture(init_image, "init_image"),
+        "mask": read_picture(mask, "mask", mode="L"),
+    }
+    request = _request(prompt, kwargs, strength=strength, resize=resize, **pictures)
+    _run(request, RunOptions.from_kwargs(kwargs))
+
+
+@cli.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", help="use this model instead of the one recorded in IMAGE")
+@click.option(
+    "--init-image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="the init picture of an img2img or inpainting IMAGE (checked against its hash)",
+)
+@click.option(
+    "--mask",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="the mask of an inpainting IMAGE (checked against its hash)",
+)
+@model_options
+def reproduce(image, model, init_image, mask, device, precision, **kwargs) -> None:
+    """Generate IMAGE again from the request recorded in its metadata."""
+    from sdgen.media.images import read_picture
+    from sdgen.media.metadata import read_request
+
+    pictures = {}
+    if init_image is not None:
+        pictures["init_image"] = read_picture(init_image, "init_image")
+    if mask is not None:
+        pictures["mask"] = read_picture(mask, "mask", mode="L")
+    request = read_request(image, pictures)
+    overrides = {"model": model, "precision": precision}
+    request = request.replace(device=device, **{k: v for k, v in overrides.items() if v})
+    _run(request, RunOptions.from_kwargs(kwargs))
+
+
+def _run(request: GenerationRequest, options: RunOptions) -> None:
+    """Load, generate (with the step outputs as callbacks), check, rank, save, print paths."""
+    from sdgen.api import save_result
+
+    _check_options(request, options)
+    quiet_libraries()
+    recorders = _step_recorders(options)
+    with ProgressBar() as progress:
+        result, model = _generate(request, options, callbacks=[progress, *recorders.values()])
+    extras: dict[int, dict] = {i: {} for i in range(len(result.images))}
+    if options.safety_checker:
+        result = _check_safety(result, options, extras)
+    indices = None
+    if options.best_of:
+        indices = _keep_best(result, options, extras)
+    for path in save_result(result, model, options.out, indices=indices, extras=extras):
+        click.echo(path)
+    for path in _write_extras(result, model, options, recorders, indices):
+        click.echo(path)
+
+
+def _check_options(request: GenerationRequest, options: RunOptions) -> None:
+    """Refuse option values the request's own validation does not cover, by flag name."""
+    if options.best_of is not None and not 1 <= options.best_of <= request.total_images:
+        raise InvalidRequest(
+            "best_of", options.best_of, f"from 1 to the number of pictures ({request.total_images})"
+        )
+    if options.every < 1:
+        raise InvalidRequest("every", options.every, "a whole number of steps, 1 or more")
+    if options.save_steps is not None:
+        from sdgen.media.video import check_video_path
+
+        check_video_path(options.save_steps)
+
+
+def _generate(request: GenerationRequest, options: RunOptions, callbacks: list):
+    """Run the request on one model, or spread over ``--devices``; (result, a model)."""
+    from sdgen.models.loader import load_model
+    from sdgen.pipelines.generate import generate
+
+    def load(device: str):
+        return load_model(
+            request.model,
+            device=device,
+            precision=request.precision,
+            token=options.token,
+            allow_pickle=options.allow_pickle,
+        )
+
+    def callback(step) -> None:
+        for one in callbacks:
+            one(step)
+
+    if options.devices:
+        from sdgen.engine.devices import generate_on_devices, parse_devices
+
+        return generate_on_devices(request, parse_devices(options.devices), load, callback)
+    model = load(request.device)
+    return generate(model, request, callback=callback), model
+
+
+def _step_recorders(options: RunOptions) -> dict:
+    """Step callbacks that keep the first picture's frames for a video or numbered PNGs."""
+    recorders = {}
+    if options.save_steps is None and options.save_intermediates is None:
+        return recorders
+    from sdgen.media.video import StepFrames
+
+    if options.save_steps is not None:
+        recorders["video"] = StepFrames(every=options.every, preview=options.preview)
+    if options.save_intermediates is not None:
+        recorders["intermediates"] = StepFrames(every=1, preview=options.preview)
+    return recorders
+
+
+def _check_safety(result, options: RunOptions, extras: dict[int, dict]):
+    from sdgen.models.safety_checker import load_safety_checker
+
+    checker = load_safety_checker(options.safety_checker, token=options.token)
+    result, flagged = checker.apply(result)
+    for index, is_flagged in enumerate(flagged):
+        extras[index]["NSFW"] = is_flagged
+    return result
+
+
+def _keep_best(result, options: RunOptions, extras: dict[int, dict]) -> list[int]:
+    from sdgen.ranking.clip import keep_best, load_ranker
+
+    ranker = load_ranker(options.clip_model, token=options.token)
+    prompts = [prompt for prompt, _ in result.request.image_prompts()]
+    kept = keep_best(ranker, prompts, result.images, options.best_of)
+    for rank, (index, score) in enumerate(kept, start=1):
+        extras[index].update({"CLIP score": round(score, 4), "CLIP rank": rank})
+    return [index for index, _ in kept]
+
+
+def _write_extras(result, model, options: RunOptions, recorders: dict, indices) -> list[Path]:
+    """The contact sheet, the denoising video and the step PNGs; their paths."""
+    from sdgen.api import free_path
+
+    paths = []
+    if options.grid:
+        from sdgen.media.grid import contact_sheet
+
+        images = result.images if indices is None else [result.images[i] for i in indices]
+        path = free_path(options.out, f"{result.request.seed:010d}-grid")
+        contact_sheet(images).save(path)
+        paths.append(path)
+    if "video" in recorders:
+        from sdgen.media.video import write_video
+
+        paths.append(write_video(recorders["video"].pictures(model), options.save_steps))
+    if "intermediates" in recorders:
+        from sdgen.media.video import save_frames
+
+        frames = recorders["intermediates"].pictures(model)
+        paths.extend(save_frames(frames, options.save_intermediates))
+    return paths

@@ -1,0 +1,3 @@
+"""The ``rank`` command."""
+
+from __future__ import annotations

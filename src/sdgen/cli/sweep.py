@@ -1,0 +1,3 @@
+"""The ``sweep`` command."""
+
+from __future__ import annotations

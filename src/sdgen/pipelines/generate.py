@@ -1,0 +1,25 @@
+"""One entry point for every kind of request: the request's mode picks the pipeline."""
+
+from __future__ import annotations
+
+from sdgen.models.loaded import LoadedModel
+from sdgen.params import GenerationRequest
+from sdgen.pipelines.txt2img import GenerationResult, txt2img
+from sdgen.sampling.loop import StepCallback
+
+PIPELINES = {"txt2img": txt2img}
+
+
+def generate(
+    model: LoadedModel, request: GenerationRequest, callback: StepCallback | None = None
+) -> GenerationResult:
+    """Run ``request`` with the pipeline of its mode (txt2img, img2img or inpaint).
+
+    Args:
+        model: from ``load_model``.
+        request: what to generate; an init picture makes it img2img, a mask inpainting.
+        callback: called after every denoising step.
+    Returns:
+        The pictures and the fully resolved request.
+    """
+    return PIPELINES[request.mode](model, request, callback)
