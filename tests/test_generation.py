@@ -120,7 +120,7 @@ def test_import_sdgen_stays_light():
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
 def test_denoised_preview_equals_the_schedulers_own_x0(sampler, family, sd1_model, sd2_model):
     """The callback's predicted x0 matches what the scheduler itself predicts, where it says."""
-    from sdgen.pipelines import txt2img as pipeline
+    from sdgen.pipelines import stages as pipeline
 
     model = {"sd1": sd1_model, "sd2": sd2_model}[family]
     theirs, ours = [], []

@@ -20,15 +20,20 @@ from sdgen.models.loader import STABLE_DIFFUSION_MODEL_INDEX
 TEXT_DIM = 32
 
 
-def build_tiny_model(folder: Path, *, family: str = "sd1", seed: int = 0) -> Path:
-    """Write a random tiny SD model of ``family`` (sd1 | sd2) to ``folder`` and return it."""
+def build_tiny_model(
+    folder: Path, *, family: str = "sd1", seed: int = 0, unet_in_channels: int = 4
+) -> Path:
+    """Write a random tiny SD model of ``family`` (sd1 | sd2) to ``folder`` and return it.
+
+    ``unet_in_channels=9`` makes an inpainting model (latents, mask, masked picture's latents).
+    """
     torch.manual_seed(seed)
     sd2 = family == "sd2"
     unet = UNet2DConditionModel(
         sample_size=16,
         block_out_channels=(32, 64),
         layers_per_block=1,
-        in_channels=4,
+        in_channels=unet_in_channels,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),

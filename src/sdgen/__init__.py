@@ -17,7 +17,7 @@ _EXPORTS = {
     "load_model": "sdgen.models.loader",
     "LoadedModel": "sdgen.models.loaded",
     "txt2img": "sdgen.pipelines.txt2img",
-    "GenerationResult": "sdgen.pipelines.txt2img",
+    "GenerationResult": "sdgen.pipelines.stages",
     "Step": "sdgen.sampling.loop",
     "save_result": "sdgen.api",
     "SdgenError": "sdgen.errors",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sdgen.media.metadata import ImageRecord, save_png
 from sdgen.models.loaded import LoadedModel
-from sdgen.pipelines.txt2img import GenerationResult
+from sdgen.pipelines.stages import GenerationResult
 from sdgen.sampling.samplers import resolve_sampler
 
 

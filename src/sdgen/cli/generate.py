@@ -102,6 +102,8 @@ class RunOptions:
 
     @classmethod
     def from_kwargs(cls, kwargs: dict) -> RunOptions:
+        """From click's keyword arguments (``--hf-token`` arrives as ``hf_token``)."""
+        kwargs = {**kwargs, "token": kwargs.get("hf_token")}
         names = cls.__dataclass_fields__
         return cls(**{k: v for k, v in kwargs.items() if k in names})
 

@@ -36,7 +36,8 @@ class LoadedModel:
 
     @property
     def latent_channels(self) -> int:
-        return self.unet.config.in_channels
+        """Channels of the VAE's latents (4); an inpainting UNet takes 9 (latents, mask, masked)."""
+        return self.vae.config.latent_channels
 
     @property
     def native_size(self) -> int:

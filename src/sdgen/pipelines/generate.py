@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
-from sdgen.pipelines.txt2img import GenerationResult, txt2img
+from sdgen.pipelines.img2img import img2img
+from sdgen.pipelines.inpaint import inpaint
+from sdgen.pipelines.stages import GenerationResult
+from sdgen.pipelines.txt2img import txt2img
 from sdgen.sampling.loop import StepCallback
 
-PIPELINES = {"txt2img": txt2img}
+PIPELINES = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint}
 
 
 def generate(

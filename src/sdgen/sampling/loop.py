@@ -29,6 +29,8 @@ class Step:
 
 
 StepCallback = Callable[[Step], None]  # raise GenerationCancelled inside it to stop
+# (step index, latents after the scheduler's step) -> latents; inpainting's blending uses it.
+AfterStep = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 def denoise(
@@ -40,6 +42,9 @@ def denoise(
     guidance_scale: float,
     generators: list[torch.Generator],
     callback: StepCallback | None = None,
+    timesteps: torch.Tensor | None = None,
+    extra_channels: torch.Tensor | None = None,
+    after_step: AfterStep | None = None,
 ) -> torch.Tensor:
     """Run the scheduler's timesteps over ``latents`` (B, C, h, w) and return the final latents.
 
@@ -51,6 +56,10 @@ def denoise(
         guidance_scale: classifier-free guidance weight; <= 1 means no guidance.
         generators: one CPU generator per image, for the sampler's own random draws.
         callback: called after every step with a ``Step``.
+        timesteps: the steps to run (img2img starts part-way); default all of the scheduler's.
+        extra_channels: concatenated to the scaled UNet input, e.g. an inpainting UNet's mask
+            and masked-picture latents (2B or B, 5, h, w), in the same [uncond; text] order.
+        after_step: applied to the latents after each scheduler step, before the callback.
     Returns:
         The denoised latents (B, C, h, w).
     """
@@ -58,17 +67,20 @@ def denoise(
     step_kwargs = _step_kwargs(scheduler, generators)
     log_sigmas = _log_sigmas(scheduler.alphas_cumprod)
     prediction_type = scheduler.config.prediction_type
-    timesteps = scheduler.timesteps
+    timesteps = scheduler.timesteps if timesteps is None else timesteps
     for index, t in enumerate(timesteps):
         model_input = torch.cat([latents] * 2) if guided else latents  # (2B or B, C, h, w)
         model_input = scheduler.scale_model_input(model_input, t)
+        # The scaled input is in x_t space for every scheduler; x0 previews start from it.
+        x_t = model_input[: latents.shape[0]]
+        if extra_channels is not None:
+            model_input = torch.cat([model_input, extra_channels], dim=1)
         noise_pred = unet(model_input, t, encoder_hidden_states=text_embeddings).sample
         if guided:
             noise_pred = guide(noise_pred, guidance_scale)
-        x_t = model_input[
-            : latents.shape[0]
-        ]  # the scaled input is in x_t space for every scheduler
         latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
+        if after_step is not None:
+            latents = after_step(index, latents)
         if callback is not None:
             alpha_bar = _alpha_bar_of_step(scheduler, float(t), log_sigmas)
             denoised = predict_x0(x_t, noise_pred, alpha_bar, prediction_type)

@@ -1,0 +1,63 @@
+"""img2img: the init picture's latents, noised to the step ``strength`` selects, then denoised."""
+
+from __future__ import annotations
+
+import torch
+
+from sdgen.media.images import decode_latents
+from sdgen.models.loaded import LoadedModel
+from sdgen.params import GenerationRequest
+from sdgen.pipelines.init_images import latent_samples, picture_tensor, strength_timesteps
+from sdgen.pipelines.stages import (
+    GenerationResult,
+    new_scheduler,
+    resolve_request,
+    text_conditioning,
+)
+from sdgen.sampling.loop import StepCallback, denoise
+from sdgen.sampling.noise import image_generators, initial_latents
+
+
+@torch.no_grad()
+def img2img(
+    model: LoadedModel, request: GenerationRequest, callback: StepCallback | None = None
+) -> GenerationResult:
+    """Generate the pictures of ``request`` starting from its ``init_image``.
+
+    Image i's generator (seed + i) draws, in diffusers' order, its VAE latent sample of the init
+    picture, then its noise, then its sampler's draws, so the pictures equal diffusers'
+    StableDiffusionImg2ImgPipeline with the same generators.
+
+    Args:
+        model: from ``load_model``.
+        request: with ``init_image`` and ``strength`` (0..1: how much is noised away).
+        callback: called after every denoising step that runs.
+    Returns:
+        The pictures and the fully resolved request.
+    """
+    request = resolve_request(model, request)
+    # 1. A fresh scheduler; strength picks the last part of its steps.
+    scheduler = new_scheduler(model, request)
+    timesteps = strength_timesteps(scheduler, request.steps, request.strength)
+    # 2. Text conditioning.
+    embeddings = text_conditioning(model, request)  # (2B or B, 77, D)
+    # 3. The init picture's latents (B, C, H/f, W/f), noised to the first step that runs.
+    generators = image_generators(request.seed, request.total_images)
+    init_latents = latent_samples(model.vae, picture_tensor(request).to(model.dtype), generators)
+    noise = initial_latents(
+        generators, init_latents.shape[1:], device=model.device, dtype=model.dtype
+    )
+    start = timesteps[:1].repeat(init_latents.shape[0])
+    latents = scheduler.add_noise(init_latents.to(model.dtype), noise, start)
+    # 4. Denoise from there, 5. decode.
+    latents = denoise(
+        model.unet,
+        scheduler,
+        latents,
+        embeddings,
+        guidance_scale=request.guidance_scale,
+        generators=generators,
+        callback=callback,
+        timesteps=timesteps,
+    )
+    return GenerationResult(request=request, images=decode_latents(model.vae, latents))

@@ -1,0 +1,81 @@
+"""Init pictures and masks for img2img and inpainting: to tensors, to latents, and the steps
+that ``strength`` selects, as diffusers' img2img and inpainting pipelines do them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sdgen.errors import InvalidRequest
+from sdgen.params import GenerationRequest, InputPicture
+
+
+def picture_tensor(request: GenerationRequest) -> torch.Tensor:
+    """The init picture as (1, 3, H, W) in [-1, 1], at the request's (resolved) size."""
+    image = _sized(request.init_image, request, "init_image")
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+    return torch.from_numpy(array).permute(2, 0, 1)[None] * 2.0 - 1.0
+
+
+def mask_tensor(request: GenerationRequest) -> torch.Tensor:
+    """The mask as (1, 1, H, W): 1 where the picture is repainted, 0 where it is kept.
+
+    Binarised at one half, as diffusers' mask processor does; it must have the init picture's size.
+    """
+    if request.mask.size != request.init_image.size:
+        width, height = request.init_image.size
+        raise InvalidRequest(
+            "mask",
+            "{}x{}".format(*request.mask.size),
+            f"a mask of the init picture's size ({width}x{height})",
+        )
+    image = _sized(request.mask, request, "mask")
+    array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0  # (H, W)
+    return (torch.from_numpy(array) >= 0.5).to(torch.float32)[None, None]
+
+
+def _sized(picture: InputPicture, request: GenerationRequest, field: str) -> Image.Image:
+    """The picture at the output size: resized (Lanczos, as diffusers) only when asked to."""
+    size = (request.width, request.height)
+    if picture.size == size:
+        return picture.image
+    if not request.resize:
+        raise InvalidRequest(
+            field,
+            "{}x{}".format(*picture.size),
+            f"a {size[0]}x{size[1]} picture (the output size), or resize=True (--resize)",
+        )
+    return picture.image.resize(size, Image.Resampling.LANCZOS)
+
+
+def latent_samples(vae, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One VAE latent sample of ``pixels`` (1, 3, H, W) per image, each from its own generator.
+
+    The picture is encoded once; each image draws its sample from the latent distribution with
+    its generator, as diffusers does per image, then the VAE's scaling factor applies.
+    Returns (B, C, H/f, W/f).
+    """
+    distribution = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    samples = [distribution.sample(generator=g) for g in generators]
+    return torch.cat(samples) * vae.config.scaling_factor
+
+
+def strength_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
+    """The last ``int(steps * strength)`` of the scheduler's steps, the part img2img runs.
+
+    The scheduler is told where it begins, as diffusers' ``get_timesteps`` does, so sigma
+    schedulers add noise and step from the right place.
+    """
+    run = min(int(steps * strength), steps)
+    if run < 1:
+        raise InvalidRequest(
+            "strength",
+            strength,
+            f"at least {1 / steps:g} with {steps} steps (strength x steps >= 1, so a step runs)",
+        )
+    start = (steps - run) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]

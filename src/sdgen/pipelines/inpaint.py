@@ -1,0 +1,133 @@
+"""Inpainting: repaint the masked part of the init picture.
+
+Two kinds of UNet, as diffusers' StableDiffusionInpaintPipeline handles them:
+
+- an inpainting checkpoint (9 input channels) sees the mask and the masked picture's latents
+  beside the noisy latents at every step;
+- an ordinary checkpoint (4 channels) is blended: after every step the unmasked part is set back
+  to the init picture's latents noised to the next step, so it keeps the init picture's content.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sdgen.errors import InvalidRequest
+from sdgen.media.images import decode_latents
+from sdgen.models.loaded import LoadedModel
+from sdgen.params import GenerationRequest
+from sdgen.pipelines.init_images import (
+    latent_samples,
+    mask_tensor,
+    picture_tensor,
+    strength_timesteps,
+)
+from sdgen.pipelines.stages import (
+    GenerationResult,
+    new_scheduler,
+    resolve_request,
+    text_conditioning,
+)
+from sdgen.sampling.guidance import uses_guidance
+from sdgen.sampling.loop import StepCallback, denoise
+from sdgen.sampling.noise import image_generators, initial_latents
+
+INPAINTING_CHANNELS = 9  # latents (4) + mask (1) + masked picture's latents (4)
+
+
+@torch.no_grad()
+def inpaint(
+    model: LoadedModel, request: GenerationRequest, callback: StepCallback | None = None
+) -> GenerationResult:
+    """Repaint where ``request.mask`` is white, following the prompt.
+
+    Image i's generator (seed + i) draws, in diffusers' order: the init picture's latent sample
+    (unless strength is 1 with an inpainting UNet), the noise, the masked picture's latent
+    sample, then the sampler's draws. A single picture equals diffusers'
+    StableDiffusionInpaintPipeline's; in a batch each picture still depends only on its own seed
+    (diffusers draws the shared init latents of a batch from the first generator only).
+
+    Args:
+        model: from ``load_model``; an inpainting (9-channel) or ordinary (4-channel) UNet.
+        request: with ``init_image``, ``mask`` and ``strength``.
+        callback: called after every denoising step that runs.
+    Returns:
+        The pictures and the fully resolved request.
+    """
+    channels = model.unet.config.in_channels
+    if channels not in (model.latent_channels, INPAINTING_CHANNELS):
+        raise InvalidRequest("model", model.name, "a UNet with 4 or 9 input channels to inpaint")
+    inpainting_unet = channels == INPAINTING_CHANNELS
+    request = resolve_request(model, request)
+    # 1. Scheduler and the steps strength selects.
+    scheduler = new_scheduler(model, request)
+    timesteps = strength_timesteps(scheduler, request.steps, request.strength)
+    # 2. Text conditioning.
+    embeddings = text_conditioning(model, request)  # (2B or B, 77, D)
+    # 3. Pictures: init (1, 3, H, W), mask (1, 1, H, W), both on the model's device and dtype.
+    pixels = picture_tensor(request).to(model.device, model.dtype)
+    mask = mask_tensor(request).to(model.device, model.dtype)
+    generators = image_generators(request.seed, request.total_images)
+    latents, extra, blend = _prepare(model, request, scheduler, timesteps, generators, pixels, mask)
+    # 4. Denoise, 5. decode.
+    latents = denoise(
+        model.unet,
+        scheduler,
+        latents,
+        embeddings,
+        guidance_scale=request.guidance_scale,
+        generators=generators,
+        callback=callback,
+        timesteps=timesteps,
+        extra_channels=extra if inpainting_unet else None,
+        after_step=None if inpainting_unet else blend,
+    )
+    return GenerationResult(request=request, images=decode_latents(model.vae, latents))
+
+
+class _Blend:
+    """After-step hook of a 4-channel UNet: keep the init picture's latents outside the mask."""
+
+    def __init__(self, scheduler, timesteps, image_latents, noise, latent_mask):
+        self.scheduler, self.timesteps = scheduler, timesteps
+        self.image_latents, self.noise = image_latents, noise  # (B, C, h, w) each
+        self.latent_mask = latent_mask  # (B, 1, h, w): 1 = repaint
+
+    def __call__(self, index: int, latents: torch.Tensor) -> torch.Tensor:
+        known = self.image_latents
+        if index < len(self.timesteps) - 1:  # noised to the level of the next step
+            next_t = self.timesteps[index + 1 : index + 2]
+            known = self.scheduler.add_noise(self.image_latents, self.noise, next_t)
+        return (1 - self.latent_mask) * known + self.latent_mask * latents
+
+
+def _prepare(model, request, scheduler, timesteps, generators, pixels, mask):
+    """Initial latents, the 9-channel UNet's extra channels, and the blending hook."""
+    count, factor = request.total_images, model.vae_scale_factor
+    inpainting_unet = model.unet.config.in_channels == INPAINTING_CHANNELS
+    from_noise = request.strength == 1.0  # diffusers starts from pure noise at full strength
+    shape = (model.latent_channels, request.height // factor, request.width // factor)
+    # Each image's draws in diffusers' order: init sample, noise, masked-picture sample.
+    image_latents = masked_latents = None
+    if not (inpainting_unet and from_noise):
+        image_latents = latent_samples(model.vae, pixels, generators).to(model.dtype)
+    noise = initial_latents(generators, shape, device=model.device, dtype=model.dtype)
+    if inpainting_unet:
+        masked_pixels = pixels * (mask < 0.5)
+        masked_latents = latent_samples(model.vae, masked_pixels, generators).to(model.dtype)
+    else:
+        # diffusers samples the masked picture's latents for 4-channel UNets too, and ignores
+        # them; the same draw, without the VAE encode, keeps later sampler draws equal to its.
+        initial_latents(generators, shape, device=torch.device("cpu"), dtype=model.dtype)
+    if from_noise:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(count))
+    latent_mask = torch.nn.functional.interpolate(mask, size=shape[1:]).repeat(count, 1, 1, 1)
+    extra = None
+    if inpainting_unet:
+        extra = torch.cat([latent_mask, masked_latents], dim=1)  # (B, 5, h, w)
+        if uses_guidance(request.guidance_scale):
+            extra = torch.cat([extra, extra])  # the same for [uncond; text]
+    blend = _Blend(scheduler, timesteps, image_latents, noise, latent_mask)
+    return latents, extra, blend

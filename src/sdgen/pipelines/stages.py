@@ -1,0 +1,101 @@
+"""The stages every pipeline shares: the request resolved against the model, a fresh scheduler,
+text conditioning, and the result type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from sdgen.conditioning.prompts import encode_conditioning
+from sdgen.errors import InvalidRequest
+from sdgen.models.devices import precision_name
+from sdgen.models.loaded import LoadedModel
+from sdgen.params import GenerationRequest, check_size
+from sdgen.sampling.guidance import uses_guidance
+from sdgen.sampling.samplers import make_scheduler, resolve_sampler, sampler_for_config
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The pictures of one request, in image order, and the request as it was run."""
+
+    request: GenerationRequest  # every default filled in: seed, size, sampler where known
+    images: list[Image.Image]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.request.seed + i for i in range(len(self.images))]
+
+    def image_request(self, index: int) -> GenerationRequest:
+        """The single-picture request that gives image ``index`` alone."""
+        prompt, negative = self.request.image_prompts()[index]
+        return self.request.replace(
+            prompt=prompt, negative_prompt=negative, num_images=1, seed=self.seeds[index]
+        )
+
+
+def resolve_request(model: LoadedModel, request: GenerationRequest) -> GenerationRequest:
+    """Fill in the model's defaults (size, own sampler) and a seed; check the size."""
+    own_sampler = sampler_for_config(model.scheduler_config)
+    width, height = _output_size(model, request)
+    request = request.with_seed().replace(
+        width=width,
+        height=height,
+        sampler=request.sampler or (own_sampler.name if own_sampler else None),
+        model=request.model or model.name,
+        precision=precision_name(model.dtype),  # "auto" resolved: the picture depends on it
+    )
+    check_size(request.width, request.height, model.vae_scale_factor)
+    return request
+
+
+def _output_size(model: LoadedModel, request: GenerationRequest) -> tuple[int, int]:
+    """The requested size; else the init picture's (img2img) or the model's native size.
+
+    An init picture whose sides are not multiples of the latent factor is refused unless
+    ``resize`` asks for the nearest valid size: nothing is rounded silently.
+    """
+    if request.init_image is None:
+        return request.width or model.native_size, request.height or model.native_size
+    factor = model.vae_scale_factor
+    picture_width, picture_height = request.init_image.size
+    if request.width is not None or request.height is not None:
+        return request.width or picture_width, request.height or picture_height
+    if request.resize:
+        return _nearest(picture_width, factor), _nearest(picture_height, factor)
+    if picture_width % factor or picture_height % factor:
+        raise InvalidRequest(
+            "init_image",
+            f"{picture_width}x{picture_height}",
+            f"a picture whose sides are multiples of {factor} (this model's latent factor); "
+            f"resize=True (--resize) resizes it to "
+            f"{_nearest(picture_width, factor)}x{_nearest(picture_height, factor)}",
+        )
+    return picture_width, picture_height
+
+
+def _nearest(value: int, factor: int) -> int:
+    return max(factor, round(value / factor) * factor)
+
+
+def new_scheduler(model: LoadedModel, request: GenerationRequest):
+    """A fresh scheduler for this request, from the model's own config, with its timesteps set."""
+    sampler = resolve_sampler(request.sampler) if request.sampler else None
+    scheduler = make_scheduler(sampler, model.scheduler_config)
+    scheduler.set_timesteps(request.steps, device=model.device)
+    return scheduler
+
+
+def text_conditioning(model: LoadedModel, request: GenerationRequest) -> torch.Tensor:
+    """Embeddings (2B or B, 77, D): [negative; prompt] in image order when guiding."""
+    return encode_conditioning(
+        model.tokenizer,
+        model.text_encoder,
+        request.image_prompts(),
+        guided=uses_guidance(request.guidance_scale),
+        device=model.device,
+        dtype=model.dtype,
+    )
