@@ -38,7 +38,7 @@ def img2img(
     request = resolve_request(model, request)
     # 1. A fresh scheduler; strength picks the last part of its steps.
     scheduler = new_scheduler(model, request)
-    timesteps = strength_timesteps(scheduler, request.steps, request.strength)
+    timesteps, run = strength_timesteps(scheduler, request.steps, request.strength)
     # 2. Text conditioning.
     embeddings = text_conditioning(model, request)  # (2B or B, 77, D)
     # 3. The init picture's latents (B, C, H/f, W/f), noised to the first step that runs.
@@ -59,5 +59,6 @@ def img2img(
         generators=generators,
         callback=callback,
         timesteps=timesteps,
+        steps=run,
     )
     return GenerationResult(request=request, images=decode_latents(model.vae, latents))

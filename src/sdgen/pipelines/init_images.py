@@ -62,11 +62,11 @@ def latent_samples(vae, pixels: torch.Tensor, generators: list[torch.Generator])
     return torch.cat(samples) * vae.config.scaling_factor
 
 
-def strength_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
+def strength_timesteps(scheduler, steps: int, strength: float) -> tuple[torch.Tensor, int]:
     """The last ``int(steps * strength)`` of the scheduler's steps, the part img2img runs.
 
     The scheduler is told where it begins, as diffusers' ``get_timesteps`` does, so sigma
-    schedulers add noise and step from the right place.
+    schedulers add noise and step from the right place. Returns (timesteps, steps that run).
     """
     run = min(int(steps * strength), steps)
     if run < 1:
@@ -78,4 +78,4 @@ def strength_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
     start = (steps - run) * scheduler.order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
-    return scheduler.timesteps[start:]
+    return scheduler.timesteps[start:], run

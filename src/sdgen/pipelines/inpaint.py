@@ -61,7 +61,7 @@ def inpaint(
     request = resolve_request(model, request)
     # 1. Scheduler and the steps strength selects.
     scheduler = new_scheduler(model, request)
-    timesteps = strength_timesteps(scheduler, request.steps, request.strength)
+    timesteps, run = strength_timesteps(scheduler, request.steps, request.strength)
     # 2. Text conditioning.
     embeddings = text_conditioning(model, request)  # (2B or B, 77, D)
     # 3. Pictures: init (1, 3, H, W), mask (1, 1, H, W), both on the model's device and dtype.
@@ -79,6 +79,7 @@ def inpaint(
         generators=generators,
         callback=callback,
         timesteps=timesteps,
+        steps=run,
         extra_channels=extra if inpainting_unet else None,
         after_step=None if inpainting_unet else blend,
     )

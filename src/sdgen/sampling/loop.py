@@ -21,8 +21,8 @@ from sdgen.sampling.guidance import guide, uses_guidance
 class Step:
     """What a step callback receives. Tensors are (B, C, H/f, W/f) on the model's device."""
 
-    index: int  # 0-based step number
-    total: int  # number of steps in this run
+    index: int  # 0-based step number, counted as the user counts steps
+    total: int  # number of steps in this run (img2img: those that strength leaves)
     timestep: float  # the scheduler's timestep for this step
     latents: torch.Tensor  # latents after this step, in the scheduler's own space
     denoised: torch.Tensor  # predicted clean latents (x0) from this step's noise prediction
@@ -43,6 +43,7 @@ def denoise(
     generators: list[torch.Generator],
     callback: StepCallback | None = None,
     timesteps: torch.Tensor | None = None,
+    steps: int | None = None,
     extra_channels: torch.Tensor | None = None,
     after_step: AfterStep | None = None,
 ) -> torch.Tensor:
@@ -57,6 +58,8 @@ def denoise(
         generators: one CPU generator per image, for the sampler's own random draws.
         callback: called after every step with a ``Step``.
         timesteps: the steps to run (img2img starts part-way); default all of the scheduler's.
+        steps: how many steps ``timesteps`` make as the user counts them (default the
+            scheduler's ``num_inference_steps``); the callback runs once per such step.
         extra_channels: concatenated to the scaled UNet input, e.g. an inpainting UNet's mask
             and masked-picture latents (2B or B, 5, h, w), in the same [uncond; text] order.
         after_step: applied to the latents after each scheduler step, before the callback.
@@ -68,6 +71,7 @@ def denoise(
     log_sigmas = _log_sigmas(scheduler.alphas_cumprod)
     prediction_type = scheduler.config.prediction_type
     timesteps = scheduler.timesteps if timesteps is None else timesteps
+    reports = _reported_iterations(scheduler, len(timesteps), steps)
     for index, t in enumerate(timesteps):
         model_input = torch.cat([latents] * 2) if guided else latents  # (2B or B, C, h, w)
         model_input = scheduler.scale_model_input(model_input, t)
@@ -81,11 +85,29 @@ def denoise(
         latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
         if after_step is not None:
             latents = after_step(index, latents)
-        if callback is not None:
+        if callback is not None and index in reports:
             alpha_bar = _alpha_bar_of_step(scheduler, float(t), log_sigmas)
             denoised = predict_x0(x_t, noise_pred, alpha_bar, prediction_type)
-            callback(Step(index, len(timesteps), float(t), latents, denoised))
+            callback(Step(reports[index], len(reports), float(t), latents, denoised))
     return latents
+
+
+def _reported_iterations(scheduler, iterations: int, steps: int | None) -> dict[int, int]:
+    """Loop iteration -> step number, for the iterations that end a user-counted step.
+
+    Some schedulers run more iterations than steps: PLMS repeats its first timestep, Heun and
+    other second-order solvers take two model calls per step. As diffusers' progress bar does,
+    the warm-up iterations are not reported and a step ends every ``order`` iterations.
+    """
+    steps = steps or scheduler.num_inference_steps
+    order = scheduler.order
+    warmup = iterations - steps * order
+    ends = [
+        i
+        for i in range(iterations)
+        if i == iterations - 1 or (i + 1 > warmup and (i + 1) % order == 0)
+    ]
+    return {iteration: number for number, iteration in enumerate(ends)}
 
 
 def predict_x0(
