@@ -36,7 +36,7 @@ def miniature():
 def ranker():
     from sdgen.ranking.clip import load_ranker
 
-    return load_ranker(BUNDLED_MODELS[MINIATURE_MODEL] / "clip")
+    return load_ranker()  # the embedded model's CLIP, the default
 
 
 def test_default_model_is_the_embedded_one(miniature):

@@ -319,7 +319,7 @@ def _check_safety(result, options: RunOptions, extras: dict[int, dict]):
 def _keep_best(result, options: RunOptions, extras: dict[int, dict]) -> list[int]:
     from sdgen.ranking.clip import keep_best, load_ranker
 
-    ranker = load_ranker(options.clip_model, token=options.token)
+    ranker = load_ranker(options.clip_model, token=options.token, device=result.request.device)
     prompts = [prompt for prompt, _ in result.request.image_prompts()]
     kept = keep_best(ranker, prompts, result.images, options.best_of)
     for rank, (index, score) in enumerate(kept, start=1):

@@ -6,6 +6,7 @@ model loads offline and a missing one fails at once with what to do instead of h
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sdgen.errors import ModelNotFound
@@ -16,10 +17,28 @@ _PATTERNS = ["model_index.json", "*/config.json", "scheduler/*.json", "tokenizer
 _WEIGHTS = ["unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors"]
 _PICKLE_WEIGHTS = ["unet/*.bin", "vae/*.bin", "text_encoder/*.bin"]
 _IGNORE = ["*.fp16.*", "*non_ema*", "*.ckpt", "safety_checker/*", "feature_extractor/*"]
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
-def download_model(repo_id: str, *, token: str | None, allow_pickle: bool) -> Path:
-    """A local snapshot folder of ``repo_id``: from the cache, else downloaded into it."""
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a hub id (owner/name) rather than a relative or absolute path."""
+    return bool(_HUB_ID.fullmatch(name)) and not name.startswith((".", "/", "~"))
+
+
+def download_model(
+    repo_id: str,
+    *,
+    token: str | None,
+    allow_pickle: bool,
+    field: str = "model",
+    patterns: list[str] | None = None,
+    instead: str = "pass --model with a local folder or .safetensors file",
+) -> Path:
+    """A local snapshot folder of ``repo_id``: from the cache, else downloaded into it.
+
+    The defaults fetch an SD pipeline for ``--model``; other models (the CLIP ranker) give the
+    request field their errors name, the files to fetch, and what the user can do ``instead``.
+    """
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -27,7 +46,8 @@ def download_model(repo_id: str, *, token: str | None, allow_pickle: bool) -> Pa
         RepositoryNotFoundError,
     )
 
-    patterns = _PATTERNS + _WEIGHTS + (_PICKLE_WEIGHTS if allow_pickle else [])
+    if patterns is None:
+        patterns = _PATTERNS + _WEIGHTS + (_PICKLE_WEIGHTS if allow_pickle else [])
     kwargs = dict(allow_patterns=patterns, ignore_patterns=_IGNORE, token=token)
     try:
         return Path(snapshot_download(repo_id, local_files_only=True, **kwargs))
@@ -35,24 +55,24 @@ def download_model(repo_id: str, *, token: str | None, allow_pickle: bool) -> Pa
         pass  # not cached: download it, unless offline
     how = (
         f"download it on a machine with network access (`hf download {repo_id}`) and copy the "
-        f"cache here, or pass --model with a local folder or .safetensors file"
+        f"cache here, or {instead}"
     )
     if constants.HF_HUB_OFFLINE:
         raise ModelNotFound(
-            f"model: {repo_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+            f"{field}: {repo_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
             f"and HF_HUB_OFFLINE is set; {how}"
         )
     try:
         return Path(snapshot_download(repo_id, etag_timeout=10, **kwargs))
     except GatedRepoError as err:
         raise ModelNotFound(
-            f"model: {repo_id!r} is gated: accept its licence on the hub, then give a token "
+            f"{field}: {repo_id!r} is gated: accept its licence on the hub, then give a token "
             "with --hf-token or HF_TOKEN"
         ) from err
     except RepositoryNotFoundError as err:
         raise ModelNotFound(
-            f"model: {repo_id!r} does not exist on the hub (or is private)"
+            f"{field}: {repo_id!r} does not exist on the hub (or is private)"
         ) from err
     except (LocalEntryNotFoundError, OSError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0]  # the message stays one line
-        raise ModelNotFound(f"model: {repo_id!r} could not be fetched ({reason}); {how}") from err
+        raise ModelNotFound(f"{field}: {repo_id!r} could not be fetched ({reason}); {how}") from err

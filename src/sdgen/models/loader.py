@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ import torch
 from sdgen.errors import ModelNotFound
 from sdgen.models.bundled import BUNDLED_MODELS, MINIATURE_MODEL
 from sdgen.models.devices import resolve_device, resolve_dtype
+from sdgen.models.hub import is_hub_id
 from sdgen.models.loaded import LoadedModel
 from sdgen.models.safety import is_pickle, refuse_pickle
 
@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = MINIATURE_MODEL
 NETWORKS = ("unet", "vae", "text_encoder")  # the folders whose weights are loaded
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 # model_index.json of a diffusers StableDiffusionPipeline folder without a safety checker: what
 # sdgen writes for the models it makes (the miniature model, the tests' tiny models).
 STABLE_DIFFUSION_MODEL_INDEX = {
@@ -74,7 +73,7 @@ def load_model(
         components = load_single_file(path, dtype=dtype, allow_pickle=allow_pickle)
     elif path.is_dir():
         components = load_folder(path, dtype=dtype, allow_pickle=allow_pickle)
-    elif _HUB_ID.fullmatch(name) and not name.startswith((".", "/", "~")):
+    elif is_hub_id(name):
         from sdgen.models.hub import download_model
 
         path = download_model(name, token=token, allow_pickle=allow_pickle)
