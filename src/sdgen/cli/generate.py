@@ -136,7 +136,8 @@ def generate(prompt, **kwargs) -> None:
     _run(_request(prompt, kwargs), RunOptions.from_kwargs(kwargs))
 
 
-def _init_options(func):
+def _init_options(default_strength: float):
+    """--init-image, --strength (default: diffusers' for the pipeline) and --resize."""
     options = [
         click.option(
             "--init-image",
@@ -147,7 +148,7 @@ def _init_options(func):
         click.option(
             "--strength",
             type=float,
-            default=DEFAULT_STRENGTH,
+            default=default_strength,
             show_default=True,
             help="how much of the init picture is noised away (0..1)",
         ),
@@ -157,14 +158,18 @@ def _init_options(func):
             help="resize the init picture (and mask) to the output size, or the nearest valid one",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
 
 
 @cli.command()
 @click.argument("prompt")
-@_init_options
+@_init_options(DEFAULT_STRENGTH)
 @request_options
 @model_options
 @output_options
@@ -179,7 +184,7 @@ def img2img(prompt, init_image, strength, resize, **kwargs) -> None:
 
 @cli.command()
 @click.argument("prompt")
-@_init_options
+@_init_options(1.0)
 @click.option(
     "--mask",
     required=True,
