@@ -7,7 +7,12 @@ from helpers import max_pixel_diff
 from PIL import Image
 
 from sdgen.cli import main
-from sdgen.engine.devices import generate_on_devices, parse_devices, split_images
+from sdgen.engine.devices import (
+    generate_on_devices,
+    load_on_devices,
+    parse_devices,
+    split_images,
+)
 from sdgen.errors import InvalidRequest
 from sdgen.models.loader import load_model
 from sdgen.params import GenerationRequest
@@ -50,7 +55,8 @@ def test_two_cpu_workers_give_the_pictures_of_one(tiny_sd1):
         height=32,
     )
     steps = []
-    result, _ = generate_on_devices(request, ["cpu", "cpu"], load, callback=steps.append)
+    models = load_on_devices(["cpu", "cpu"], load)
+    result = generate_on_devices(request, models, callback=steps.append)
     single = generate(load_model(tiny_sd1, device="cpu"), request)
     assert result.request == single.request and result.seeds == single.seeds
     assert len(result.images) == 6

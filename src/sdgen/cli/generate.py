@@ -242,15 +242,18 @@ def _run(request: GenerationRequest, options: RunOptions) -> None:
 
     _check_options(request, options)
     quiet_libraries()
+    # The checker and the ranker are loaded first, so a wrong name fails before generating.
+    checker = _load_checker(options, request.device) if options.safety_checker else None
+    ranker = _load_ranker(options, request.device) if options.best_of else None
     recorders = _step_recorders(options)
     with ProgressBar() as progress:
         result, model = _generate(request, options, callbacks=[progress, *recorders.values()])
     extras: dict[int, dict] = {i: {} for i in range(len(result.images))}
-    if options.safety_checker:
-        result = _check_safety(result, options, extras)
+    if checker is not None:
+        result = _check_safety(checker, result, extras)
     indices = None
-    if options.best_of:
-        indices = _keep_best(result, options, extras)
+    if ranker is not None:
+        indices = _keep_best(ranker, result, options.best_of, extras)
     for path in save_result(result, model, options.out, indices=indices, extras=extras):
         click.echo(path)
     for path in _write_extras(result, model, options, recorders, indices):
@@ -290,9 +293,11 @@ def _generate(request: GenerationRequest, options: RunOptions, callbacks: list):
             one(step)
 
     if options.devices:
-        from sdgen.engine.devices import generate_on_devices, parse_devices
+        from sdgen.engine.devices import generate_on_devices, load_on_devices, parse_devices
 
-        return generate_on_devices(request, parse_devices(options.devices), load, callback)
+        devices = parse_devices(options.devices)[: request.total_images]  # none left idle
+        models = load_on_devices(devices, load)
+        return generate_on_devices(request, models, callback), models[0]
     model = load(request.device)
     return generate(model, request, callback=callback), model
 
@@ -311,22 +316,32 @@ def _step_recorders(options: RunOptions) -> dict:
     return recorders
 
 
-def _check_safety(result, options: RunOptions, extras: dict[int, dict]):
+def _load_checker(options: RunOptions, device: str):
     from sdgen.models.safety_checker import load_safety_checker
 
-    checker = load_safety_checker(options.safety_checker, token=options.token)
+    return load_safety_checker(options.safety_checker, token=options.token, device=device)
+
+
+def _load_ranker(options: RunOptions, device: str):
+    from sdgen.ranking.clip import load_ranker
+
+    return load_ranker(options.clip_model, token=options.token, device=device)
+
+
+def _check_safety(checker, result, extras: dict[int, dict]):
+    """Black out flagged pictures; record the verdict of every picture."""
     result, flagged = checker.apply(result)
     for index, is_flagged in enumerate(flagged):
         extras[index]["NSFW"] = is_flagged
     return result
 
 
-def _keep_best(result, options: RunOptions, extras: dict[int, dict]) -> list[int]:
-    from sdgen.ranking.clip import keep_best, load_ranker
+def _keep_best(ranker, result, count: int, extras: dict[int, dict]) -> list[int]:
+    """The ``count`` best pictures' indices, best first; their CLIP score and rank recorded."""
+    from sdgen.ranking.clip import keep_best
 
-    ranker = load_ranker(options.clip_model, token=options.token, device=result.request.device)
     prompts = [prompt for prompt, _ in result.request.image_prompts()]
-    kept = keep_best(ranker, prompts, result.images, options.best_of)
+    kept = keep_best(ranker, prompts, result.images, count)
     for rank, (index, score) in enumerate(kept, start=1):
         extras[index].update({"CLIP score": round(score, 4), "CLIP rank": rank})
     return [index for index, _ in kept]

@@ -57,41 +57,43 @@ def split_images(count: int, parts: int) -> list[range]:
     return ranges
 
 
+def load_on_devices(devices: list[str], load: Callable[[str], LoadedModel]) -> list[LoadedModel]:
+    """One copy of the model per device (a repeated device gets its own copy).
+
+    Loaded one after another: diffusers builds models on torch's meta device by patching torch
+    globally for the duration of a load, which is not safe across threads.
+    """
+    return [load(device) for device in devices]
+
+
 def generate_on_devices(
-    request: GenerationRequest,
-    devices: list[str],
-    load: Callable[[str], LoadedModel],
-    callback: StepCallback | None = None,
-) -> tuple[GenerationResult, LoadedModel]:
-    """Generate ``request``'s pictures over ``devices``; (the result, the first device's model).
+    request: GenerationRequest, models: list[LoadedModel], callback: StepCallback | None = None
+) -> GenerationResult:
+    """Generate ``request``'s pictures with one copy of the model per device, in parallel.
 
     Args:
         request: the whole request; its seed is drawn once here if it has none.
-        devices: from ``parse_devices``; a device may repeat (two CPU workers).
-        load: loads the model onto one device (called once per device that gets pictures).
-        callback: step callback of the first device's run, which holds picture 0.
+        models: from ``load_on_devices``; a model that would get no picture stays idle.
+        callback: step callback of the first model's run, which holds picture 0.
     Returns:
-        The pictures in image order with the resolved request, and a model for saving.
+        The pictures in image order, with the request resolved as a single device resolves it.
     """
     request = request.with_seed()
-    parts = split_images(request.total_images, len(devices))
-    devices = devices[: len(parts)]
-    # Loaded one after another: diffusers builds models on torch's meta device by patching
-    # torch globally for the duration of a load, which is not safe across threads.
-    models = [load(device) for device in devices]
-    with ThreadPoolExecutor(max_workers=len(devices)) as pool:
-        request = resolve_request(models[0], request)
-        pairs = request.image_prompts()
-        runs = [
-            request.replace(
-                prompt=tuple(pairs[i][0] for i in part),
-                negative_prompt=tuple(pairs[i][1] for i in part),
-                num_images=1,
-                seed=request.seed + part.start,
-            )
-            for part in parts
-        ]
-        callbacks = [callback] + [None] * (len(runs) - 1)
+    parts = split_images(request.total_images, len(models))
+    models = models[: len(parts)]
+    request = resolve_request(models[0], request)
+    pairs = request.image_prompts()
+    runs = [
+        request.replace(
+            prompt=tuple(pairs[i][0] for i in part),
+            negative_prompt=tuple(pairs[i][1] for i in part),
+            num_images=1,
+            seed=request.seed + part.start,
+        )
+        for part in parts
+    ]
+    callbacks = [callback] + [None] * (len(runs) - 1)
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
         results = list(pool.map(generate, models, runs, callbacks))
     images = [image for result in results for image in result.images]
-    return GenerationResult(request=request, images=images), models[0]
+    return GenerationResult(request=request, images=images)
