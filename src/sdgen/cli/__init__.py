@@ -12,12 +12,12 @@ import sys
 
 import click
 
-from sdgen.cli import generate, rank, sweep
+from sdgen.cli import generate, rank, serve, sweep
 from sdgen.cli.common import USAGE_ERROR, cli
 from sdgen.errors import SdgenError
 
 __all__ = ["cli", "main"]
-_COMMANDS = (generate, rank, sweep)  # imported for their registrations on ``cli``
+_COMMANDS = (generate, rank, serve, sweep)  # imported for their registrations on ``cli``
 
 
 def main(argv: list[str] | None = None) -> int:

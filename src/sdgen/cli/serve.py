@@ -1,0 +1,130 @@
+"""``sdgen serve``: the HTTP server (native ``/v1`` API and A1111's ``/sdapi/v1``) on uvicorn.
+
+FastAPI and uvicorn are imported when the command runs, so ``sdgen --help`` and the other
+commands stay fast and work without the ``server`` extra.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from sdgen.cli.common import cli, quiet_libraries
+from sdgen.errors import SdgenError
+from sdgen.models.bundled import MINIATURE_MODEL
+from sdgen.params import PRECISIONS
+
+SERVER_MISSING = 'sdgen serve needs the server extra: pip install "sdgen[server]"'
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=int, default=7860, show_default=True)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="a model requests may choose (folder, .safetensors or hub id; repeat for more); "
+    f"the first is the default [default: {MINIATURE_MODEL}]",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("sdgen-data"),
+    show_default=True,
+    help="job database, uploaded pictures and outputs",
+)
+@click.option(
+    "--api-key",
+    envvar="SDGEN_API_KEY",
+    help="require 'Authorization: Bearer KEY'; needed to listen beyond loopback [SDGEN_API_KEY]",
+)
+@click.option("--max-queue", type=int, default=64, show_default=True, help="queued jobs at most")
+@click.option(
+    "--devices", help="one worker per device, e.g. cuda:0,cuda:1 or cpu,cpu (default: auto)"
+)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option("--max-steps", type=int, default=150, show_default=True)
+@click.option("--max-images", type=int, default=16, show_default=True, help="per request")
+@click.option("--max-pixels", type=int, default=2048 * 2048, show_default=True, help="per picture")
+@click.option(
+    "--max-body-mb", type=float, default=32.0, show_default=True, help="request body size"
+)
+@click.option("--step-delay", type=float, default=0.0, hidden=True)  # tests: a slow job
+def serve(
+    host: str,
+    port: int,
+    models: tuple[str, ...],
+    data_dir: Path,
+    api_key: str | None,
+    max_queue: int,
+    devices: str | None,
+    precision: str,
+    max_steps: int,
+    max_images: int,
+    max_pixels: int,
+    max_body_mb: float,
+    step_delay: float,
+) -> None:
+    """Serve generation over HTTP: jobs are queued, stored in --data-dir and survive restarts."""
+    from sdgen.engine.limits import Limits
+    from sdgen.server.config import ServerConfig, is_loopback  # light: no torch, no FastAPI
+
+    if not is_loopback(host) and not api_key:
+        raise SdgenError(
+            f"host: listening on {host} (beyond this machine) needs --api-key (or SDGEN_API_KEY)"
+        )
+    try:
+        import uvicorn
+
+        from sdgen.server.app import create_app
+        from sdgen.server.store import JobStore
+    except ImportError as err:
+        raise SdgenError(f"{SERVER_MISSING} ({err})") from err
+    for name, value in (("max-queue", max_queue), ("max-steps", max_steps)):
+        if value < 1:
+            raise click.BadParameter(f"{value}: 1 or more", param_hint=f"--{name}")
+    for name in models:
+        _check_model(name)
+    config = ServerConfig(
+        data_dir=data_dir,
+        models=models or (MINIATURE_MODEL,),
+        devices=tuple(_devices(devices)),
+        precision=precision,
+        host=host,
+        port=port,
+        api_key=api_key,
+        max_queue=max_queue,
+        max_body_bytes=int(max_body_mb * (1 << 20)),
+        limits=Limits(max_steps=max_steps, max_images=max_images, max_pixels=max_pixels),
+        step_delay=step_delay,
+    )
+    quiet_libraries()
+    store = JobStore(data_dir)  # before listening: a data dir in use or unusable exits 2
+    app = create_app(config, store=store)
+    click.echo(f"sdgen: serving on http://{host}:{port} (docs at /docs)", err=True)
+    sys.stderr.flush()
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+def _check_model(name: str) -> None:
+    """Refuse at start a --model that is neither bundled, nor a path that exists, nor a hub id."""
+    from sdgen.models.bundled import BUNDLED_MODELS
+    from sdgen.models.hub import is_hub_id
+
+    if name in BUNDLED_MODELS or Path(name).expanduser().exists() or is_hub_id(name):
+        return
+    raise SdgenError(f"model: {name!r} is neither a file, a folder, nor a hub id (owner/name)")
+
+
+def _devices(text: str | None) -> list[str]:
+    """The ``--devices`` list; default one worker on the best device here."""
+    if not text:
+        from sdgen.models.devices import resolve_device
+
+        return [str(resolve_device("auto"))]
+    from sdgen.engine.devices import parse_devices
+
+    return parse_devices(text)

@@ -1,0 +1,364 @@
+"""The job engine: one FIFO queue, one worker thread per device, progress, cancel, failures.
+
+A job is a resolved ``GenerationRequest`` under an id. Workers take jobs in the order they were
+submitted; each runs ``generate`` on its own device's copy of the job's model. What happens to
+a job is told to a ``JobListener`` (the server's job store and event stream), from the worker's
+thread. The engine keeps nothing once a job has ended: persistence is the listener's business.
+
+- Cancel: a queued job is taken out and never runs; a running job stops within one step, through
+  ``GenerationCancelled`` raised by the step callback.
+- Failures are per job: an exception fails that job only; ``torch.cuda.OutOfMemoryError`` fails it
+  with kind ``out_of_memory`` and empties the CUDA cache, so the next job starts clean.
+- Stop: running jobs are stopped within one step and handed back (``job_returned``), not
+  cancelled, so a restarted server runs them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from sdgen.engine.limits import Limits, preflight
+from sdgen.engine.models import ModelPool
+from sdgen.engine.previews import prepare_previews, preview_png
+from sdgen.errors import GenerationCancelled, InvalidRequest, SdgenError
+from sdgen.models.loaded import LoadedModel
+from sdgen.params import GenerationRequest
+from sdgen.pipelines.stages import GenerationResult
+from sdgen.sampling.loop import Step
+
+log = logging.getLogger(__name__)
+
+GenerateFn = Callable[..., GenerationResult]  # generate(model, request, callback)
+
+# Failure kinds, as the API reports them in ``error.kind``.
+INVALID_REQUEST = "invalid_request"  # the request could not run as given (field named)
+OUT_OF_MEMORY = "out_of_memory"  # the device ran out of memory; a smaller request may run
+MODEL_LOAD = "model_load"  # the job's model could not be loaded on the worker's device
+INTERNAL = "internal"  # anything else: a bug or an environment problem, logged with traceback
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a job failed."""
+
+    kind: str
+    message: str
+    field: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A running job after a step: ``step`` of ``total`` steps done (1-based)."""
+
+    step: int
+    total: int
+    preview: bytes | None  # a small PNG of the predicted picture, or None (throttled)
+    steps_per_second: float
+
+
+class JobListener(Protocol):
+    """What the engine tells about jobs; called from worker threads, in each job's order."""
+
+    def job_started(self, job_id: str, device: str) -> None: ...
+
+    def job_progressed(self, job_id: str, progress: Progress) -> None: ...
+
+    def job_succeeded(self, job_id: str, result: GenerationResult, model: LoadedModel) -> None: ...
+
+    def job_failed(self, job_id: str, failure: Failure) -> None: ...
+
+    def job_cancelled(self, job_id: str) -> None: ...
+
+    def job_returned(self, job_id: str) -> None:
+        """The engine stopped while the job ran: it did not end and should run again."""
+
+
+class QueueFull(SdgenError):
+    """The queue holds ``max_queue`` jobs; try again later."""
+
+    def __init__(self, depth: int, retry_after: int):
+        self.depth, self.retry_after = depth, retry_after
+        super().__init__(f"the queue is full ({depth} jobs); retry in {retry_after} s")
+
+
+@dataclass
+class _Job:
+    id: str
+    request: GenerationRequest
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+def empty_cuda_cache() -> None:
+    """Give cached CUDA memory back after a failure; nothing to do on a CPU-only machine."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+class Engine:
+    """Runs submitted jobs in order on one worker thread per device.
+
+    Args:
+        models: the configured models; each worker loads the ones its jobs need, once.
+        listener: told what happens to each job.
+        devices: one worker per entry (repeats give several workers on one device).
+        max_queue: queued jobs (not counting running ones) beyond which ``submit`` refuses.
+        limits: bounds checked by ``check`` before a job is accepted.
+        generate: the function that runs a request (tests inject failures through it).
+        preview_interval: seconds between two preview pictures of a job (0: every step).
+        step_delay: seconds to sleep after each step; only for tests that need a slow job.
+        empty_cache: frees device memory after a failure or cancel (default:
+            ``empty_cuda_cache``).
+    """
+
+    def __init__(
+        self,
+        models: ModelPool,
+        listener: JobListener,
+        *,
+        devices: Sequence[str] = ("cpu",),
+        max_queue: int = 64,
+        limits: Limits | None = None,
+        generate: GenerateFn | None = None,
+        preview_interval: float = 0.5,
+        step_delay: float = 0.0,
+        empty_cache: Callable[[], None] | None = None,
+    ):
+        if not devices:
+            raise ValueError("an engine needs at least one device")
+        self.models, self.listener = models, listener
+        self.devices = tuple(devices)
+        self.max_queue = max_queue
+        self.limits = limits or Limits()
+        self._generate = generate
+        self.preview_interval, self.step_delay = preview_interval, step_delay
+        self._empty_cache = empty_cache
+        self._queue: deque[_Job] = deque()
+        self._running: dict[str, tuple[_Job, str]] = {}
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._workers: list[threading.Thread] = []
+        self._loading = len(self.devices)  # workers still loading the default model
+        self._durations: deque[float] = deque(maxlen=20)  # recent job run times, for Retry-After
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, wait_ready: bool = False) -> None:
+        """Start the workers; each loads the default model on its device before taking jobs."""
+        for index, device in enumerate(self.devices):
+            worker = threading.Thread(
+                target=self._work, args=(device,), name=f"sdgen-worker-{index}-{device}"
+            )
+            worker.daemon = True  # a stuck generation must not keep the process alive at exit
+            worker.start()
+            self._workers.append(worker)
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until every worker has loaded the default model; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._loading == 0, timeout)
+
+    @property
+    def ready(self) -> bool:
+        """Every worker has loaded the default model (or failed to, and said so in the log)."""
+        with self._cond:
+            return self._loading == 0
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the workers: running jobs end within one step and are returned, not cancelled."""
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        for worker in self._workers:
+            worker.join(timeout)
+        self._workers.clear()
+
+    @property
+    def workers_alive(self) -> int:
+        return sum(worker.is_alive() for worker in self._workers)
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def check(self, request: GenerationRequest) -> GenerationRequest:
+        """The request as it will run (model named, seed drawn, size resolved), or InvalidRequest.
+
+        Checks the limits and the pipelines' own rules on the CPU, before the job is accepted.
+        """
+        name = self.models.resolve_name(request.model)
+        self.limits.check(request)  # before any model is touched
+        model = self.models.any(name, self.devices[0])
+        resolved = preflight(model, request.replace(model=name), self.limits)
+        return resolved.replace(device="auto")  # the worker decides where it runs
+
+    def submit(
+        self,
+        job_id: str,
+        request: GenerationRequest,
+        *,
+        persist: Callable[[], None] | None = None,
+        force: bool = False,
+    ) -> None:
+        """Queue a checked request. ``persist`` runs first, under the queue's lock, so a job is
+        stored before it can start and is never stored when the queue refuses it.
+
+        Raises QueueFull when ``max_queue`` jobs wait (unless ``force``: jobs recovered at start).
+        """
+        with self._cond:
+            if not force and len(self._queue) >= self.max_queue:
+                raise QueueFull(len(self._queue), self._retry_after())
+            if persist is not None:
+                persist()
+            self._queue.append(_Job(job_id, request))
+            self._cond.notify_all()  # workers and wait_ready share the condition
+
+    def cancel(self, job_id: str) -> str | None:
+        """Cancel a job: "queued" (it will never run), "running" (it stops within one step), or
+        None when the engine does not hold it (unknown or already ended)."""
+        with self._cond:
+            for job in self._queue:
+                if job.id == job_id:
+                    self._queue.remove(job)
+                    break
+            else:
+                running = self._running.get(job_id)
+                if running is None:
+                    return None
+                running[0].cancelled.set()
+                return "running"
+        self._notify("job_cancelled", job_id)
+        return "queued"
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs waiting for a worker."""
+        with self._cond:
+            return len(self._queue)
+
+    def queued_ids(self) -> list[str]:
+        with self._cond:
+            return [job.id for job in self._queue]
+
+    def running(self) -> dict[str, str]:
+        """Running job id -> device."""
+        with self._cond:
+            return {job_id: device for job_id, (_, device) in self._running.items()}
+
+    def _retry_after(self) -> int:
+        """Seconds until a place in the queue is likely free: one job's time per worker."""
+        if not self._durations:
+            return 5
+        mean = sum(self._durations) / len(self._durations)
+        return max(1, min(600, round(mean * len(self._queue) / len(self.devices))))
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _work(self, device: str) -> None:
+        try:
+            model = self.models.get(self.models.default, device)
+            prepare_previews(model)
+        except Exception:
+            log.exception("worker on %s could not load %s", device, self.models.default)
+        with self._cond:
+            self._loading -= 1
+            self._cond.notify_all()
+        while (job := self._next(device)) is not None:
+            try:
+                self._run(job, device)
+            except Exception:  # a listener that fails must not take the worker down
+                log.exception("job %s: unexpected error in the worker", job.id)
+            finally:
+                with self._cond:
+                    self._running.pop(job.id, None)
+
+    def _next(self, device: str) -> _Job | None:
+        """The oldest queued job, now marked running on ``device``; None when stopping."""
+        with self._cond:
+            while not self._queue and not self._stopping.is_set():
+                self._cond.wait()
+            if self._stopping.is_set():
+                return None
+            job = self._queue.popleft()
+            self._running[job.id] = (job, device)
+            return job
+
+    def _run(self, job: _Job, device: str) -> None:
+        try:
+            model = self.models.get(job.request.model, device)
+        except Exception as err:
+            log.exception("job %s: loading %s on %s failed", job.id, job.request.model, device)
+            self.listener.job_failed(job.id, Failure(MODEL_LOAD, f"{type(err).__name__}: {err}"))
+            return
+        self.listener.job_started(job.id, device)
+        started = time.monotonic()
+        try:
+            result = self._call_generate(model, job, started)
+        except GenerationCancelled:
+            self._free_memory()
+            if job.cancelled.is_set():
+                self.listener.job_cancelled(job.id)
+            else:
+                self.listener.job_returned(job.id)
+            return
+        except torch.cuda.OutOfMemoryError as err:
+            self._free_memory()
+            detail = (str(err).strip().splitlines() or ["no details"])[0]
+            message = f"the device ran out of memory ({detail})"
+            self.listener.job_failed(job.id, Failure(OUT_OF_MEMORY, message))
+            return
+        except InvalidRequest as err:
+            self.listener.job_failed(job.id, Failure(INVALID_REQUEST, str(err), err.field))
+            return
+        except Exception as err:
+            log.exception("job %s failed", job.id)
+            self.listener.job_failed(job.id, Failure(INTERNAL, f"{type(err).__name__}: {err}"))
+            return
+        self._durations.append(time.monotonic() - started)
+        try:
+            self.listener.job_succeeded(job.id, result, model)
+        except Exception as err:
+            log.exception("job %s: storing the result failed", job.id)
+            message = f"storing the pictures failed: {type(err).__name__}: {err}"
+            self.listener.job_failed(job.id, Failure(INTERNAL, message))
+
+    def _call_generate(self, model: LoadedModel, job: _Job, started: float) -> GenerationResult:
+        if self._generate is None:
+            from sdgen.pipelines.generate import generate
+
+            self._generate = generate
+        last_preview = [float("-inf")]
+
+        def on_step(step: Step) -> None:
+            if self.step_delay:
+                time.sleep(self.step_delay)
+            if job.cancelled.is_set() or self._stopping.is_set():
+                raise GenerationCancelled(job.id)
+            now = time.monotonic()
+            preview = None
+            final = step.index + 1 == step.total
+            if not final and now - last_preview[0] >= self.preview_interval:
+                preview, last_preview[0] = preview_png(model, step), now
+            rate = (step.index + 1) / max(now - started, 1e-9)
+            progress = Progress(step.index + 1, step.total, preview, rate)
+            self.listener.job_progressed(job.id, progress)
+
+        if job.cancelled.is_set() or self._stopping.is_set():
+            raise GenerationCancelled(job.id)
+        return self._generate(model, job.request, on_step)
+
+    def _free_memory(self) -> None:
+        (self._empty_cache or empty_cuda_cache)()  # looked up now: tests replace it
+
+    def _notify(self, event: str, *args: object) -> None:
+        try:
+            getattr(self.listener, event)(*args)
+        except Exception:
+            log.exception("listener %s%r failed", event, args)

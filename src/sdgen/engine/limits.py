@@ -1,0 +1,73 @@
+"""What a server accepts, and the checks a request passes before it is queued.
+
+``preflight`` runs the pipelines' own checks (size against the model's latent factor, init picture
+and mask sizes, strength x steps) on the CPU before a job is accepted, so a request that would
+fail is refused at once with the field named, and never takes a place in the queue or the GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sdgen.errors import InvalidRequest
+from sdgen.params import GenerationRequest
+
+if TYPE_CHECKING:  # the limits themselves stay importable without torch (sdgen serve's flags)
+    from sdgen.models.loaded import LoadedModel
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-wide bounds on one request; each is configurable on ``sdgen serve``."""
+
+    max_steps: int = 150  # A1111's UI allows 150
+    max_images: int = 16  # pictures in one request (A1111: batch_size x n_iter)
+    max_pixels: int = 2048 * 2048  # pixels of one output picture (A1111's largest slider size)
+    max_prompt_chars: int = 20_000  # per prompt; the text encoder reads 77 tokens anyway
+
+    def check(self, request: GenerationRequest) -> None:
+        """Refuse what is over the limits, by field, before anything is resolved."""
+        for field, texts in (
+            ("prompt", request.prompts),
+            ("negative_prompt", request.negative_prompts),
+        ):
+            for text in texts:
+                if len(text) > self.max_prompt_chars:
+                    raise InvalidRequest(
+                        field, f"{len(text)} characters", f"at most {self.max_prompt_chars}"
+                    )
+        if request.steps > self.max_steps:
+            raise InvalidRequest("steps", request.steps, f"from 1 to {self.max_steps}")
+        if request.total_images > self.max_images:
+            raise InvalidRequest(
+                "num_images",
+                request.total_images,
+                f"at most {self.max_images} pictures in one request (prompts x num_images)",
+            )
+        width, height = request.width or 0, request.height or 0
+        if width * height > self.max_pixels:
+            raise InvalidRequest(
+                "width", f"{width}x{height}", f"a size of at most {self.max_pixels} pixels"
+            )
+
+
+def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) -> GenerationRequest:
+    """``request`` resolved against ``model`` (seed, size, sampler) after every cheap check.
+
+    Raises InvalidRequest naming the field. The resolved request is what runs, so a job that is
+    re-queued after a restart makes the same pictures (its random seed is drawn here, once).
+    """
+    # Imported here: the pipelines pull in diffusers; the engine's callers may not need them.
+    from sdgen.pipelines.init_images import mask_tensor, picture_tensor, strength_timesteps
+    from sdgen.pipelines.stages import new_scheduler, resolve_request
+
+    limits.check(request)
+    resolved = resolve_request(model, request)
+    limits.check(resolved)  # the size that comes from the model or the init picture
+    if resolved.init_image is not None:
+        picture_tensor(resolved)  # the init picture must have the output size, or resize
+        if resolved.mask is not None:
+            mask_tensor(resolved)
+        strength_timesteps(new_scheduler(model, resolved), resolved.steps, resolved.strength)
+    return resolved

@@ -1,0 +1,77 @@
+"""The models a server offers: chosen by name among those configured, loaded once per device.
+
+Only configured names are ever loaded; a name from a request is looked up, never opened, so a
+request cannot make the server read a path (``../``, absolute, URL-encoded) of its choosing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+from sdgen.errors import InvalidRequest
+from sdgen.models.loaded import LoadedModel
+
+Loader = Callable[[str, str], LoadedModel]  # (configured name, device) -> model
+
+
+def load_configured(name: str, device: str, precision: str = "auto") -> LoadedModel:
+    """The default loader: ``load_model`` with the server's precision, pickles refused."""
+    from sdgen.models.loader import load_model
+
+    return load_model(name, device=device, precision=precision)
+
+
+class ModelPool:
+    """Configured model names -> one loaded model per (name, device), loaded on first use."""
+
+    def __init__(self, names: Sequence[str], load: Loader = load_configured):
+        if not names:
+            raise ValueError("a model pool needs at least one model name")
+        self.names: tuple[str, ...] = tuple(dict.fromkeys(names))  # order kept, repeats dropped
+        self._load = load
+        self._models: dict[tuple[str, str], LoadedModel] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def default(self) -> str:
+        """The first configured model: what a request without ``model`` gets."""
+        return self.names[0]
+
+    def resolve_name(self, name: str | None, field: str = "model") -> str:
+        """The configured model called ``name`` (``None``: the default); others are refused."""
+        if name is None:
+            return self.default
+        if name not in self.names:
+            raise InvalidRequest(field, name, f"one of the served models: {', '.join(self.names)}")
+        return name
+
+    def get(self, name: str, device: str) -> LoadedModel:
+        """The model ``name`` on ``device``, loaded now if it is not yet (one load per pair)."""
+        key = (self.resolve_name(name), device)
+        with self._lock:
+            model = self._models.get(key)
+            if model is not None:
+                return model
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # two callers for the same pair wait for one load; other pairs load freely
+            if key not in self._models:
+                model = self._load(*key)
+                with self._lock:
+                    self._models[key] = model
+            return self._models[key]
+
+    def any(self, name: str, fallback_device: str) -> LoadedModel:
+        """The model ``name`` on whichever device has it, else loaded on ``fallback_device``."""
+        name = self.resolve_name(name)
+        with self._lock:
+            for (loaded_name, _), model in self._models.items():
+                if loaded_name == name:
+                    return model
+        return self.get(name, fallback_device)
+
+    def loaded(self) -> list[tuple[str, str]]:
+        """(name, device) of every loaded model."""
+        with self._lock:
+            return sorted(self._models)

@@ -1,0 +1,259 @@
+"""AUTOMATIC1111's API schemas (v1.9/1.10 field names and defaults, shared/reference/a1111.md)
+and their conversion to the one request type.
+
+A1111 clients send every field of A1111's processing classes. Fields that do not change the
+picture (saving, ``eta`` and the ``s_*`` noise settings of samplers sdgen does not offer,
+``mask_blur``...) are accepted and ignored; features sdgen does not have (hires fix, face
+restoration, tiling, variation seeds, scripts, styles) are refused with 422 naming the field
+when they are switched on, rather than silently giving a different picture.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import ImageOps
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdgen.errors import InvalidRequest
+from sdgen.params import GenerationRequest, InputPicture
+
+from ..pictures import decode_picture
+
+# sdgen's request fields -> the A1111 field a client sent them as (for 422 messages).
+A1111_FIELDS = {
+    "guidance_scale": "cfg_scale",
+    "num_images": "batch_size",
+    "sampler": "sampler_name",
+    "init_image": "init_images",
+    "strength": "denoising_strength",
+    "model": "override_settings.sd_model_checkpoint",
+}
+AUTOMATIC = ("automatic", "")  # A1111's "Schedule type: Automatic": the sampler's own
+
+
+class Txt2ImgRequest(BaseModel):
+    """``POST /sdapi/v1/txt2img``, as ``StableDiffusionProcessingTxt2Img`` defines it."""
+
+    model_config = ConfigDict(extra="allow")  # extensions' fields; never used
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] | None = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = None
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = None
+    denoising_strength: float | None = None
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool = False
+    firstpass_image: str | None = None
+    comments: dict[str, Any] | None = None
+    enable_hr: bool = False
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    force_task_id: str | None = None
+    sampler_index: str = "Euler"
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    infotext: str | None = None
+
+    def to_request(self, model: str | None, max_pixels: int) -> GenerationRequest:
+        """The GenerationRequest this asks for; InvalidRequest with A1111's field names."""
+        self._refuse_unsupported()
+        try:
+            return GenerationRequest(**self._fields(model, max_pixels))
+        except InvalidRequest as err:
+            raise a1111_error(err) from err
+
+    def _fields(self, model: str | None, max_pixels: int) -> dict[str, Any]:
+        for name in ("batch_size", "n_iter"):
+            value = getattr(self, name)
+            if value < 1:
+                raise InvalidRequest(name, value, "a whole number, 1 or more")
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "model": model,
+            "num_images": self.batch_size * self.n_iter,  # seeds seed + i over all, as A1111
+            "steps": self.steps,
+            "guidance_scale": self.cfg_scale,
+            "sampler": self.sampler_label(),
+            "width": self.width,
+            "height": self.height,
+            "seed": None if self.seed == -1 else self.seed,  # -1: random
+        }
+
+    def sampler_label(self) -> str:
+        """A1111's sampler and schedule type as one name sdgen's registry knows."""
+        name = self.sampler_name or self.sampler_index
+        if self.scheduler and self.scheduler.strip().lower() not in AUTOMATIC:
+            return f"{name} {self.scheduler}"
+        return name
+
+    def _refuse_unsupported(self) -> None:
+        switched_on = {
+            "enable_hr": self.enable_hr,
+            "restore_faces": bool(self.restore_faces),
+            "tiling": bool(self.tiling),
+            "subseed_strength": self.subseed_strength != 0,
+            "seed_resize_from_w": self.seed_resize_from_w not in (-1, 0),
+            "seed_resize_from_h": self.seed_resize_from_h not in (-1, 0),
+            "styles": bool(self.styles),
+            "script_name": bool(self.script_name),
+            "refiner_checkpoint": bool(self.refiner_checkpoint),
+            "firstpass_image": bool(self.firstpass_image),
+        }
+        for field, on in switched_on.items():
+            if on:
+                raise InvalidRequest(field, getattr(self, field), "not supported by sdgen")
+        for script, settings in self.alwayson_scripts.items():
+            args = settings.get("args", []) if isinstance(settings, dict) else settings
+            if args not in ([], [False], None):  # extensions send disabled ones this way
+                raise InvalidRequest(
+                    f"alwayson_scripts.{script}", "enabled", "no scripts: sdgen has none"
+                )
+        for key in self.override_settings or {}:
+            if key != "sd_model_checkpoint":
+                raise InvalidRequest(
+                    f"override_settings.{key}",
+                    self.override_settings[key],
+                    "only sd_model_checkpoint can be overridden on sdgen",
+                )
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """``POST /sdapi/v1/img2img``: init picture, optional mask (inpainting)."""
+
+    init_images: list[str] | None = None
+    resize_mode: int = 0
+    denoising_strength: float = 0.75
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int | None = None
+    mask_round: bool = True
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool = False
+
+    def _fields(self, model: str | None, max_pixels: int) -> dict[str, Any]:
+        fields = super()._fields(model, max_pixels)
+        if not self.init_images:
+            raise InvalidRequest("init_images", self.init_images, "one base64 picture")
+        if len(self.init_images) > 1:
+            raise InvalidRequest(
+                "init_images", f"{len(self.init_images)} pictures", "one picture on sdgen"
+            )
+        if self.resize_mode != 0:  # 0 = "Just resize": to width x height
+            raise InvalidRequest("resize_mode", self.resize_mode, "0 (just resize) on sdgen")
+        fields["init_image"] = decode_picture(
+            self.init_images[0], "init_images", mode="RGB", max_pixels=max_pixels
+        )
+        if self.mask is not None:
+            mask = decode_picture(self.mask, "mask", mode="L", max_pixels=max_pixels)
+            if self.inpainting_mask_invert:
+                mask = InputPicture.from_image(ImageOps.invert(mask.image))
+            fields["mask"] = mask
+        fields["strength"] = self.denoising_strength
+        fields["resize"] = True  # A1111 resizes the init picture (and mask) to width x height
+        return fields
+
+
+def a1111_error(err: InvalidRequest) -> InvalidRequest:
+    """The same error under the field name an A1111 client used."""
+    field = A1111_FIELDS.get(err.field)
+    if field is None:
+        return err
+    return InvalidRequest(field, err.value, err.allowed)
+
+
+class GenerationResponse(BaseModel):
+    images: list[str]  # base64 PNGs with the "parameters" chunk
+    parameters: dict[str, Any]  # the request as received, defaults filled in
+    info: str  # a JSON string: seed, all_seeds, infotexts...
+
+
+class PngInfoRequest(BaseModel):
+    image: str = ""
+
+
+class PngInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+class ProgressState(BaseModel):
+    skipped: bool = False
+    interrupted: bool = False
+    job: str = ""
+    job_count: int = 0
+    job_timestamp: str = "0"
+    job_no: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+
+
+class ProgressResponse(BaseModel):
+    progress: float
+    eta_relative: float
+    state: ProgressState
+    current_image: str | None = None
+    textinfo: str | None = None
+    current_task: str | None = None
+
+
+class SamplerItem(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class SDModelItem(BaseModel):
+    title: str
+    model_name: str
+    hash: str | None
+    sha256: str | None
+    filename: str
+    config: str | None = None

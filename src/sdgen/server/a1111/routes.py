@@ -1,0 +1,71 @@
+"""AUTOMATIC1111's routes (``/sdapi/v1``): thin, the handler in ``app.state.a1111_handler``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from .protocol import (
+    GenerationResponse,
+    Img2ImgRequest,
+    PngInfoRequest,
+    PngInfoResponse,
+    ProgressResponse,
+    SamplerItem,
+    SDModelItem,
+    Txt2ImgRequest,
+)
+from .serving import A1111Handler
+
+router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
+
+
+def handler(request: Request) -> A1111Handler:
+    return request.app.state.a1111_handler
+
+
+@router.post("/txt2img", response_model=GenerationResponse)
+async def txt2img(body: Txt2ImgRequest, request: Request) -> GenerationResponse:
+    """Queue a txt2img job and answer when it has ended, as A1111 does."""
+    return await handler(request).txt2img(body)
+
+
+@router.post("/img2img", response_model=GenerationResponse)
+async def img2img(body: Img2ImgRequest, request: Request) -> GenerationResponse:
+    """Queue an img2img (or, with ``mask``, inpainting) job and answer when it has ended."""
+    return await handler(request).img2img(body)
+
+
+@router.get("/progress", response_model=ProgressResponse)
+def progress(request: Request, skip_current_image: bool = False) -> ProgressResponse:
+    return handler(request).progress(skip_current_image)
+
+
+@router.post("/interrupt")
+def interrupt(request: Request) -> dict:
+    return handler(request).interrupt()
+
+
+@router.post("/png-info", response_model=PngInfoResponse)
+def png_info(body: PngInfoRequest, request: Request) -> PngInfoResponse:
+    return handler(request).png_info(body.image)
+
+
+@router.get("/samplers", response_model=list[SamplerItem])
+def samplers(request: Request) -> list[SamplerItem]:
+    return handler(request).samplers()
+
+
+@router.get("/sd-models", response_model=list[SDModelItem])
+def sd_models(request: Request) -> list[SDModelItem]:
+    return handler(request).sd_models()
+
+
+@router.get("/options")
+def options(request: Request) -> dict:
+    return handler(request).options()
+
+
+@router.get("/scripts")
+def scripts(request: Request) -> dict:
+    """No scripts: A1111 clients look here for extensions (ControlNet, ADetailer)."""
+    return {"txt2img": [], "img2img": []}

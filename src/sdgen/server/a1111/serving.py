@@ -1,0 +1,227 @@
+"""AUTOMATIC1111's API on sdgen's job service: the same queue and store as native jobs.
+
+A txt2img or img2img call becomes a job (``api: a1111``) and waits for it, then answers as
+A1111 does: base64 PNGs with the ``parameters`` chunk, the request echoed, and ``info`` as a
+JSON string. ``interrupt`` stops the running A1111 jobs (never a native API's job).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+from PIL import Image
+
+from sdgen.errors import InvalidRequest
+from sdgen.media.metadata import parse_parameters
+from sdgen.sampling.samplers import SAMPLERS, resolve_sampler
+
+from ..config import ServerConfig
+from ..pictures import decode_base64, encode_base64
+from ..service import JobService
+from ..serving import ApiError
+from ..store import JobRecord
+from .protocol import (
+    GenerationResponse,
+    Img2ImgRequest,
+    PngInfoResponse,
+    ProgressResponse,
+    ProgressState,
+    SamplerItem,
+    SDModelItem,
+    Txt2ImgRequest,
+    a1111_error,
+)
+
+ORIGIN = "a1111"
+
+
+class A1111Handler:
+    def __init__(self, service: JobService, config: ServerConfig):
+        self.service, self.config = service, config
+
+    async def txt2img(self, body: Txt2ImgRequest) -> GenerationResponse:
+        return await self._generate(body)
+
+    async def img2img(self, body: Img2ImgRequest) -> GenerationResponse:
+        return await self._generate(body)
+
+    async def _generate(self, body: Txt2ImgRequest) -> GenerationResponse:
+        model = self._model_name((body.override_settings or {}).get("sd_model_checkpoint"))
+        request = body.to_request(model, max_pixels=self.config.max_input_pixels)
+        try:
+            record = self.service.submit(request, origin=ORIGIN)
+        except InvalidRequest as err:
+            raise a1111_error(err) from err
+        record = await self.service.wait(record.id)
+        return self._response(body, record)
+
+    def _response(self, body: Txt2ImgRequest, record: JobRecord) -> GenerationResponse:
+        if record.status == "failed":
+            error = record.error or {}
+            status = 422 if error.get("kind") == "invalid_request" else 500
+            raise ApiError(
+                status, error.get("kind", "internal"), error.get("message", ""), error.get("field")
+            )
+        images = [self.service.store.image_bytes(image.id) for image in record.images]
+        encoded = [encode_base64(png) for png in images if png is not None]
+        return GenerationResponse(
+            images=encoded if body.send_images else [],
+            parameters=body.model_dump(),
+            info=json.dumps(self._info(record)),
+        )
+
+    def _info(self, record: JobRecord) -> dict[str, Any]:
+        """A1111's ``info`` (modules/processing.py ``Processed.js``) for a finished job."""
+        request = record.request
+        sampler = resolve_sampler(request["sampler"]) if request.get("sampler") else None
+        seeds = [image.seed for image in record.images] or [request["seed"]]
+        prompts = request["prompt"] if isinstance(request["prompt"], list) else [request["prompt"]]
+        negatives = request["negative_prompt"]
+        negatives = negatives if isinstance(negatives, list) else [negatives] * len(prompts)
+        per_image = request["num_images"]
+        all_prompts = [p for p in prompts for _ in range(per_image)]
+        all_negatives = [n for n in negatives for _ in range(per_image)]
+        model = self.service.engine.models.any(request["model"], self.service.engine.devices[0])
+        return {
+            "prompt": all_prompts[0],
+            "all_prompts": all_prompts,
+            "negative_prompt": all_negatives[0],
+            "all_negative_prompts": all_negatives,
+            "seed": seeds[0],
+            "all_seeds": seeds,
+            "subseed": seeds[0],
+            "all_subseeds": seeds,
+            "subseed_strength": 0,
+            "width": request["width"],
+            "height": request["height"],
+            "sampler_name": sampler.a1111_name if sampler else None,
+            "cfg_scale": request["guidance_scale"],
+            "steps": request["steps"],
+            "batch_size": per_image,
+            "restore_faces": False,
+            "face_restoration_model": None,
+            "sd_model_name": model.display_name,
+            "sd_model_hash": model.short_hash,
+            "sd_vae_name": None,
+            "sd_vae_hash": None,
+            "seed_resize_from_w": -1,
+            "seed_resize_from_h": -1,
+            "denoising_strength": request["strength"] if request.get("init_image") else None,
+            "extra_generation_params": {"Schedule type": sampler.schedule_type}
+            if sampler and sampler.schedule_type
+            else {},
+            "index_of_first_image": 0,
+            "infotexts": [image.parameters for image in record.images],
+            "styles": [],
+            "job_timestamp": datetime.fromtimestamp(record.created_at).strftime("%Y%m%d%H%M%S"),
+            "clip_skip": 1,
+            "is_using_inpainting_conditioning": bool(request.get("mask")),
+            "version": "sdgen",
+            "job_id": record.id,
+            "status": record.status,
+        }
+
+    def progress(self, skip_current_image: bool) -> ProgressResponse:
+        """The running job that started last, as A1111's single current job."""
+        queued = self.service.engine.queue_depth
+        current = self.service.current()
+        if current is None:
+            return ProgressResponse(
+                progress=0.0, eta_relative=0.0, state=ProgressState(job_count=queued)
+            )
+        job_id, live = current
+        fraction = live.step / live.total if live.total else 0.0
+        elapsed = time.monotonic() - live.started
+        eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+        state = ProgressState(
+            job=f"task({job_id})",
+            job_count=queued + len(self.service.engine.running()),
+            sampling_step=live.step,
+            sampling_steps=live.total,
+        )
+        return ProgressResponse(
+            progress=fraction,
+            eta_relative=eta,
+            state=state,
+            current_image=None if skip_current_image else live.preview,
+            current_task=job_id,
+        )
+
+    def interrupt(self) -> dict:
+        """Stop the running jobs made through this API (A1111 has one current job)."""
+        for job_id in self.service.engine.running():
+            record = self.service.get(job_id)
+            if record is not None and record.origin == ORIGIN:
+                self.service.cancel(job_id)
+        return {}
+
+    def png_info(self, image: str) -> PngInfoResponse:
+        """A picture's text chunks and its parsed ``parameters``; the picture is only read."""
+        if not image:
+            raise InvalidRequest("image", "", "a base64 picture")
+        data = decode_base64(image, "image")
+        try:
+            with Image.open(io.BytesIO(data)) as picture:
+                width, height = picture.size
+                if width * height > self.config.max_input_pixels:
+                    raise InvalidRequest("image", f"{width}x{height}", "a smaller picture")
+                picture.load()
+                items = {k: v for k, v in picture.info.items() if isinstance(v, str)}
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            if isinstance(err, InvalidRequest):
+                raise
+            raise InvalidRequest("image", "bytes", f"a PNG, JPEG or WebP picture ({err})") from err
+        text = items.pop("parameters", "")
+        try:
+            parameters = parse_parameters(text) if text else {}
+        except (ValueError, IndexError):  # uploaded metadata is never trusted to be well-formed
+            parameters = {}
+        return PngInfoResponse(info=text, items=items, parameters=parameters)
+
+    def samplers(self) -> list[SamplerItem]:
+        return [
+            SamplerItem(name=s.display_name, aliases=[s.name], options=dict(s.options))
+            for s in SAMPLERS.values()
+        ]
+
+    def sd_models(self) -> list[SDModelItem]:
+        models = self.service.engine.models
+        loaded = {name: device for name, device in models.loaded()}
+        items = []
+        for name in models.names:
+            short_hash = None
+            if name in loaded:
+                short_hash = models.get(name, loaded[name]).short_hash
+            title = f"{name} [{short_hash}]" if short_hash else name
+            items.append(
+                SDModelItem(
+                    title=title, model_name=name, hash=short_hash, sha256=None, filename=name
+                )
+            )
+        return items
+
+    def options(self) -> dict:
+        default = self.sd_models()[0]
+        return {"sd_model_checkpoint": default.title, "samples_format": "png"}
+
+    def _model_name(self, checkpoint: Any) -> str | None:
+        """A1111 names checkpoints by title, "name [hash]"; a served model's name is its own."""
+        if checkpoint is None:
+            return None
+        if not isinstance(checkpoint, str):
+            raise InvalidRequest(
+                "override_settings.sd_model_checkpoint", checkpoint, "a model's name"
+            )
+        names = self.service.engine.models.names
+        bare = checkpoint.rsplit(" [", 1)[0] if checkpoint.endswith("]") else checkpoint
+        if bare in names:
+            return bare
+        raise InvalidRequest(
+            "override_settings.sd_model_checkpoint",
+            checkpoint,
+            f"one of the served models: {', '.join(names)}",
+        )

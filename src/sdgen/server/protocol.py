@@ -1,0 +1,157 @@
+"""The native API's schemas (``/v1``): pydantic at the HTTP edge, converted to the one request
+type, ``GenerationRequest``, which does the validation. Defaults are read from it, never copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdgen.params import GenerationRequest
+
+from .pictures import decode_picture
+from .store import STATUSES, JobRecord
+
+Status = Literal[STATUSES]  # the store's statuses, one list
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationRequest)}
+
+
+class JobCreate(BaseModel):
+    """A txt2img, img2img (``init_image``) or inpainting (``init_image`` and ``mask``) job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | list[str] = Field("", description="an empty prompt is unconditional")
+    negative_prompt: str | list[str] = _DEFAULTS["negative_prompt"]
+    model: str | None = Field(None, description="one of GET /v1/models; default: the first")
+    num_images: int = _DEFAULTS["num_images"]
+    steps: int = _DEFAULTS["steps"]
+    guidance_scale: float = _DEFAULTS["guidance_scale"]
+    sampler: str | None = Field(None, description="GET /v1/samplers; default: the model's own")
+    width: int | None = Field(None, description="default: the model's (img2img: the picture's)")
+    height: int | None = Field(None, description="default: the model's (img2img: the picture's)")
+    seed: int | None = Field(None, description="seed of the first picture; null: random")
+    init_image: str | None = Field(None, description="base64 picture: makes the job img2img")
+    mask: str | None = Field(None, description="base64 picture, white = repaint: inpainting")
+    strength: float = _DEFAULTS["strength"]
+    resize: bool = _DEFAULTS["resize"]
+
+    def to_request(self, max_pixels: int) -> GenerationRequest:
+        """The GenerationRequest (validated there); pictures decoded with a pixel bound."""
+        fields = self.model_dump(exclude={"init_image", "mask"})
+        if self.init_image is not None:
+            fields["init_image"] = decode_picture(
+                self.init_image, "init_image", mode="RGB", max_pixels=max_pixels
+            )
+        if self.mask is not None:
+            fields["mask"] = decode_picture(self.mask, "mask", mode="L", max_pixels=max_pixels)
+        return GenerationRequest(**fields)
+
+
+class ErrorInfo(BaseModel):
+    kind: str  # invalid_request, out_of_memory, model_load, internal, interrupted, ...
+    field: str | None = None
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+    detail: str  # the message again, where FastAPI clients look for it
+
+
+class ProgressInfo(BaseModel):
+    step: int
+    total: int
+    fraction: float  # 0..1
+    preview: str | None = None  # base64 PNG of the latest preview, while running
+
+
+class ImageInfo(BaseModel):
+    id: str
+    url: str
+    seed: int
+    width: int
+    height: int
+    parameters: str  # A1111's infotext, also in the PNG's "parameters" chunk
+
+
+class JobInfo(BaseModel):
+    id: str
+    status: Status
+    api: str  # which API made it: v1 or a1111
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    queue_position: int | None  # 1 = next to run; only while queued
+    progress: ProgressInfo
+    error: ErrorInfo | None
+    request: dict[str, Any]  # the request as it runs: seed, size and sampler resolved
+    results: list[ImageInfo]
+    events_url: str
+
+
+class JobList(BaseModel):
+    jobs: list[JobInfo]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    default: bool
+    loaded_on: list[str]
+
+
+class SamplerInfo(BaseModel):
+    name: str
+    a1111_name: str
+    schedule_type: str | None
+    scheduler_class: str
+
+
+def image_url(image_id: str) -> str:
+    return f"/v1/images/{image_id}"
+
+
+def job_info(
+    record: JobRecord,
+    *,
+    step: int = 0,
+    total: int = 0,
+    preview: str | None = None,
+    queue_position: int | None = None,
+) -> JobInfo:
+    """The API's view of a stored job, with the live progress of a running one."""
+    if record.status == "succeeded":
+        total = total or record.request.get("steps", 0)
+        step = total
+    fraction = 1.0 if record.status == "succeeded" else (step / total if total else 0.0)
+    return JobInfo(
+        id=record.id,
+        status=record.status,
+        api=record.origin,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        queue_position=queue_position,
+        progress=ProgressInfo(step=step, total=total, fraction=fraction, preview=preview),
+        error=ErrorInfo(**record.error) if record.error else None,
+        request=record.request,
+        results=[
+            ImageInfo(
+                id=image.id,
+                url=image_url(image.id),
+                seed=image.seed,
+                width=image.width,
+                height=image.height,
+                parameters=image.parameters,
+            )
+            for image in record.images
+        ],
+        events_url=f"/v1/jobs/{record.id}/events",
+    )

@@ -1,0 +1,293 @@
+"""AUTOMATIC1111's API as its clients call it: the exact JSON the ``webuiapi`` package sends."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from test_server_support import (  # noqa: F401 (single_thread_torch: autouse)
+    LiveServer,
+    client_for,
+    decode_png,
+    make_app,
+    png_base64,
+    serial_pictures,
+    single_thread_torch,
+    wait_for,
+    wait_until,
+)
+
+from sdgen.media.metadata import parse_parameters
+from sdgen.params import GenerationRequest, InputPicture
+
+# webuiapi.WebUIApi(sampler="Euler a").txt2img(prompt=..., seed=1234, batch_size=2, steps=3,
+# width=64, height=64): its payload, field for field (webuiapi 0.9).
+WEBUIAPI_TXT2IMG = {
+    "enable_hr": False,
+    "hr_scale": 2,
+    "hr_upscaler": "Latent",
+    "hr_second_pass_steps": 0,
+    "hr_resize_x": 0,
+    "hr_resize_y": 0,
+    "denoising_strength": 0.7,
+    "firstphase_width": 0,
+    "firstphase_height": 0,
+    "prompt": "a red circle",
+    "styles": [],
+    "seed": 1234,
+    "subseed": -1,
+    "subseed_strength": 0.0,
+    "seed_resize_from_h": 0,
+    "seed_resize_from_w": 0,
+    "batch_size": 2,
+    "n_iter": 1,
+    "steps": 3,
+    "cfg_scale": 7.0,
+    "width": 64,
+    "height": 64,
+    "restore_faces": False,
+    "tiling": False,
+    "do_not_save_samples": False,
+    "do_not_save_grid": False,
+    "negative_prompt": "",
+    "eta": 1.0,
+    "s_churn": 0,
+    "s_tmax": 0,
+    "s_tmin": 0,
+    "s_noise": 1,
+    "override_settings": {},
+    "override_settings_restore_afterwards": True,
+    "sampler_name": "Euler a",
+    "sampler_index": "Euler a",
+    "script_name": None,
+    "script_args": [],
+    "send_images": True,
+    "save_images": False,
+    "alwayson_scripts": {},
+}
+INIT = Image.new("RGB", (64, 64), (30, 60, 220))
+MASK = Image.new("L", (64, 64), 0)
+MASK.paste(255, (0, 0, 32, 64))
+# webuiapi's img2img(images=[INIT], ...): the txt2img fields less hires fix, plus these.
+WEBUIAPI_IMG2IMG = {
+    **{k: v for k, v in WEBUIAPI_TXT2IMG.items() if not k.startswith(("hr_", "first"))},
+    "init_images": ["data:image/png;base64," + png_base64(INIT)],
+    "resize_mode": 0,
+    "denoising_strength": 0.75,
+    "mask_blur": 4,
+    "inpainting_fill": 0,
+    "inpaint_full_res": True,
+    "inpaint_full_res_padding": 0,
+    "inpainting_mask_invert": 0,
+    "initial_noise_multiplier": 1,
+    "image_cfg_scale": 1.5,
+    "include_init_images": False,
+    "batch_size": 1,
+}
+del WEBUIAPI_IMG2IMG["enable_hr"]
+
+
+def _same(a: Image.Image, b: Image.Image) -> bool:
+    return np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b))
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    with client_for(tmp_path_factory.mktemp("data")) as c:
+        yield c
+
+
+def test_txt2img_answers_as_a1111_with_the_serial_pictures(client):
+    response = client.post("/sdapi/v1/txt2img", json=WEBUIAPI_TXT2IMG)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"images", "parameters", "info"}
+    expected = serial_pictures(
+        GenerationRequest(
+            "a red circle",
+            steps=3,
+            seed=1234,
+            num_images=2,
+            guidance_scale=7.0,
+            sampler="euler_a",
+            width=64,
+            height=64,
+        )
+    )
+    info = json.loads(body["info"])
+    assert info["seed"] == 1234 and info["all_seeds"] == [1234, 1235]
+    assert info["sampler_name"] == "Euler a" and info["cfg_scale"] == 7.0
+    assert info["sd_model_name"] == "sdgen-miniature" and len(info["infotexts"]) == 2
+    for index, data in enumerate(body["images"]):
+        picture = decode_png(data)
+        assert _same(picture, expected[index])
+        fields = parse_parameters(picture.text["parameters"])
+        assert fields["Seed"] == str(1234 + index) and fields["Sampler"] == "Euler a"
+        assert picture.text["parameters"] == info["infotexts"][index]
+    assert body["parameters"]["prompt"] == "a red circle" and body["parameters"]["steps"] == 3
+    # The A1111 job is a job like any other: in the store, listed by the native API.
+    jobs = client.get("/v1/jobs", params={"limit": 1}).json()["jobs"]
+    assert jobs[0]["api"] == "a1111" and jobs[0]["status"] == "succeeded"
+
+
+def test_a1111_defaults_seed_minus_one_and_a_bare_request(client):
+    response = client.post(
+        "/sdapi/v1/txt2img",
+        json={"prompt": "", "steps": 2, "width": 64, "height": 64, "n_iter": 2},
+    )
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    seed = info["seed"]
+    assert 0 <= seed < 2**32 and info["all_seeds"] == [seed, seed + 1]
+    assert info["sampler_name"] == "Euler"  # A1111's sampler_index default
+    job = client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    assert job["request"]["guidance_scale"] == 7.0  # A1111's cfg_scale default, not sdgen's
+
+
+def test_img2img_and_inpainting_as_webuiapi_sends_them(client):
+    for extra, pictures in (
+        ({}, {"init_image": INIT}),
+        ({"mask": "data:image/png;base64," + png_base64(MASK)}, {"init_image": INIT, "mask": MASK}),
+    ):
+        response = client.post("/sdapi/v1/img2img", json={**WEBUIAPI_IMG2IMG, **extra})
+        assert response.status_code == 200, response.text
+        expected = serial_pictures(
+            GenerationRequest(
+                "a red circle",
+                steps=3,
+                seed=1234,
+                guidance_scale=7.0,
+                sampler="euler_a",
+                width=64,
+                height=64,
+                strength=0.75,
+                resize=True,
+                **{k: InputPicture.from_image(v) for k, v in pictures.items()},
+            )
+        )
+        assert _same(decode_png(response.json()["images"][0]), expected[0])
+        info = json.loads(response.json()["info"])
+        assert info["denoising_strength"] == 0.75
+        assert info["is_using_inpainting_conditioning"] == ("mask" in extra)
+
+
+A1111_INVALID = [
+    ({"width": 65}, "width"),
+    ({"cfg_scale": "nan"}, "cfg_scale"),
+    ({"steps": 0}, "steps"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": 17}, "batch_size"),
+    ({"sampler_name": "Warp drive"}, "sampler_name"),
+    ({"sampler_name": "DPM++ 2M", "scheduler": "Exponential"}, "sampler_name"),
+    ({"seed": -5}, "seed"),
+    ({"enable_hr": True}, "enable_hr"),
+    ({"restore_faces": True}, "restore_faces"),
+    ({"subseed_strength": 0.5}, "subseed_strength"),
+    ({"styles": ["cinematic"]}, "styles"),
+    ({"script_name": "x/y/z plot"}, "script_name"),
+    (
+        {"alwayson_scripts": {"ControlNet": {"args": [{"enabled": True}]}}},
+        "alwayson_scripts.ControlNet",
+    ),
+    ({"override_settings": {"sd_model_checkpoint": "../x"}}, "override_settings"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 2}}, "override_settings"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), A1111_INVALID)
+def test_invalid_a1111_requests_are_422_naming_a1111_fields(client, change, field):
+    response = client.post("/sdapi/v1/txt2img", json={**WEBUIAPI_TXT2IMG, **change})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"].startswith(field)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"init_images": ["%%%"]}, "init_images"),
+        ({"init_images": [base64.b64encode(b"GIF89a nonsense").decode()]}, "init_images"),
+        ({"init_images": []}, "init_images"),
+        ({"mask": "not-a-picture"}, "mask"),
+        ({"resize_mode": 2}, "resize_mode"),
+        ({"denoising_strength": 2.0}, "denoising_strength"),
+    ],
+)
+def test_invalid_img2img_inputs_are_422(client, change, field):
+    response = client.post("/sdapi/v1/img2img", json={**WEBUIAPI_IMG2IMG, **change})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == field
+
+
+def test_png_info_reads_the_parameters_and_never_trusts_them(client):
+    data = client.post("/sdapi/v1/txt2img", json={**WEBUIAPI_TXT2IMG, "batch_size": 1})
+    image = data.json()["images"][0]
+    info = client.post("/sdapi/v1/png-info", json={"image": "data:image/png;base64," + image})
+    assert info.status_code == 200
+    body = info.json()
+    assert body["parameters"]["Seed"] == "1234" and body["info"].startswith("a red circle")
+    assert "sdgen" in body["items"]
+    from PIL import PngImagePlugin
+
+    hostile = PngImagePlugin.PngInfo()
+    hostile.add_text("parameters", 'Steps: "unterminated, Seed: ::::\n\n,,')
+    out = io.BytesIO()
+    INIT.save(out, format="PNG", pnginfo=hostile)
+    odd = client.post(
+        "/sdapi/v1/png-info", json={"image": base64.b64encode(out.getvalue()).decode()}
+    )
+    assert odd.status_code == 200
+    bad = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(b"nope").decode()})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "image"
+
+
+def test_samplers_models_options_and_scripts(client):
+    samplers = {s["name"]: s for s in client.get("/sdapi/v1/samplers").json()}
+    assert {"Euler a", "DPM++ 2M Karras", "DDIM"} <= set(samplers)
+    assert samplers["Euler a"]["aliases"] == ["euler_a"]
+    [model] = client.get("/sdapi/v1/sd-models").json()
+    assert model["model_name"] == "sdgen-miniature" and model["title"].startswith(
+        "sdgen-miniature ["
+    )
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == model["title"]
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    chosen = {**WEBUIAPI_TXT2IMG, "batch_size": 1, "override_settings": {}}
+    chosen["override_settings"]["sd_model_checkpoint"] = model["title"]
+    assert client.post("/sdapi/v1/txt2img", json=chosen).status_code == 200
+
+
+def test_progress_and_interrupt_stop_only_a1111_jobs(tmp_path):
+    app = make_app(tmp_path, step_delay=0.05)
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        idle = client.get("/sdapi/v1/progress").json()
+        assert idle["progress"] == 0 and idle["state"]["job_count"] == 0
+        answer = {}
+
+        def call():
+            body = {**WEBUIAPI_TXT2IMG, "batch_size": 1, "steps": 150}
+            answer["response"] = client.post("/sdapi/v1/txt2img", json=body)
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        progress = wait_until(
+            lambda: (
+                (p := client.get("/sdapi/v1/progress").json())["state"]["sampling_step"] > 1 and p
+            )
+        )
+        native = client.post("/v1/jobs", json={"prompt": "x", "steps": 2, "seed": 1}).json()
+        assert progress["state"]["sampling_steps"] == 150 and 0 < progress["progress"] < 1
+        assert decode_png(progress["current_image"]).size[0] <= 128
+        assert (
+            client.get("/sdapi/v1/progress?skip_current_image=true").json()["current_image"] is None
+        )
+        assert client.post("/sdapi/v1/interrupt").status_code == 200
+        thread.join(60)
+        response = answer["response"]
+        assert response.status_code == 200 and response.json()["images"] == []
+        assert json.loads(response.json()["info"])["status"] == "cancelled"
+        assert wait_for(client, native["id"])["status"] == "succeeded"  # not interrupted

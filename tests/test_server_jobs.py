@@ -1,0 +1,308 @@
+"""The native API's jobs: generation, pictures, cancel, failures, progress events, concurrency."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+from test_server_support import (  # noqa: F401 (single_thread_torch: autouse)
+    FAST,
+    LiveServer,
+    client_for,
+    decode_png,
+    make_app,
+    png_base64,
+    serial_picture,
+    serial_pictures,
+    single_thread_torch,
+    wait_for,
+    wait_until,
+)
+
+from sdgen.media.metadata import parse_parameters, read_request
+from sdgen.params import GenerationRequest, InputPicture
+
+
+def _equal(a: Image.Image, b: Image.Image) -> bool:
+    return a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_txt2img_job_gives_the_serial_picture_with_its_metadata(tmp_path):
+    with client_for(tmp_path) as client:
+        response = client.post("/v1/jobs", json={**FAST, "num_images": 2})
+        assert response.status_code == 202
+        job = response.json()
+        assert job["status"] in ("queued", "running") and job["request"]["seed"] == 7
+        job = wait_for(client, job["id"])
+        assert job["status"] == "succeeded" and job["progress"]["fraction"] == 1.0
+        assert [r["seed"] for r in job["results"]] == [7, 8]
+        expected = serial_pictures(GenerationRequest("a red circle", steps=3, seed=7, num_images=2))
+        for index, result in enumerate(job["results"]):
+            picture = client.get(result["url"])
+            assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+            assert _equal(decode_png(picture.content), expected[index])
+            path = tmp_path / "out.png"
+            path.write_bytes(picture.content)
+            assert read_request(path).seed == 7 + index
+            assert parse_parameters(result["parameters"])["Seed"] == str(7 + index)
+
+
+def test_an_empty_prompt_is_an_unconditional_job(tmp_path):
+    with client_for(tmp_path) as client:
+        job = client.post("/v1/jobs", json={"prompt": "  ", "steps": 2, "seed": 1}).json()
+        assert wait_for(client, job["id"])["status"] == "succeeded"
+
+
+def test_img2img_and_inpaint_jobs_take_base64_pictures(tmp_path):
+    init = Image.new("RGB", (64, 64), (220, 40, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    with client_for(tmp_path) as client:
+        body = {**FAST, "steps": 4, "init_image": png_base64(init), "strength": 0.5}
+        img2img = client.post("/v1/jobs", json=body).json()
+        inpaint = client.post("/v1/jobs", json={**body, "mask": png_base64(mask)}).json()
+        for job, pictures in (
+            (img2img, {"init_image": init}),
+            (inpaint, {"init_image": init, "mask": mask}),
+        ):
+            done = wait_for(client, job["id"])
+            assert done["status"] == "succeeded", done["error"]
+            expected = serial_picture(
+                GenerationRequest(
+                    "a red circle",
+                    steps=4,
+                    seed=7,
+                    strength=0.5,
+                    **{k: InputPicture.from_image(v) for k, v in pictures.items()},
+                )
+            )
+            got = decode_png(client.get(done["results"][0]["url"]).content)
+            assert _equal(got, expected)
+        assert img2img["request"]["init_image"]["width"] == 64
+
+
+def test_jobs_are_listed_newest_first_by_page_and_status(tmp_path):
+    with client_for(tmp_path) as client:
+        ids = [client.post("/v1/jobs", json=FAST).json()["id"] for _ in range(3)]
+        for job_id in ids:
+            wait_for(client, job_id)
+        page = client.get("/v1/jobs", params={"limit": 2}).json()
+        assert [job["id"] for job in page["jobs"]] == ids[::-1][:2]
+        assert page["total"] == 3 and page["next_offset"] == 2
+        rest = client.get("/v1/jobs", params={"limit": 2, "offset": 2}).json()
+        assert [job["id"] for job in rest["jobs"]] == ids[:1] and rest["next_offset"] is None
+        assert client.get("/v1/jobs", params={"status": "succeeded"}).json()["total"] == 3
+        assert client.get("/v1/jobs", params={"status": "queued"}).json()["total"] == 0
+        bad = client.get("/v1/jobs", params={"status": "done"})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "status"
+        assert client.get("/v1/jobs", params={"limit": 0}).json()["error"]["field"] == "limit"
+
+
+def test_models_samplers_health_metrics_and_docs(tmp_path):
+    with client_for(tmp_path) as client:
+        assert client.get("/v1/models").json() == [
+            {"name": "sdgen-miniature", "default": True, "loaded_on": ["cpu"]}
+        ]
+        samplers = {s["name"]: s for s in client.get("/v1/samplers").json()}
+        assert samplers["dpmpp_2m_karras"]["a1111_name"] == "DPM++ 2M Karras"
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        job = client.post("/v1/jobs", json=FAST).json()
+        wait_for(client, job["id"])
+        metrics = client.get("/metrics").text
+        for name in (
+            "sdgen_queue_depth 0.0",
+            'sdgen_job_latency_seconds_count{status="succeeded"} 1.0',
+            'sdgen_steps_per_second{device="cpu"}',
+            "sdgen_job_failures_total",
+        ):
+            assert name in metrics
+        assert client.get("/docs").status_code == 200
+        assert "/v1/jobs" in client.get("/openapi.json").json()["paths"]
+
+
+def _slow_generate(started: threading.Event, steps_done: list[int]):
+    """The real generate, recording every step that completes (callback returned)."""
+    from sdgen.pipelines.generate import generate
+
+    def run(model, request, callback):
+        def on_step(step):
+            started.set()
+            callback(step)  # raises GenerationCancelled once cancelled
+            steps_done.append(step.index)
+
+        return generate(model, request, on_step)
+
+    return run
+
+
+def test_cancel_a_queued_job_never_runs_and_a_running_one_stops_within_a_step(tmp_path):
+    started, steps_done = threading.Event(), []
+    generate = _slow_generate(started, steps_done)
+    with client_for(tmp_path, generate=generate, step_delay=0.05) as client:
+        running = client.post("/v1/jobs", json={**FAST, "steps": 100}).json()
+        queued = client.post("/v1/jobs", json=FAST).json()
+        assert started.wait(30)
+        cancelled = client.delete(f"/v1/jobs/{queued['id']}")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        wait_until(lambda: len(steps_done) >= 2)
+        done_at_cancel = len(steps_done)
+        assert client.delete(f"/v1/jobs/{running['id']}").status_code == 200
+        job = wait_for(client, running["id"])
+        assert job["status"] == "cancelled" and job["results"] == []
+        assert len(steps_done) <= done_at_cancel + 1  # the step under way, no more
+        # The queued job never ran: the next job is the only one to start after the cancel.
+        steps_done.clear()
+        after = client.post("/v1/jobs", json=FAST).json()
+        assert wait_for(client, after["id"])["status"] == "succeeded"
+        assert len(steps_done) == FAST["steps"]
+        assert client.get(f"/v1/jobs/{queued['id']}").json()["started_at"] is None
+        # Cancelling an ended job changes nothing; an unknown id is 404.
+        again = client.delete(f"/v1/jobs/{after['id']}").json()
+        assert again["status"] == "succeeded"
+        assert client.delete("/v1/jobs/" + "0" * 32).status_code == 404
+
+
+def test_out_of_memory_fails_the_job_empties_the_cache_and_the_next_job_succeeds(
+    tmp_path, monkeypatch
+):
+    from sdgen.pipelines.generate import generate
+
+    emptied = []
+    monkeypatch.setattr("sdgen.engine.jobs.empty_cuda_cache", lambda: emptied.append(1))
+
+    def flaky(model, request, callback):
+        if request.prompt == "too big":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return generate(model, request, callback)
+
+    with client_for(tmp_path, generate=flaky) as client:
+        failed = client.post("/v1/jobs", json={**FAST, "prompt": "too big"}).json()
+        job = wait_for(client, failed["id"])
+        assert job["status"] == "failed" and job["error"]["kind"] == "out_of_memory"
+        assert "out of memory" in job["error"]["message"]
+        assert client.post("/v1/jobs", json=FAST).json()["id"]
+        nxt = client.get("/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+        assert wait_for(client, nxt["id"])["status"] == "succeeded"
+        assert emptied, "the CUDA cache was not emptied"
+        assert 'sdgen_job_failures_total{kind="out_of_memory"} 1.0' in client.get("/metrics").text
+
+
+def test_a_job_that_raises_fails_alone(tmp_path):
+    from sdgen.pipelines.generate import generate
+
+    def broken(model, request, callback):
+        if request.prompt == "boom":
+            raise RuntimeError("something broke inside")
+        return generate(model, request, callback)
+
+    with client_for(tmp_path, generate=broken) as client:
+        bad = client.post("/v1/jobs", json={**FAST, "prompt": "boom"}).json()
+        good = client.post("/v1/jobs", json=FAST).json()
+        job = wait_for(client, bad["id"])
+        assert job["status"] == "failed"
+        assert job["error"] == {
+            "kind": "internal",
+            "field": None,
+            "message": "RuntimeError: something broke inside",
+        }
+        assert wait_for(client, good["id"])["status"] == "succeeded"
+        assert client.get("/health").json()["status"] == "ok"
+
+
+def _events(response) -> list[tuple[str, dict]]:
+    events, name = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[len("data: ") :])))
+    return events
+
+
+def test_progress_events_are_in_order_with_one_terminal_event_and_resume(tmp_path):
+    app = make_app(tmp_path, step_delay=0.03)
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        job = client.post("/v1/jobs", json={**FAST, "steps": 12}).json()
+        url = f"/v1/jobs/{job['id']}/events"
+        # A client that disconnects after a few events...
+        with client.stream("GET", url) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            seen = []
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    seen.append(line)
+                if len(seen) >= 3:
+                    break
+        assert seen[0] == "event: status"
+        # ...reconnects and gets the current state first, then the rest, then one end.
+        with client.stream("GET", url) as response:
+            events = _events(response)
+        names = [name for name, _ in events]
+        assert names[0] == "status" and names[-1] == "end" and names.count("end") == 1
+        steps = [data["step"] for name, data in events if name == "progress"]
+        assert steps == sorted(set(steps)) and steps[-1] == 12
+        assert all(data["total"] == 12 for name, data in events if name == "progress")
+        previews = [data["preview"] for name, data in events if name == "progress"]
+        preview = decode_png(next(p for p in previews if p))
+        assert max(preview.size) <= 128
+        end = events[-1][1]
+        assert end["status"] == "succeeded" and end["progress"]["fraction"] == 1.0
+        # Polling agrees with the stream; a stream of an ended job is just its end.
+        assert client.get(f"/v1/jobs/{job['id']}").json()["results"] == end["results"]
+        with client.stream("GET", url) as response:
+            assert [name for name, _ in _events(response)] == ["end"]
+        assert client.get("/v1/jobs/" + "f" * 32 + "/events").status_code == 404
+
+
+def test_twenty_concurrent_jobs_all_finish_with_the_serial_pictures(tmp_path):
+    app = make_app(tmp_path)
+    seeds = list(range(100, 120))
+    jobs: dict[int, str] = {}
+    errors = []
+
+    def submit(my_seeds):
+        try:
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                for seed in my_seeds:
+                    body = {"prompt": "a green triangle", "steps": 3, "seed": seed}
+                    response = client.post("/v1/jobs", json=body)
+                    assert response.status_code == 202, response.text
+                    jobs[seed] = response.json()["id"]
+        except Exception as err:  # reported below, in the test's thread
+            errors.append(err)
+
+    with LiveServer(app) as server:
+        threads = [threading.Thread(target=submit, args=(seeds[i::10],)) for i in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors and len(jobs) == 20
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for seed, job_id in jobs.items():
+                job = wait_for(client, job_id)
+                assert job["status"] == "succeeded"
+                got = decode_png(client.get(job["results"][0]["url"]).content)
+                expected = serial_picture(GenerationRequest("a green triangle", steps=3, seed=seed))
+                assert _equal(got, expected), f"seed {seed} differs from the serial run"
+
+
+def test_two_workers_run_jobs_side_by_side_with_the_same_pictures(tmp_path):
+    with client_for(tmp_path, devices=("cpu", "cpu")) as client:
+        health = client.get("/health").json()
+        assert health["workers"] == {"alive": 2, "configured": 2}
+        ids = {
+            seed: client.post("/v1/jobs", json={**FAST, "seed": seed}).json()["id"]
+            for seed in range(6)
+        }
+        for seed, job_id in ids.items():
+            job = wait_for(client, job_id)
+            assert job["status"] == "succeeded"
+            got = decode_png(client.get(job["results"][0]["url"]).content)
+            expected = serial_picture(GenerationRequest("a red circle", steps=3, seed=seed))
+            assert _equal(got, expected)

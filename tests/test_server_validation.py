@@ -1,0 +1,179 @@
+"""Bad input never reaches a worker: 422 naming the field, 413 for big bodies, 429 when full."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+
+import pytest
+from PIL import Image
+from test_server_support import (  # noqa: F401 (autouse)
+    FAST,
+    client_for,
+    png_base64,
+    single_thread_torch,
+    wait_for,
+    wait_until,
+)
+
+from sdgen.engine.limits import Limits
+
+RED = png_base64(Image.new("RGB", (64, 64), (200, 0, 0)))
+
+
+def _bomb() -> str:
+    """A small PNG that declares 20000 x 20000 pixels (a decompression bomb)."""
+    out = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def _truncated() -> str:
+    data = base64.b64decode(RED)
+    return base64.b64encode(data[: len(data) // 2]).decode()
+
+
+INVALID = [
+    # (what is sent, the field the 422 must name)
+    ({"width": 65}, "width"),  # not a multiple of the latent factor: never rounded
+    ({"height": 100}, "height"),
+    ({"width": 4096, "height": 4096}, "width"),  # over the server's pixel budget
+    ({"width": 100_000, "height": 100_000}, "width"),
+    ({"steps": 0}, "steps"),
+    ({"steps": 151}, "steps"),  # over the server's maximum
+    ({"steps": 2.5}, "steps"),
+    ({"num_images": 0}, "num_images"),
+    ({"num_images": 17}, "num_images"),
+    ({"guidance_scale": "nan"}, "guidance_scale"),
+    ({"guidance_scale": "inf"}, "guidance_scale"),
+    ({"guidance_scale": "-Infinity"}, "guidance_scale"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 2**64}, "seed"),
+    ({"sampler": "warp drive"}, "sampler"),
+    ({"model": "no-such-model"}, "model"),
+    ({"model": "../../etc/passwd"}, "model"),
+    ({"model": "/etc/passwd"}, "model"),
+    ({"model": "..%2F..%2Fetc%2Fpasswd"}, "model"),
+    ({"strength": 1.5, "init_image": RED}, "strength"),
+    ({"strength": 0.01, "init_image": RED}, "strength"),  # no step would run
+    ({"init_image": "not base64!"}, "init_image"),
+    ({"init_image": base64.b64encode(b"plain text, not a picture").decode()}, "init_image"),
+    ({"init_image": _truncated()}, "init_image"),
+    ({"init_image": _bomb()}, "init_image"),
+    ({"init_image": png_base64(Image.new("RGB", (60, 60)))}, "init_image"),  # size
+    ({"mask": RED}, "mask"),  # a mask without an init picture
+    ({"init_image": RED, "mask": "%%%"}, "mask"),
+    ({"init_image": RED, "mask": png_base64(Image.new("L", (32, 32)))}, "mask"),
+    ({"prompt": "x" * 1_000_000}, "prompt"),  # a 1 MB prompt
+    ({"prompt": 5}, "prompt"),
+    ({"colour": "red"}, "colour"),  # unknown fields are named too
+    ({"device": "cuda:7"}, "device"),  # the server picks devices, not the request
+]
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("data")
+    with client_for(data_dir, max_input_pixels=4096 * 4096, limits=Limits(max_steps=150)) as c:
+        yield c
+
+
+@pytest.mark.parametrize(("change", "field"), INVALID, ids=[f for _, f in INVALID])
+def test_every_invalid_input_is_422_naming_the_field(client, change, field):
+    response = client.post("/v1/jobs", json={**FAST, **change})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"]["kind"] == "invalid_request"
+    assert body["error"]["field"] == field, body
+    assert field in body["detail"]
+    assert client.get("/v1/jobs").json()["total"] == 0  # nothing was stored or queued
+
+
+def test_malformed_json_is_422_naming_the_body(client):
+    response = client.post(
+        "/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422 and response.json()["error"]["field"] == "body"
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
+def test_json_nan_and_infinity_literals_are_422(client, literal):
+    body = b'{"prompt": "x", "steps": 2, "guidance_scale": ' + literal + b"}"
+    response = client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["error"]["field"] == "guidance_scale"
+
+
+def test_a_prompt_over_77_tokens_is_accepted(client):
+    response = client.post("/v1/jobs", json={**FAST, "prompt": "red circle " * 100})
+    assert response.status_code == 202
+    assert wait_for(client, response.json()["id"])["status"] == "succeeded"
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(tmp_path):
+    with client_for(tmp_path, max_body_bytes=10_000) as client:
+        big = {**FAST, "init_image": "A" * 20_000}
+        response = client.post("/v1/jobs", json=big)  # Content-Length says so
+        assert response.status_code == 413 and response.json()["error"]["kind"] == "too_large"
+
+        def chunks():  # no Content-Length: the bytes are counted as they come
+            yield b'{"prompt": "'
+            for _ in range(20):
+                yield b"x" * 1000
+            yield b'"}'
+
+        streamed = client.post(
+            "/v1/jobs", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert streamed.status_code == 413
+        assert client.post("/v1/jobs", json=FAST).status_code == 202  # small ones still pass
+
+
+def test_a_full_queue_is_429_with_retry_after_and_stores_nothing(tmp_path):
+    gate = threading.Event()
+    from sdgen.pipelines.generate import generate
+
+    def held(model, request, callback):
+        gate.wait(30)
+        return generate(model, request, callback)
+
+    with client_for(tmp_path, generate=held, max_queue=2) as client:
+        try:
+            first = client.post("/v1/jobs", json=FAST).json()  # taken by the worker
+            wait_until(lambda: client.get(f"/v1/jobs/{first['id']}").json()["status"] == "running")
+            for _ in range(2):
+                assert client.post("/v1/jobs", json=FAST).status_code == 202
+            full = client.post("/v1/jobs", json=FAST)
+            assert full.status_code == 429 and full.json()["error"]["kind"] == "queue_full"
+            assert int(full.headers["Retry-After"]) >= 1
+            assert client.get("/v1/jobs").json()["total"] == 3
+            metrics = client.get("/metrics").text
+            assert 'sdgen_jobs_refused_total{reason="queue_full"} 1.0' in metrics
+        finally:
+            gate.set()
+        for job in client.get("/v1/jobs").json()["jobs"]:
+            assert wait_for(client, job["id"])["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/images/..%2F..%2Fjobs.sqlite3",
+        "/v1/images/%2Fetc%2Fpasswd",
+        "/v1/images/../../etc/passwd",
+        "/v1/images/..",
+        "/v1/images/" + "0" * 32,
+        "/v1/images/secret",
+        "/v1/jobs/..%2Fsecret",
+    ],
+)
+def test_path_traversal_finds_nothing(tmp_path, path):
+    outside = tmp_path / "secret"
+    outside.write_text("do not read me")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "images").mkdir()
+    (tmp_path / "data" / "images" / "secret").write_text("do not read me either")
+    with client_for(tmp_path / "data") as client:
+        response = client.get(path)
+        assert response.status_code in (404, 422)
+        assert "do not read me" not in response.text
