@@ -16,11 +16,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from sdgen.engine.jobs import Engine, GenerateFn, JobListener, QueueFull
 from sdgen.engine.models import Loader, ModelPool, load_configured
 from sdgen.errors import InvalidRequest
+from sdgen.ui import INDEX_HTML, STATIC_DIR
 
 from .a1111.routes import router as a1111_router
 from .a1111.serving import A1111Handler
@@ -91,6 +93,9 @@ def create_app(
     )
     app.include_router(router)
     app.include_router(a1111_router)
+    # The web page (sdgen.ui): index.html at /, its CSS and JS modules at /static/.
+    app.add_api_route("/", lambda: FileResponse(INDEX_HTML), include_in_schema=False)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(InvalidRequest, _invalid_request)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(QueueFull, _queue_full)

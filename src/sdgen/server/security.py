@@ -19,7 +19,10 @@ import json
 
 from .config import ServerConfig
 
-PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+# Open without the API key: health, docs, and the web page's own files (they hold no data; the
+# page asks for the key and sends it with every API call). Host and Origin checks still apply.
+PUBLIC_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+PUBLIC_PREFIXES = ("/static/",)
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -58,7 +61,7 @@ class RequestGuard:
             own = f"{scope.get('scheme', 'http')}://{host}".lower()
             if origin.lower() != own:
                 return 403, "forbidden", f"origin: {origin!r} may not call this server ({own})"
-        if self._key is not None and scope["path"] not in PUBLIC_PATHS:
+        if self._key is not None and not _is_public(scope["path"]):
             if not self._authorized(headers.get("authorization", "")):
                 return 401, "unauthorized", "authorization: a valid API key (Bearer) is required"
         return None
@@ -128,3 +131,7 @@ async def _send_error(send, status: int, kind: str, message: str) -> None:
         headers.append((b"www-authenticate", b'Bearer realm="sdgen"'))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)

@@ -1,0 +1,55 @@
+// One generated picture as a card: the picture, its settings, Download, Reuse seed and Use as
+// init picture. Used by the gallery and by the history.
+
+import { fetchImage } from "./api.js";
+import { setSeed, useInitPicture } from "./form.js";
+
+// "a red circle · seed 7 · 64×64 · 20 steps · guidance 7.5 · euler · strength 0.5"
+export function settingsText(request, image) {
+  const parts = [request.prompt && `“${[].concat(request.prompt).join(" | ")}”`];
+  if (request.negative_prompt && String(request.negative_prompt)) {
+    parts.push(`not “${[].concat(request.negative_prompt).join(" | ")}”`);
+  }
+  parts.push(`seed ${image.seed}`, `${image.width}×${image.height}`);
+  parts.push(`${request.steps} steps`, `guidance ${request.guidance_scale}`);
+  if (request.sampler) parts.push(request.sampler);
+  if (request.model) parts.push(request.model);
+  if (request.init_image) parts.push(`img2img, strength ${request.strength}`);
+  return parts.filter(Boolean).join(" · ");
+}
+
+export function renderResult(job, image) {
+  const card = document.getElementById("result-template").content.firstElementChild.cloneNode(true);
+  card.dataset.imageId = image.id;
+  card.dataset.jobId = job.id;
+  card.dataset.seed = String(image.seed);
+  const settings = settingsText(job.request, image);
+  const img = card.querySelector(".result-image");
+  img.alt = `generated picture: ${settings}`;
+  img.width = image.width;
+  img.height = image.height;
+  card.querySelector(".result-settings").textContent = settings;
+  const download = card.querySelector(".result-download");
+  download.download = `sdgen-${image.id}.png`;
+  download.setAttribute("aria-label", `Download picture, seed ${image.seed}`);
+  const reuse = card.querySelector(".result-reuse-seed");
+  reuse.setAttribute("aria-label", `Reuse seed ${image.seed}`);
+  reuse.addEventListener("click", () => setSeed(image.seed));
+  const useInit = card.querySelector(".result-use-init");
+  useInit.setAttribute("aria-label", `Use picture with seed ${image.seed} as init picture`);
+
+  const blob = fetchImage(image.url).then((data) => {
+    const url = URL.createObjectURL(data);
+    img.src = url;
+    download.href = url;
+    return data;
+  });
+  blob.catch((error) => {
+    card.querySelector(".result-settings").textContent = `${settings} (not loaded: ${error.message})`;
+  });
+  useInit.addEventListener("click", async () => {
+    await useInitPicture(await blob);
+    document.getElementById("strength").focus();
+  });
+  return card;
+}
