@@ -61,7 +61,9 @@ def test_img2img_turns_a_red_square_blue_and_records_it(capsys, tmp_path, red_sq
     args = [paths[0], "--init-image", red_square, *DEFAULTS, "--out", tmp_path / "again"]
     again = _run(capsys, "reproduce", *args)
     with Image.open(paths[0]) as first, Image.open(again[0]) as second:
-        assert max_pixel_diff(first.convert("RGB"), second.convert("RGB")) == 0
+        # Picture 0 of a batch of 4, made again alone: CPU convolutions pick kernels by batch
+        # size, so it is equal within 1/255, as any batch is to single runs.
+        assert max_pixel_diff(first.convert("RGB"), second.convert("RGB")) <= 1
     assert "init_image" in _fails(capsys, "reproduce", paths[0], "--out", tmp_path)
     other = tmp_path / "other.png"
     Image.new("RGB", (64, 64), "green").save(other)

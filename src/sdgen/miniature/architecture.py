@@ -86,13 +86,17 @@ def build_unet() -> UNet2DConditionModel:
 
 
 def scheduler_config() -> dict:
-    """The shipped scheduler: PNDM with SD 1.x's settings, as SD 1.5 ships it."""
+    """The shipped scheduler: DDIM (eta 0) on SD 1.x's schedule, as SD 2.1 ships it.
+
+    Not SD 1.5's PLMS: on this model PLMS overshoots at guidance 7.5 (168 prompts, 50 steps:
+    shape colour 94% with PLMS, 100% with DDIM; at 20 steps PLMS falls to 52%), while DDIM
+    follows the prompt at every guidance tried.
+    """
     return {
-        "_class_name": "PNDMScheduler",
+        "_class_name": "DDIMScheduler",
         **NOISE_SCHEDULE,
         "prediction_type": "epsilon",
         "set_alpha_to_one": False,
-        "skip_prk_steps": True,
         "steps_offset": 1,
         "clip_sample": False,
         "timestep_spacing": "leading",

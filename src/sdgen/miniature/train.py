@@ -274,11 +274,11 @@ def export(out: Path, clip, vae, unet, scaling: float, report: dict) -> Path:
     ).save_pretrained(folder / "clip")
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):  # clip/ stands alone
         shutil.copy(folder / "tokenizer" / name, folder / "clip" / name)
+    scheduler = arch.scheduler_config()
     (folder / "scheduler").mkdir(exist_ok=True)
-    (folder / "scheduler" / "scheduler_config.json").write_text(
-        json.dumps(arch.scheduler_config(), indent=2)
-    )
-    (folder / "model_index.json").write_text(json.dumps(STABLE_DIFFUSION_MODEL_INDEX, indent=2))
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+    index = {**STABLE_DIFFUSION_MODEL_INDEX, "scheduler": ["diffusers", scheduler["_class_name"]]}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     (folder / "training.json").write_text(json.dumps(report, indent=2))
     return folder
 
