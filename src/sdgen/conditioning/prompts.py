@@ -27,6 +27,9 @@ def encode_text(tokenizer, text_encoder, texts: list[str], device: torch.device)
     return text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
 
 
+NEGATIVE_CACHE_SIZE = 32  # negative prompts kept per model; (77, 768) fp32 is 236 KB each
+
+
 def encode_conditioning(
     tokenizer,
     text_encoder,
@@ -35,20 +38,39 @@ def encode_conditioning(
     guided: bool,
     device: torch.device,
     dtype: torch.dtype,
+    negative_cache: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The UNet's conditioning for a batch of images, one (prompt, negative) pair per image.
 
     Returns (2B, 77, D) as [negative; prompt] when ``guided``, else (B, 77, D) -- the order the
-    loop's ``guide`` splits. Each distinct text is encoded once.
+    loop's ``guide`` splits. The distinct prompts are encoded in one call. Each distinct negative
+    prompt is encoded in a call of its own, so that its embedding is the same whether it comes
+    from ``negative_cache`` (text -> (77, D), filled here, the oldest of more than
+    ``NEGATIVE_CACHE_SIZE`` dropped) or not: the usual empty one is encoded once per model.
     """
-    texts = [p for p, _ in image_prompts] + ([n for _, n in image_prompts] if guided else [])
-    unique = list(dict.fromkeys(texts))
-    encoded = encode_text(tokenizer, text_encoder, unique, device).to(dtype)
-    row = {text: i for i, text in enumerate(unique)}
-    prompt_rows = [row[p] for p, _ in image_prompts]
+    prompts = list(dict.fromkeys(p for p, _ in image_prompts))
+    encoded = encode_text(tokenizer, text_encoder, prompts, device).to(dtype)  # (P, 77, D)
+    embedding = dict(zip(prompts, encoded, strict=True))
+    rows = [embedding[p] for p, _ in image_prompts]
     if guided:
-        prompt_rows = [row[n] for _, n in image_prompts] + prompt_rows
-    return encoded[prompt_rows]
+        cache = {} if negative_cache is None else negative_cache
+        negatives = {
+            text: _negative_embedding(tokenizer, text_encoder, text, device, dtype, cache)
+            for text in dict.fromkeys(n for _, n in image_prompts)
+        }
+        rows = [negatives[n] for _, n in image_prompts] + rows
+    return torch.stack(rows)
+
+
+def _negative_embedding(
+    tokenizer, text_encoder, text: str, device: torch.device, dtype: torch.dtype, cache: dict
+) -> torch.Tensor:
+    """(77, D) embedding of one negative prompt, from ``cache`` or encoded alone into it."""
+    if text not in cache:
+        while len(cache) >= NEGATIVE_CACHE_SIZE:
+            del cache[next(iter(cache))]
+        cache[text] = encode_text(tokenizer, text_encoder, [text], device).to(dtype)[0]
+    return cache[text]
 
 
 def _warn_truncated(tokenizer, texts: list[str], max_length: int) -> None:

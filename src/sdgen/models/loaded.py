@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -28,6 +28,10 @@ class LoadedModel:
     scheduler_config: dict  # the model's own scheduler config; every request builds a fresh one
     device: torch.device
     dtype: torch.dtype
+    # What the layers above derive from the networks and keep for the model's life (negative
+    # prompts' embeddings, traced UNets): the weights never change once loaded, so nothing has
+    # to invalidate it. Not an argument: a copy made with dataclasses.replace starts empty.
+    caches: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def vae_scale_factor(self) -> int:

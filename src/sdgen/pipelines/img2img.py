@@ -10,6 +10,7 @@ from sdgen.params import GenerationRequest
 from sdgen.pipelines.init_images import latent_samples, picture_tensor, strength_timesteps
 from sdgen.pipelines.stages import (
     GenerationResult,
+    denoising_unet,
     new_scheduler,
     resolve_request,
     text_conditioning,
@@ -18,7 +19,7 @@ from sdgen.sampling.loop import StepCallback, denoise
 from sdgen.sampling.noise import image_generators, initial_latents
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def img2img(
     model: LoadedModel, request: GenerationRequest, callback: StepCallback | None = None
 ) -> GenerationResult:
@@ -51,7 +52,7 @@ def img2img(
     latents = scheduler.add_noise(init_latents.to(model.dtype), noise, start)
     # 4. Denoise from there, 5. decode.
     latents = denoise(
-        model.unet,
+        denoising_unet(model),
         scheduler,
         latents,
         embeddings,

@@ -24,6 +24,7 @@ from sdgen.pipelines.init_images import (
 )
 from sdgen.pipelines.stages import (
     GenerationResult,
+    denoising_unet,
     new_scheduler,
     resolve_request,
     text_conditioning,
@@ -35,7 +36,7 @@ from sdgen.sampling.noise import image_generators, initial_latents
 INPAINTING_CHANNELS = 9  # latents (4) + mask (1) + masked picture's latents (4)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def inpaint(
     model: LoadedModel, request: GenerationRequest, callback: StepCallback | None = None
 ) -> GenerationResult:
@@ -71,7 +72,7 @@ def inpaint(
     latents, extra, blend = _prepare(model, request, scheduler, timesteps, generators, pixels, mask)
     # 4. Denoise, 5. decode.
     latents = denoise(
-        model.unet,
+        denoising_unet(model),
         scheduler,
         latents,
         embeddings,

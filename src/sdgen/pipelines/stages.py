@@ -15,6 +15,7 @@ from sdgen.models.devices import precision_name
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest, check_size
 from sdgen.sampling.guidance import uses_guidance
+from sdgen.sampling.loop import TracedUNet
 from sdgen.sampling.samplers import make_scheduler, resolve_sampler, sampler_for_config
 
 
@@ -98,4 +99,18 @@ def text_conditioning(model: LoadedModel, request: GenerationRequest) -> torch.T
         guided=uses_guidance(request.guidance_scale),
         device=model.device,
         dtype=model.dtype,
+        negative_cache=model.caches.setdefault("negative_embeddings", {}),
     )
+
+
+def denoising_unet(model: LoadedModel):
+    """The UNet the denoising loop calls: traced on the CPU, where a step is mostly Python.
+
+    Traced and eager UNets give bit-identical predictions; on CUDA, launch overhead wants CUDA
+    graphs rather than tracing, so the eager UNet runs there.
+    """
+    if model.device.type != "cpu":
+        return model.unet
+    if "traced_unet" not in model.caches:
+        model.caches["traced_unet"] = TracedUNet(model.unet)
+    return model.caches["traced_unet"]

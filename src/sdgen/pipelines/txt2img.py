@@ -9,6 +9,7 @@ from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
 from sdgen.pipelines.stages import (
     GenerationResult,
+    denoising_unet,
     new_scheduler,
     resolve_request,
     text_conditioning,
@@ -17,7 +18,7 @@ from sdgen.sampling.loop import StepCallback, denoise
 from sdgen.sampling.noise import image_generators, initial_latents
 
 
-@torch.no_grad()
+@torch.inference_mode()  # not no_grad: less per-operator bookkeeping, ~3% on the CPU
 def txt2img(
     model: LoadedModel, request: GenerationRequest, callback: StepCallback | None = None
 ) -> GenerationResult:
@@ -43,7 +44,7 @@ def txt2img(
     latents = latents * scheduler.init_noise_sigma  # (B, C, H/f, W/f)
     # 4. Denoise, 5. decode.
     latents = denoise(
-        model.unet,
+        denoising_unet(model),
         scheduler,
         latents,
         embeddings,
