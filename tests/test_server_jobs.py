@@ -10,14 +10,17 @@ import numpy as np
 import torch
 from PIL import Image
 from test_server_support import (  # noqa: F401 (single_thread_torch: autouse)
+    BASE_URL,
     FAST,
     LiveServer,
     client_for,
     decode_png,
     make_app,
+    make_config,
     png_base64,
     serial_picture,
     serial_pictures,
+    shared_loader,
     single_thread_torch,
     wait_for,
     wait_until,
@@ -214,6 +217,65 @@ def test_a_job_that_raises_fails_alone(tmp_path):
         assert client.get("/health").json()["status"] == "ok"
 
 
+class _WorkerKilled(BaseException):
+    """Not an Exception: escapes every ``except Exception``, as SystemExit would."""
+
+
+def test_a_worker_that_dies_fails_its_job_and_is_replaced(tmp_path):
+    from sdgen.pipelines.generate import generate
+
+    def deadly(model, request, callback):
+        if request.prompt == "kill the worker":
+            raise _WorkerKilled("simulated death of the worker thread")
+        return generate(model, request, callback)
+
+    with client_for(tmp_path, generate=deadly) as client:
+        doomed = client.post("/v1/jobs", json={**FAST, "prompt": "kill the worker"}).json()
+        queued = client.post("/v1/jobs", json=FAST).json()  # waits behind the doomed job
+        job = wait_for(client, doomed["id"])
+        assert job["status"] == "failed" and job["error"]["kind"] == "worker_died"
+        assert "_WorkerKilled" in job["error"]["message"]
+        assert wait_for(client, queued["id"])["status"] == "succeeded"  # the replacement ran it
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert health.json()["workers"] == {"alive": 1, "configured": 1, "restarted": 1}
+        assert 'sdgen_job_failures_total{kind="worker_died"} 1.0' in client.get("/metrics").text
+
+
+def test_a_device_whose_workers_keep_dying_is_reported_down(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from sdgen.engine.jobs import Engine
+    from sdgen.engine.models import ModelPool
+    from sdgen.server.app import create_app
+
+    def deadly(model, request, callback):
+        raise SystemExit(3)
+
+    config = make_config(tmp_path)
+
+    def engine(listener):
+        return Engine(
+            ModelPool(config.models, shared_loader),
+            listener,
+            generate=deadly,
+            max_worker_restarts=1,
+        )
+
+    with TestClient(create_app(config, make_engine=engine), base_url=BASE_URL) as client:
+        for _ in range(2):  # the first worker and its one replacement die
+            job = wait_for(client, client.post("/v1/jobs", json=FAST).json()["id"])
+            assert job["status"] == "failed" and job["error"]["kind"] == "worker_died"
+        wait_until(lambda: client.get("/health").status_code == 503)
+        health = client.get("/health").json()
+        assert health["status"] == "degraded"
+        assert health["workers"] == {"alive": 0, "configured": 1, "restarted": 1}
+        # The API stays correct: jobs are still accepted, stored and readable while it is down.
+        waiting = client.post("/v1/jobs", json=FAST)
+        assert waiting.status_code == 202
+        assert client.get(f"/v1/jobs/{waiting.json()['id']}").json()["status"] == "queued"
+
+
 def _events(response) -> list[tuple[str, dict]]:
     events, name = [], None
     for line in response.iter_lines():
@@ -295,7 +357,7 @@ def test_twenty_concurrent_jobs_all_finish_with_the_serial_pictures(tmp_path):
 def test_two_workers_run_jobs_side_by_side_with_the_same_pictures(tmp_path):
     with client_for(tmp_path, devices=("cpu", "cpu")) as client:
         health = client.get("/health").json()
-        assert health["workers"] == {"alive": 2, "configured": 2}
+        assert health["workers"] == {"alive": 2, "configured": 2, "restarted": 0}
         ids = {
             seed: client.post("/v1/jobs", json={**FAST, "seed": seed}).json()["id"]
             for seed in range(6)

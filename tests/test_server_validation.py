@@ -104,10 +104,34 @@ def test_json_nan_and_infinity_literals_are_422(client, literal):
     assert response.status_code == 422 and response.json()["error"]["field"] == "guidance_scale"
 
 
-def test_a_prompt_over_77_tokens_is_accepted(client):
-    response = client.post("/v1/jobs", json={**FAST, "prompt": "red circle " * 100})
+def test_a_prompt_over_77_tokens_is_accepted_with_a_truncation_warning(client):
+    from test_server_support import shared_model
+
+    limit = shared_model().tokenizer.model_max_length  # 77 for SD; the miniature model's is less
+    long = " ".join(["red circle"] * 50)  # 100 words
+    response = client.post("/v1/jobs", json={**FAST, "prompt": long, "negative_prompt": long})
     assert response.status_code == 202
-    assert wait_for(client, response.json()["id"])["status"] == "succeeded"
+    assert len(response.json()["warnings"]) == 2  # known when accepted, before the job runs
+    job = wait_for(client, response.json()["id"])
+    assert job["status"] == "succeeded"
+    prompt, negative = job["warnings"]
+    assert prompt.startswith("prompt: ") and prompt.endswith(f" tokens, truncated to {limit}")
+    assert negative.startswith("negative_prompt: ")
+    assert int(prompt.split()[1]) > limit
+    short = client.post("/v1/jobs", json=FAST).json()
+    assert short["warnings"] == [] and wait_for(client, short["id"])["warnings"] == []
+
+
+def test_a1111_info_carries_the_truncation_warning(client):
+    import json
+
+    body = {"prompt": " ".join(["red circle"] * 50), "steps": 2, "width": 64, "height": 64}
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    (warning,) = json.loads(response.json()["info"])["warnings"]
+    assert warning.startswith("prompt: ")
+    short = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "a red circle"})
+    assert json.loads(short.json()["info"])["warnings"] == []
 
 
 def test_a_body_over_the_limit_is_413_before_it_is_read(tmp_path):

@@ -52,6 +52,12 @@ SERVER_MISSING = 'sdgen serve needs the server extra: pip install "sdgen[server]
 @click.option(
     "--max-body-mb", type=float, default=32.0, show_default=True, help="request body size"
 )
+@click.option(
+    "--metadata/--no-metadata",
+    default=True,
+    show_default=True,
+    help="write the request into output PNGs (A1111 parameters and sdgen chunks)",
+)
 @click.option("--step-delay", type=float, default=0.0, hidden=True)  # tests: a slow job
 def serve(
     host: str,
@@ -66,6 +72,7 @@ def serve(
     max_images: int,
     max_pixels: int,
     max_body_mb: float,
+    metadata: bool,
     step_delay: float,
 ) -> None:
     """Serve generation over HTTP: jobs are queued, stored in --data-dir and survive restarts."""
@@ -100,6 +107,7 @@ def serve(
         max_body_bytes=int(max_body_mb * (1 << 20)),
         limits=Limits(max_steps=max_steps, max_images=max_images, max_pixels=max_pixels),
         step_delay=step_delay,
+        metadata=metadata,
     )
     quiet_libraries()
     store = JobStore(data_dir)  # before listening: a data dir in use or unusable exits 2

@@ -73,6 +73,24 @@ def _negative_embedding(
     return cache[text]
 
 
+def truncation_warnings(tokenizer, texts: dict[str, list[str]]) -> list[str]:
+    """What the text encoder will not read: one warning per text past the tokenizer's limit,
+    e.g. ``"prompt: 93 tokens, truncated to 77"`` (``"prompt[1]: ..."`` when a field has several
+    texts). ``texts`` maps a field to its texts.
+
+    Counts include the start and end tokens, as the limit does. Pure: pictures are unchanged.
+    """
+    max_length = tokenizer.model_max_length
+    warnings = []
+    for field, values in texts.items():
+        for index, text in enumerate(values):
+            count = len(tokenizer(text, verbose=False).input_ids)
+            if count > max_length:
+                name = f"{field}[{index}]" if len(values) > 1 else field
+                warnings.append(f"{name}: {count} tokens, truncated to {max_length}")
+    return warnings
+
+
 def _warn_truncated(tokenizer, texts: list[str], max_length: int) -> None:
     for text in texts:
         ids = tokenizer(text).input_ids

@@ -11,6 +11,10 @@ thread. The engine keeps nothing once a job has ended: persistence is the listen
   with kind ``out_of_memory`` and empties the CUDA cache, so the next job starts clean.
 - Stop: running jobs are stopped within one step and handed back (``job_returned``), not
   cancelled, so a restarted server runs them again.
+- A worker thread that dies (a ``BaseException`` such as ``SystemExit`` escapes a job) fails its
+  job with kind ``worker_died`` -- not retried: the job may be what kills workers -- and is
+  replaced by a fresh worker on its device, at most ``max_worker_restarts`` times per device
+  slot; past that the slot stays down and ``workers_alive`` says so.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ INVALID_REQUEST = "invalid_request"  # the request could not run as given (field
 OUT_OF_MEMORY = "out_of_memory"  # the device ran out of memory; a smaller request may run
 MODEL_LOAD = "model_load"  # the job's model could not be loaded on the worker's device
 INTERNAL = "internal"  # anything else: a bug or an environment problem, logged with traceback
+WORKER_DIED = "worker_died"  # the worker thread running the job died (a BaseException escaped)
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ class Engine:
         step_delay: seconds to sleep after each step; only for tests that need a slow job.
         empty_cache: frees device memory after a failure or cancel (default:
             ``empty_cuda_cache``).
+        max_worker_restarts: per device slot, how many dead workers are replaced.
     """
 
     def __init__(
@@ -130,6 +136,7 @@ class Engine:
         preview_interval: float = 0.5,
         step_delay: float = 0.0,
         empty_cache: Callable[[], None] | None = None,
+        max_worker_restarts: int = 3,
     ):
         if not devices:
             raise ValueError("an engine needs at least one device")
@@ -140,6 +147,9 @@ class Engine:
         self._generate = generate
         self.preview_interval, self.step_delay = preview_interval, step_delay
         self._empty_cache = empty_cache
+        self.max_worker_restarts = max_worker_restarts
+        self.worker_restarts = 0  # dead workers replaced so far, all slots together
+        self._slot_restarts = [0] * len(self.devices)
         self._queue: deque[_Job] = deque()
         self._running: dict[str, tuple[_Job, str]] = {}
         self._cond = threading.Condition()
@@ -152,13 +162,7 @@ class Engine:
 
     def start(self, wait_ready: bool = False) -> None:
         """Start the workers; each loads the default model on its device before taking jobs."""
-        for index, device in enumerate(self.devices):
-            worker = threading.Thread(
-                target=self._work, args=(device,), name=f"sdgen-worker-{index}-{device}"
-            )
-            worker.daemon = True  # a stuck generation must not keep the process alive at exit
-            worker.start()
-            self._workers.append(worker)
+        self._workers = [self._spawn(index) for index in range(len(self.devices))]
         if wait_ready:
             self.wait_ready()
 
@@ -182,6 +186,16 @@ class Engine:
             worker.join(timeout)
         self._workers.clear()
 
+    def _spawn(self, index: int) -> threading.Thread:
+        """Start the worker of device slot ``index``."""
+        device = self.devices[index]
+        worker = threading.Thread(
+            target=self._work, args=(index,), name=f"sdgen-worker-{index}-{device}"
+        )
+        worker.daemon = True  # a stuck generation must not keep the process alive at exit
+        worker.start()
+        return worker
+
     @property
     def workers_alive(self) -> int:
         return sum(worker.is_alive() for worker in self._workers)
@@ -198,6 +212,21 @@ class Engine:
         model = self.models.any(name, self.devices[0])
         resolved = preflight(model, request.replace(model=name), self.limits)
         return resolved.replace(device="auto")  # the worker decides where it runs
+
+    def warnings(self, request: GenerationRequest) -> list[str]:
+        """What a checked request runs with but not as asked: prompts past the tokenizer's limit
+        (the text encoder reads only its first tokens, as diffusers does)."""
+        from sdgen.conditioning.prompts import truncation_warnings
+
+        model = self.models.any(request.model, self.devices[0])
+        texts = {
+            name: [value] if isinstance(value, str) else list(value)
+            for name, value in (
+                ("prompt", request.prompt),
+                ("negative_prompt", request.negative_prompt),
+            )
+        }
+        return truncation_warnings(model.tokenizer, texts)
 
     def submit(
         self,
@@ -261,7 +290,8 @@ class Engine:
 
     # -- workers -----------------------------------------------------------------------------
 
-    def _work(self, device: str) -> None:
+    def _work(self, index: int) -> None:
+        device = self.devices[index]
         try:
             model = self.models.get(self.models.default, device)
             prepare_previews(model)
@@ -275,9 +305,32 @@ class Engine:
                 self._run(job, device)
             except Exception:  # a listener that fails must not take the worker down
                 log.exception("job %s: unexpected error in the worker", job.id)
+            except BaseException as err:  # noqa: BLE001 (this thread ends: fail, replace)
+                self._worker_died(index, job, err)
+                return
             finally:
                 with self._cond:
                     self._running.pop(job.id, None)
+
+    def _worker_died(self, index: int, job: _Job, err: BaseException) -> None:
+        """The worker of slot ``index`` is ending inside ``job``: fail the job, free memory, and
+        start a replacement unless stopping or the slot's restarts are spent."""
+        device = self.devices[index]
+        log.error("worker on %s died in job %s: %r", device, job.id, err, exc_info=err)
+        message = f"the worker on {device} died while running this job ({type(err).__name__})"
+        self._notify("job_failed", job.id, Failure(WORKER_DIED, message))
+        self._free_memory()
+        with self._cond:  # held while replacing, so ``stop`` joins the replacement too
+            if self._stopping.is_set():
+                return
+            if self._slot_restarts[index] >= self.max_worker_restarts:
+                restarts = self._slot_restarts[index]
+                log.error("worker on %s is not replaced: %d restarts spent", device, restarts)
+                return
+            self._slot_restarts[index] += 1
+            self.worker_restarts += 1
+            self._loading += 1  # the replacement loads the default model (cached) first
+            self._workers[index] = self._spawn(index)
 
     def _next(self, device: str) -> _Job | None:
         """The oldest queued job, now marked running on ``device``; None when stopping."""

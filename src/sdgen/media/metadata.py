@@ -72,11 +72,12 @@ class ImageRecord:
         )
 
 
-def save_png(image: Image.Image, path: Path, record: ImageRecord) -> Path:
-    """Write ``image`` with both metadata chunks."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text(PARAMETERS_KEY, record.parameters_text())
-    info.add_text(JSON_KEY, record.to_json())
+def save_png(image: Image.Image, path: Path, record: ImageRecord, *, metadata: bool = True) -> Path:
+    """Write ``image`` with both metadata chunks, or with none when not ``metadata``."""
+    info = PngImagePlugin.PngInfo()  # empty: nothing the picture object carries is written
+    if metadata:
+        info.add_text(PARAMETERS_KEY, record.parameters_text())
+        info.add_text(JSON_KEY, record.to_json())
     image.save(path, pnginfo=info)
     return path
 

@@ -74,7 +74,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         jobs = store or JobStore(config.data_dir)
-        service = JobService(jobs, make_engine or default_engine)
+        service = JobService(jobs, make_engine or default_engine, metadata=config.metadata)
         app.state.service = service
         app.state.jobs_handler = JobsHandler(service, config)
         app.state.info_handler = InfoHandler(service, config)

@@ -39,6 +39,7 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     preview_interval: float = 0.5  # seconds between two preview pictures of a running job
     step_delay: float = 0.0  # seconds slept after every step: only for tests of slow jobs
+    metadata: bool = True  # output PNGs carry the parameters and sdgen chunks (--no-metadata)
 
     @property
     def allowed_hosts(self) -> tuple[str, ...] | None:

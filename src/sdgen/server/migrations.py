@@ -50,7 +50,12 @@ def _create_v1(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1}
+def _add_warnings_v2(db: sqlite3.Connection) -> None:
+    """Version 2: a job's warnings (JSON list), e.g. a prompt the text encoder truncates."""
+    db.execute("ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]'")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1, 2: _add_warnings_v2}
 LATEST = max(MIGRATIONS)
 
 

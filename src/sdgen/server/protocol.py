@@ -88,6 +88,7 @@ class JobInfo(BaseModel):
     queue_position: int | None  # 1 = next to run; only while queued
     progress: ProgressInfo
     error: ErrorInfo | None
+    warnings: list[str]  # what runs but not as asked, e.g. "prompt: 93 tokens, truncated to 77"
     request: dict[str, Any]  # the request as it runs: seed, size and sampler resolved
     results: list[ImageInfo]
     events_url: str
@@ -141,6 +142,7 @@ def job_info(
         queue_position=queue_position,
         progress=ProgressInfo(step=step, total=total, fraction=fraction, preview=preview),
         error=ErrorInfo(**record.error) if record.error else None,
+        warnings=record.warnings,
         request=record.request,
         results=[
             ImageInfo(

@@ -42,8 +42,9 @@ class LiveProgress:
 class JobService:
     """Submit, read, cancel and follow jobs; the engine's ``JobListener``."""
 
-    def __init__(self, store: JobStore, make_engine: EngineFactory):
+    def __init__(self, store: JobStore, make_engine: EngineFactory, *, metadata: bool = True):
         self.store = store
+        self.metadata = metadata  # write the parameters and sdgen chunks into output PNGs
         self.events = EventHub()
         self.engine = make_engine(self)
         self.metrics = Metrics(
@@ -76,10 +77,13 @@ class JobService:
         Raises InvalidRequest (naming the field) or QueueFull; nothing is stored then.
         """
         resolved = self.engine.check(request)
+        warnings = self.engine.warnings(resolved)
         job_id = new_id()
         try:
             self.engine.submit(
-                job_id, resolved, persist=lambda: self.store.add(job_id, resolved, origin)
+                job_id,
+                resolved,
+                persist=lambda: self.store.add(job_id, resolved, origin, warnings),
             )
         except QueueFull:
             self.metrics.refused.labels("queue_full").inc()
@@ -170,7 +174,7 @@ class JobService:
                 parameters=record.parameters_text(),
             )
             images.append((stored, picture, record))
-        self.store.mark_succeeded(job_id, images)
+        self.store.mark_succeeded(job_id, images, metadata=self.metadata)
         self._ended(job_id)
 
     def job_failed(self, job_id: str, failure: Failure) -> None:

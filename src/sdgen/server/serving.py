@@ -186,7 +186,11 @@ class InfoHandler:
             status = "ok" if engine.ready else "loading"
         body = {
             "status": status,
-            "workers": {"alive": alive, "configured": workers},
+            "workers": {
+                "alive": alive,
+                "configured": workers,
+                "restarted": engine.worker_restarts,  # dead workers replaced since start
+            },
             "devices": list(engine.devices),
             "queue_depth": engine.queue_depth,
             "running": len(engine.running()),

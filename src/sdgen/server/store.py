@@ -75,6 +75,7 @@ class JobRecord:
     requeues: int = 0
     device: str | None = None
     error: dict | None = None  # {"kind", "field", "message"}
+    warnings: list[str] = field(default_factory=list)  # what runs but not as asked (truncation)
     images: list[StoredImage] = field(default_factory=list)
     pictures: dict[str, str] = field(default_factory=dict)  # field -> file under inputs/
 
@@ -115,7 +116,13 @@ class JobStore:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def add(self, job_id: str, request: GenerationRequest, origin: str) -> None:
+    def add(
+        self,
+        job_id: str,
+        request: GenerationRequest,
+        origin: str,
+        warnings: Iterable[str] = (),
+    ) -> None:
         """Store a new queued job: its input pictures as files, then its row, committed."""
         pictures = {}
         for name in PICTURE_FIELDS:
@@ -125,9 +132,16 @@ class JobStore:
                 picture.image.save(self.inputs_dir / pictures[name], format="PNG")  # lossless
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO jobs (id, origin, status, request, pictures, created_at)"
-                " VALUES (?, ?, 'queued', ?, ?, ?)",
-                (job_id, origin, json.dumps(request.to_dict()), json.dumps(pictures), time.time()),
+                "INSERT INTO jobs (id, origin, status, request, pictures, created_at, warnings)"
+                " VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                (
+                    job_id,
+                    origin,
+                    json.dumps(request.to_dict()),
+                    json.dumps(pictures),
+                    time.time(),
+                    json.dumps(list(warnings)),
+                ),
             )
 
     def mark_running(self, job_id: str, device: str) -> None:
@@ -138,14 +152,19 @@ class JobStore:
         self._update(job_id, "status = 'queued'", status_in=("running",))
 
     def mark_succeeded(
-        self, job_id: str, images: Iterable[tuple[StoredImage, Image, ImageRecord]]
+        self,
+        job_id: str,
+        images: Iterable[tuple[StoredImage, Image, ImageRecord]],
+        *,
+        metadata: bool = True,
     ) -> None:
-        """Write the pictures with their metadata, then record them and the job's end."""
+        """Write the pictures (with their metadata chunks unless not ``metadata``), then record
+        them and the job's end."""
         from sdgen.media.metadata import save_png
 
         images = list(images)
         for image, picture, record in images:
-            save_png(picture, self.images_dir / f"{image.id}.png", record)
+            save_png(picture, self.images_dir / f"{image.id}.png", record, metadata=metadata)
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO images (id, job_id, position, seed, width, height, file, parameters)"
@@ -294,6 +313,7 @@ class JobStore:
             requeues=values["requeues"],
             device=values["device"],
             error=error,
+            warnings=json.loads(values["warnings"]),
             images=images,
             pictures=json.loads(values["pictures"]),
         )
@@ -313,6 +333,7 @@ _COLUMN_NAMES = (
     "error_kind",
     "error_field",
     "error_message",
+    "warnings",
 )
 _COLUMNS = ", ".join(_COLUMN_NAMES)
 

@@ -121,6 +121,7 @@ class A1111Handler:
             "clip_skip": 1,
             "is_using_inpainting_conditioning": bool(request.get("mask")),
             "version": "sdgen",
+            "warnings": record.warnings,  # sdgen's: e.g. a prompt truncated to 77 tokens
             "job_id": record.id,
             "status": record.status,
         }
