@@ -38,10 +38,7 @@ def txt2img(
     embeddings = text_conditioning(model, request)  # (2B or B, 77, D)
     # 3. Seeded noise, one CPU generator per image, scaled to the scheduler's first sigma.
     generators = image_generators(request.seed, request.total_images)
-    factor = model.vae_scale_factor
-    shape = (model.latent_channels, request.height // factor, request.width // factor)
-    latents = initial_latents(generators, shape, device=model.device, dtype=model.dtype)
-    latents = latents * scheduler.init_noise_sigma  # (B, C, H/f, W/f)
+    latents = noise_latents(model, request, generators, scheduler)  # (B, C, H/f, W/f)
     # 4. Denoise, 5. decode.
     latents = denoise(
         denoising_unet(model),
@@ -53,3 +50,13 @@ def txt2img(
         callback=callback,
     )
     return GenerationResult(request=request, images=decode_latents(model.vae, latents))
+
+
+def noise_latents(
+    model: LoadedModel, request: GenerationRequest, generators: list[torch.Generator], scheduler
+) -> torch.Tensor:
+    """txt2img's starting latents (B, C, H/f, W/f): each image's noise, at the first sigma."""
+    factor = model.vae_scale_factor
+    shape = (model.latent_channels, request.height // factor, request.width // factor)
+    latents = initial_latents(generators, shape, device=model.device, dtype=model.dtype)
+    return latents * scheduler.init_noise_sigma

@@ -73,30 +73,102 @@ def denoise(
     Returns:
         The denoised latents (B, C, h, w).
     """
-    guided = uses_guidance(guidance_scale)
-    step_kwargs = _step_kwargs(scheduler, generators)
-    log_sigmas = _log_sigmas(scheduler.alphas_cumprod)
-    prediction_type = scheduler.config.prediction_type
-    timesteps = scheduler.timesteps if timesteps is None else timesteps
-    reports = _reported_iterations(scheduler, len(timesteps), steps)
-    for index, t in enumerate(timesteps):
-        model_input = torch.cat([latents] * 2) if guided else latents  # (2B or B, C, h, w)
-        model_input = scheduler.scale_model_input(model_input, t)
-        # The scaled input is in x_t space for every scheduler; x0 previews start from it.
-        x_t = model_input[: latents.shape[0]]
-        if extra_channels is not None:
-            model_input = torch.cat([model_input, extra_channels], dim=1)
+    run = prepare_run(
+        scheduler,
+        guidance_scale=guidance_scale,
+        generators=generators,
+        timesteps=timesteps,
+        steps=steps,
+    )
+    for index, t in enumerate(run.timesteps):
+        model_input, x_t = scaled_input(run, latents, t, extra_channels)  # (2B or B, C', h, w)
         noise_pred = unet(model_input, t, encoder_hidden_states=text_embeddings, return_dict=False)
-        noise_pred = noise_pred[0]  # (2B or B, C, h, w)
-        if guided:
-            noise_pred = guide(noise_pred, guidance_scale)
-        latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
-        if after_step is not None:
-            latents = after_step(index, latents)
-        if callback is not None and index in reports:
-            alpha_bar = _alpha_bar_of_step(scheduler, float(t), log_sigmas)
-            denoised = predict_x0(x_t, noise_pred, alpha_bar, prediction_type)
-            callback(Step(reports[index], len(reports), float(t), latents, denoised))
+        latents = finish_step(
+            run, index, t, x_t, latents, noise_pred[0], after_step=after_step, callback=callback
+        )
+    return latents
+
+
+@dataclass(frozen=True)
+class DenoisingRun:
+    """What stays fixed over one run of the loop; the per-step pieces below take it.
+
+    ``denoise`` and the engine's cross-request batching (sdgen.engine.batching) share these
+    pieces, so a request's steps are the same math whether its UNet call is alone or shared.
+    """
+
+    scheduler: object  # a diffusers scheduler with its timesteps set
+    guidance_scale: float
+    guided: bool  # [uncond; text] halves in the UNet call
+    step_kwargs: dict  # generator / eta for scheduler.step
+    timesteps: torch.Tensor  # the iterations to run
+    reports: dict[int, int]  # iteration -> user-counted step number, for the callback
+    log_sigmas: np.ndarray  # for x0 previews
+    prediction_type: str
+
+
+def prepare_run(
+    scheduler,
+    *,
+    guidance_scale: float,
+    generators: list[torch.Generator],
+    timesteps: torch.Tensor | None = None,
+    steps: int | None = None,
+) -> DenoisingRun:
+    """The fixed parts of one run (arguments as ``denoise``'s)."""
+    timesteps = scheduler.timesteps if timesteps is None else timesteps
+    return DenoisingRun(
+        scheduler=scheduler,
+        guidance_scale=guidance_scale,
+        guided=uses_guidance(guidance_scale),
+        step_kwargs=_step_kwargs(scheduler, generators),
+        timesteps=timesteps,
+        reports=_reported_iterations(scheduler, len(timesteps), steps),
+        log_sigmas=_log_sigmas(scheduler.alphas_cumprod),
+        prediction_type=scheduler.config.prediction_type,
+    )
+
+
+def scaled_input(
+    run: DenoisingRun,
+    latents: torch.Tensor,
+    t: torch.Tensor,
+    extra_channels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The UNet input (2B or B, C + extra, h, w) for timestep ``t``, and x_t (B, C, h, w)."""
+    model_input = torch.cat([latents] * 2) if run.guided else latents  # (2B or B, C, h, w)
+    model_input = run.scheduler.scale_model_input(model_input, t)
+    # The scaled input is in x_t space for every scheduler; x0 previews start from it.
+    x_t = model_input[: latents.shape[0]]
+    if extra_channels is not None:
+        model_input = torch.cat([model_input, extra_channels], dim=1)
+    return model_input, x_t
+
+
+def finish_step(
+    run: DenoisingRun,
+    index: int,
+    t: torch.Tensor,
+    x_t: torch.Tensor,
+    latents: torch.Tensor,
+    noise_pred: torch.Tensor,
+    *,
+    after_step: AfterStep | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Guidance, the scheduler's update, ``after_step`` and the callback; the new latents.
+
+    ``noise_pred`` is this run's UNet output (2B or B, C, h, w), [uncond; text] when guiding.
+    """
+    if run.guided:
+        noise_pred = guide(noise_pred, run.guidance_scale)  # (B, C, h, w)
+    latents = run.scheduler.step(noise_pred, t, latents, **run.step_kwargs).prev_sample
+    if after_step is not None:
+        latents = after_step(index, latents)
+    if callback is not None and index in run.reports:
+        alpha_bar = _alpha_bar_of_step(run.scheduler, float(t), run.log_sigmas)
+        denoised = predict_x0(x_t, noise_pred, alpha_bar, run.prediction_type)
+        callback(Step(run.reports[index], len(run.reports), float(t), latents, denoised))
     return latents
 
 

@@ -1,0 +1,121 @@
+"""Batching across requests: each request's pictures and steps are those it gets alone."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import max_pixel_diff
+from PIL import Image
+
+from sdgen.engine.batching import Batcher
+from sdgen.errors import GenerationCancelled, InvalidRequest
+from sdgen.models.loader import load_model
+from sdgen.params import GenerationRequest, InputPicture
+from sdgen.pipelines.txt2img import txt2img
+
+STEPS = 4
+# Different prompts, seeds, samplers (euler_a draws noise every step) and guidance (1.0: no
+# unconditional half), so the shared UNet call mixes timesteps and row counts.
+REQUESTS = [
+    GenerationRequest(prompt=p, steps=STEPS, seed=s, sampler=k, guidance_scale=g, negative_prompt=n)
+    for p, s, k, g, n in [
+        ("a red circle", 1, "euler_a", 7.5, ""),
+        ("a blue square", 2, "dpmpp_2m", 7.5, "green"),
+        ("a white triangle", 3, "ddim", 1.0, ""),
+        ("a yellow star", 4, "euler_a", 1.0, ""),
+        ("a green field", 5, "dpmpp_2m", 3.0, ""),
+        ("a black cat", 6, "ddim", 12.0, "blurry"),
+        ("an orange sun", 7, "euler_a", 5.0, ""),
+        ("a grey wall", 8, "dpmpp_2m", 1.0, ""),
+    ]
+]
+JOINS = [0, 0, 0, 1, 1, 2, 3, 3]  # the step boundary at which each request joins
+
+
+class Recorder:
+    """A step callback that keeps (index, total, timestep) of every step."""
+
+    def __init__(self):
+        self.steps = []
+
+    def __call__(self, step):
+        self.steps.append((step.index, step.total, step.timestep))
+
+
+def run_batched(model, requests, joins, callbacks=None):
+    """Add each request at its step boundary and step until all are done; results in order."""
+    batcher, tickets, finished, boundary = Batcher(model), {}, {}, 0
+    callbacks = callbacks or [None] * len(requests)
+    while len(finished) < len(requests):
+        for i, join in enumerate(joins):
+            if join == boundary:
+                tickets[id(batcher.add(requests[i], callbacks[i]))] = i
+        for done in batcher.step():
+            finished[tickets[id(done.state)]] = done
+        boundary += 1
+    return [finished[i] for i in range(len(requests))]
+
+
+def check_equal_to_alone(model, requests, joins) -> int:
+    recorders = [Recorder() for _ in requests]
+    batched = run_batched(model, requests, joins, recorders)
+    worst = 0
+    for i, (request, done) in enumerate(zip(requests, batched, strict=True)):
+        alone_steps = Recorder()
+        alone = txt2img(model, request, alone_steps)
+        assert done.error is None, done.error
+        assert done.result.request == alone.request
+        worst = max(worst, max_pixel_diff(done.result.images[0], alone.images[0]))
+        assert recorders[i].steps == alone_steps.steps, f"request {i}"
+        assert [index for index, _, _ in recorders[i].steps] == list(range(request.steps))
+    print(f"max pixel difference batched vs alone: {worst}/255")
+    return worst
+
+
+def test_eight_joining_requests_equal_each_request_alone(sd1_model):
+    assert check_equal_to_alone(sd1_model, REQUESTS, JOINS) <= 1
+
+
+def test_on_the_embedded_model():
+    model = load_model(device="cpu")
+    requests = [r.replace(width=64, height=64) for r in REQUESTS]
+    assert check_equal_to_alone(model, requests, JOINS) <= 1
+
+
+def test_one_shared_unet_call_per_step(sd1_model):
+    rows = []
+    hook = sd1_model.unet.register_forward_hook(lambda m, a, out: rows.append(a[0].shape[0]))
+    try:
+        run_batched(sd1_model, REQUESTS[:4], [0, 0, 0, 1])
+    finally:
+        hook.remove()
+    # requests 0-1 guide (2 rows each), 2-3 do not (1 row); request 3 joins one step late.
+    assert rows == [5, 6, 6, 6, 1]
+
+
+def test_a_cancelled_request_leaves_alone(sd1_model):
+    def cancel_at_step_one(step):
+        if step.index == 1:
+            raise GenerationCancelled()
+
+    requests = REQUESTS[:3]
+    done = run_batched(sd1_model, requests, [0, 0, 0], [None, cancel_at_step_one, None])
+    assert isinstance(done[1].error, GenerationCancelled) and done[1].result is None
+    for i in (0, 2):
+        alone = txt2img(sd1_model, requests[i]).images[0]
+        assert max_pixel_diff(done[i].result.images[0], alone) <= 1
+
+
+def test_incompatible_requests_are_refused(sd1_model):
+    batcher = Batcher(sd1_model)
+    size = sd1_model.native_size
+    batcher.add(REQUESTS[0].replace(width=size, height=size))
+    other = REQUESTS[1].replace(width=2 * size, height=size)
+    assert not batcher.compatible(other)
+    with pytest.raises(InvalidRequest, match="size of the requests in this batch"):
+        batcher.add(other)
+    assert len(batcher.active) == 1
+    picture = InputPicture.from_image(Image.new("RGB", (size, size)))
+    img2img = REQUESTS[1].replace(init_image=picture)
+    assert not batcher.compatible(img2img)
+    with pytest.raises(InvalidRequest, match="only txt2img"):
+        batcher.add(img2img)
