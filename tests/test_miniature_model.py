@@ -60,14 +60,21 @@ def test_diffusers_gives_the_same_picture(miniature):
 
 def test_one_picture_at_default_settings_is_fast(miniature):
     request = GenerationRequest("a green square on a white background", seed=0)
-    txt2img(miniature, request)  # warm-up
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        txt2img(miniature, request)
-        times.append(time.perf_counter() - started)
-    # The target is 1 s on these 2-core machines (measured about 0.6 s); margin for busy CI.
-    assert statistics.median(times) < 1.5
+    # One thread: with other processes on the 2 cores, torch's two threads wait on each other at
+    # every operator and a picture can take tens of seconds; one thread is steady.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        txt2img(miniature, request)  # warm-up (and the CPU's UNet trace)
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            txt2img(miniature, request)
+            times.append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+    # The target is 1 s on these 2-core machines (measured 0.37 s on one thread).
+    assert statistics.median(times) < 1.0, times
 
 
 def test_pictures_show_what_the_prompt_says(miniature):
