@@ -76,3 +76,28 @@ def download_model(
     except (LocalEntryNotFoundError, OSError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0]  # the message stays one line
         raise ModelNotFound(f"{field}: {repo_id!r} could not be fetched ({reason}); {how}") from err
+
+
+def folder_or_hub_snapshot(
+    name: str, *, token: str | None, field: str, kind: str, patterns: list[str], flag: str
+) -> Path:
+    """A local folder as it is, or a hub id's snapshot (safetensors only) through the cache.
+
+    For the auxiliary models (CLIP ranker, safety checker): ``kind`` names what was expected in
+    the error, ``flag`` the option that takes a local folder instead.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or not is_hub_id(name):
+        raise ModelNotFound(
+            f"{field}: {name!r} is neither a {kind} folder nor a hub id (owner/name)"
+        )
+    return download_model(
+        name,
+        token=token,
+        allow_pickle=False,
+        field=field,
+        patterns=patterns,
+        instead=f"pass {flag} with a local folder",
+    )

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from sdgen.errors import ModelNotFound
+from sdgen.models.hub import folder_or_hub_snapshot
 
 if TYPE_CHECKING:
     from sdgen.pipelines.stages import GenerationResult
@@ -93,7 +94,16 @@ def load_safety_checker(
     from sdgen.models.devices import resolve_device
 
     target = resolve_device(device)
-    checker_folder, processor_folder = _split_folder(_find_folder(str(source), token))
+    checker_folder, processor_folder = _split_folder(
+        folder_or_hub_snapshot(
+            str(source),
+            token=token,
+            field=FIELD,
+            kind="safety checker",
+            patterns=HUB_PATTERNS,
+            flag="--safety-checker",
+        )
+    )
     _check_folders(checker_folder, processor_folder)
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPImageProcessor
@@ -110,27 +120,6 @@ def load_safety_checker(
         ) from err
     model = model.to(target).eval().requires_grad_(False)
     return SafetyChecker(model, processor, target)
-
-
-def _find_folder(name: str, token: str | None) -> Path:
-    """The local folder, or a hub id's cached snapshot."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    from sdgen.models.hub import download_model, is_hub_id
-
-    if path.exists() or not is_hub_id(name):
-        raise ModelNotFound(
-            f"{FIELD}: {name!r} is neither a safety checker folder nor a hub id (owner/name)"
-        )
-    return download_model(
-        name,
-        token=token,
-        allow_pickle=False,
-        field=FIELD,
-        patterns=HUB_PATTERNS,
-        instead="pass --safety-checker with a local folder",
-    )
 
 
 def _split_folder(folder: Path) -> tuple[Path, Path]:

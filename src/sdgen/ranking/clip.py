@@ -17,6 +17,7 @@ from PIL import Image
 
 from sdgen.errors import InvalidRequest, ModelNotFound
 from sdgen.models.bundled import BUNDLED_MODELS, MINIATURE_MODEL
+from sdgen.models.hub import folder_or_hub_snapshot
 
 FIELD = "clip_model"  # the request field (and, as --clip-model, the flag) errors name
 BATCH_SIZE = 16  # pictures per forward pass: bounds memory for ViT-L at 224 px with many pictures
@@ -144,22 +145,13 @@ def _find_folder(name: str, token: str | None) -> Path:
     """The local folder of a shipped model's CLIP, a folder, or a hub id's cached snapshot."""
     if name in BUNDLED_MODELS:
         return BUNDLED_MODELS[name] / "clip"  # the miniature model ships its CLIP in clip/
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    from sdgen.models.hub import download_model, is_hub_id
-
-    if path.exists() or not is_hub_id(name):
-        raise ModelNotFound(
-            f"{FIELD}: {name!r} is neither a CLIP model folder nor a hub id (owner/name)"
-        )
-    return download_model(
+    return folder_or_hub_snapshot(
         name,
         token=token,
-        allow_pickle=False,
         field=FIELD,
+        kind="CLIP model",
         patterns=HUB_PATTERNS,
-        instead="pass --clip-model with a local folder",
+        flag="--clip-model",
     )
 
 

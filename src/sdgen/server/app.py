@@ -19,7 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from sdgen.engine.jobs import Engine, GenerateFn, JobListener, QueueFull
+from sdgen.engine.events import JobListener, QueueFull
+from sdgen.engine.jobs import Engine, GenerateFn
 from sdgen.engine.models import Loader, ModelPool, load_configured
 from sdgen.errors import InvalidRequest
 from sdgen.ui import INDEX_HTML, STATIC_DIR

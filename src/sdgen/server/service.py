@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sdgen.engine.jobs import Engine, Failure, JobListener, Progress, QueueFull
+from sdgen.engine.events import Failure, JobListener, Progress, QueueFull
+from sdgen.engine.jobs import Engine
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
 from sdgen.pipelines.stages import GenerationResult

@@ -1,0 +1,61 @@
+"""What the job engine reports: failure kinds, progress, the listener it tells, a full queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from sdgen.errors import SdgenError
+from sdgen.models.loaded import LoadedModel
+from sdgen.pipelines.stages import GenerationResult
+
+# Failure kinds, as the API reports them in ``error.kind``.
+INVALID_REQUEST = "invalid_request"  # the request could not run as given (field named)
+OUT_OF_MEMORY = "out_of_memory"  # the device ran out of memory; a smaller request may run
+MODEL_LOAD = "model_load"  # the job's model could not be loaded on the worker's device
+INTERNAL = "internal"  # anything else: a bug or an environment problem, logged with traceback
+WORKER_DIED = "worker_died"  # the worker thread running the job died (a BaseException escaped)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a job failed."""
+
+    kind: str
+    message: str
+    field: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A running job after a step: ``step`` of ``total`` steps done (1-based)."""
+
+    step: int
+    total: int
+    preview: bytes | None  # a small PNG of the predicted picture, or None (throttled)
+    steps_per_second: float
+
+
+class JobListener(Protocol):
+    """What the engine tells about jobs; called from worker threads, in each job's order."""
+
+    def job_started(self, job_id: str, device: str) -> None: ...
+
+    def job_progressed(self, job_id: str, progress: Progress) -> None: ...
+
+    def job_succeeded(self, job_id: str, result: GenerationResult, model: LoadedModel) -> None: ...
+
+    def job_failed(self, job_id: str, failure: Failure) -> None: ...
+
+    def job_cancelled(self, job_id: str) -> None: ...
+
+    def job_returned(self, job_id: str) -> None:
+        """The engine stopped while the job ran: it did not end and should run again."""
+
+
+class QueueFull(SdgenError):
+    """The queue holds ``max_queue`` jobs; try again later."""
+
+    def __init__(self, depth: int, retry_after: int):
+        self.depth, self.retry_after = depth, retry_after
+        super().__init__(f"the queue is full ({depth} jobs); retry in {retry_after} s")
