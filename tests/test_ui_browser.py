@@ -261,7 +261,12 @@ def test_cancel_marks_a_running_job_cancelled(browser, server):
             arg=f'#jobs .job[data-job-id="{job_id}"]',
         )
         card.get_by_role("button", name="Cancel").click()
-        page.wait_for_selector(f'#jobs .job[data-job-id="{job_id}"][data-status="cancelled"]')
+        try:
+            page.wait_for_selector(f'#jobs .job[data-job-id="{job_id}"][data-status="cancelled"]')
+        except sync_api.TimeoutError:
+            status = server.api(f"/v1/jobs/{job_id}")["status"]
+            shown = card.text_content()
+            raise AssertionError(f"job {status}; card: {shown!r}; server: {server.tail}") from None
         assert card.locator(".job-status").text_content() == "cancelled"
         assert card.get_by_role("button", name="Cancel").is_hidden()
         assert server.api(f"/v1/jobs/{job_id}")["status"] == "cancelled"
