@@ -49,7 +49,7 @@ def run_batched(model, requests: list[GenerationRequest]) -> list[np.ndarray]:
     order = {id(batcher.add(request)): i for i, request in enumerate(requests)}
     pictures = [None] * len(requests)
     for done in batcher.run_until_done():
-        pictures[order[id(done.state)]] = np.asarray(done.result.images[0])
+        pictures[order[id(done.prepared)]] = np.asarray(done.result.images[0])
     return pictures
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from helpers import max_pixel_diff
 from PIL import Image
@@ -10,6 +11,7 @@ from sdgen.engine.batching import Batcher
 from sdgen.errors import GenerationCancelled, InvalidRequest
 from sdgen.models.loader import load_model
 from sdgen.params import GenerationRequest, InputPicture
+from sdgen.pipelines.generate import generate
 from sdgen.pipelines.txt2img import txt2img
 
 STEPS = 4
@@ -50,7 +52,7 @@ def run_batched(model, requests, joins, callbacks=None):
             if join == boundary:
                 tickets[id(batcher.add(requests[i], callbacks[i]))] = i
         for done in batcher.step():
-            finished[tickets[id(done.state)]] = done
+            finished[tickets[id(done.prepared)]] = done
         boundary += 1
     return [finished[i] for i in range(len(requests))]
 
@@ -61,12 +63,13 @@ def check_equal_to_alone(model, requests, joins) -> int:
     worst = 0
     for i, (request, done) in enumerate(zip(requests, batched, strict=True)):
         alone_steps = Recorder()
-        alone = txt2img(model, request, alone_steps)
+        alone = generate(model, request, alone_steps)
         assert done.error is None, done.error
         assert done.result.request == alone.request
         worst = max(worst, max_pixel_diff(done.result.images[0], alone.images[0]))
         assert recorders[i].steps == alone_steps.steps, f"request {i}"
-        assert [index for index, _, _ in recorders[i].steps] == list(range(request.steps))
+        runs = request.steps if request.mode == "txt2img" else int(request.steps * request.strength)
+        assert [index for index, _, _ in recorders[i].steps] == list(range(runs))
     print(f"max pixel difference batched vs alone: {worst}/255")
     return worst
 
@@ -114,8 +117,49 @@ def test_incompatible_requests_are_refused(sd1_model):
     with pytest.raises(InvalidRequest, match="size of the requests in this batch"):
         batcher.add(other)
     assert len(batcher.active) == 1
-    picture = InputPicture.from_image(Image.new("RGB", (size, size)))
-    img2img = REQUESTS[1].replace(init_image=picture)
-    assert not batcher.compatible(img2img)
-    with pytest.raises(InvalidRequest, match="only txt2img"):
-        batcher.add(img2img)
+
+
+def _picture(size: int, seed: int, mode: str = "RGB") -> InputPicture:
+    """A smooth test picture (or a half-white mask with mode "L")."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    if mode == "L":
+        return InputPicture.from_image(Image.fromarray(((x < 0.5) * 255).astype(np.uint8), "L"))
+    rng = np.random.default_rng(seed)
+    channels = [np.sin(6 * x * rng.uniform(0.5, 2) + 3 * y + rng.uniform(0, 6)) for _ in range(3)]
+    return InputPicture.from_image(
+        Image.fromarray(((np.stack(channels, -1) + 1) * 127.5).astype(np.uint8))
+    )
+
+
+def test_txt2img_img2img_and_inpainting_share_steps(sd1_model):
+    """img2img (fewer timesteps, starting part-way) and 4-channel inpainting (blending after each
+    step) in one batch with txt2img: each equals its own pipeline run alone."""
+    size = sd1_model.native_size
+    init, mask = _picture(size, 0), _picture(size, 0, "L")
+    requests = [
+        REQUESTS[0].replace(steps=6),
+        REQUESTS[1].replace(steps=6, init_image=init, strength=0.5),  # 3 steps
+        REQUESTS[2].replace(steps=6, init_image=init, mask=mask, strength=0.7),  # 4 steps
+        REQUESTS[5].replace(steps=6, init_image=_picture(size, 1), strength=1.0),
+        REQUESTS[4].replace(steps=5, init_image=init, mask=mask, strength=1.0),
+    ]
+    assert [r.mode for r in requests] == ["txt2img", "img2img", "inpaint", "img2img", "inpaint"]
+    assert check_equal_to_alone(sd1_model, requests, [0, 0, 1, 2, 2]) <= 1
+
+
+@pytest.fixture(scope="module")
+def inpainting_model(tmp_path_factory):
+    from tiny_models import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-inpainting"
+    return load_model(str(build_tiny_model(folder, family="sd1", seed=1, unet_in_channels=9)))
+
+
+def test_a_nine_channel_inpainting_model_batches_its_requests(inpainting_model):
+    size = inpainting_model.native_size
+    mask = _picture(size, 0, "L")
+    requests = [
+        REQUESTS[i].replace(steps=4, init_image=_picture(size, i), mask=mask, strength=strength)
+        for i, strength in [(0, 1.0), (1, 0.75), (2, 1.0)]
+    ]
+    assert check_equal_to_alone(inpainting_model, requests, [0, 1, 1]) <= 1

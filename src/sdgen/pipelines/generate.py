@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import torch
+
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
-from sdgen.pipelines.img2img import img2img
-from sdgen.pipelines.inpaint import inpaint
-from sdgen.pipelines.stages import GenerationResult
-from sdgen.pipelines.txt2img import txt2img
+from sdgen.pipelines.img2img import img2img, start_img2img
+from sdgen.pipelines.inpaint import inpaint, start_inpaint
+from sdgen.pipelines.stages import GenerationResult, PreparedRequest
+from sdgen.pipelines.txt2img import start_txt2img, txt2img
 from sdgen.sampling.loop import StepCallback
 
 PIPELINES = {"txt2img": txt2img, "img2img": img2img, "inpaint": inpaint}
+STARTS = {"txt2img": start_txt2img, "img2img": start_img2img, "inpaint": start_inpaint}
 
 
 def generate(
@@ -26,3 +29,12 @@ def generate(
         The pictures and the fully resolved request.
     """
     return PIPELINES[request.mode](model, request, callback)
+
+
+@torch.inference_mode()
+def start(
+    model: LoadedModel, request: GenerationRequest, callback: StepCallback | None = None
+) -> PreparedRequest:
+    """``request`` resolved and set up to denoise (scheduler, conditioning, starting latents),
+    by the pipeline of its mode; ``run_alone`` or the engine's batching finishes it."""
+    return STARTS[request.mode](model, request, callback)

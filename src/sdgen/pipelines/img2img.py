@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from sdgen.media.images import decode_latents
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
 from sdgen.pipelines.init_images import latent_samples, picture_tensor, strength_timesteps
 from sdgen.pipelines.stages import (
     GenerationResult,
-    denoising_unet,
+    PreparedRequest,
     new_scheduler,
     resolve_request,
+    run_alone,
     text_conditioning,
 )
-from sdgen.sampling.loop import StepCallback, denoise
+from sdgen.sampling.loop import DenoisingState, StepCallback, prepare_run
 from sdgen.sampling.noise import image_generators, initial_latents
 
 
@@ -36,10 +36,18 @@ def img2img(
     Returns:
         The pictures and the fully resolved request.
     """
+    # 4. Denoise from there, 5. decode.
+    return run_alone(model, start_img2img(model, request, callback))
+
+
+def start_img2img(
+    model: LoadedModel, request: GenerationRequest, callback: StepCallback | None = None
+) -> PreparedRequest:
+    """Steps 1-3 of img2img: the request resolved and its denoising set up."""
     request = resolve_request(model, request)
     # 1. A fresh scheduler; strength picks the last part of its steps.
     scheduler = new_scheduler(model, request)
-    timesteps, run = strength_timesteps(scheduler, request.steps, request.strength)
+    timesteps, steps = strength_timesteps(scheduler, request.steps, request.strength)
     # 2. Text conditioning.
     embeddings = text_conditioning(model, request)  # (2B or B, 77, D)
     # 3. The init picture's latents (B, C, H/f, W/f), noised to the first step that runs.
@@ -50,16 +58,11 @@ def img2img(
     )
     start = timesteps[:1].repeat(init_latents.shape[0])
     latents = scheduler.add_noise(init_latents.to(model.dtype), noise, start)
-    # 4. Denoise from there, 5. decode.
-    latents = denoise(
-        denoising_unet(model),
+    run = prepare_run(
         scheduler,
-        latents,
-        embeddings,
         guidance_scale=request.guidance_scale,
         generators=generators,
-        callback=callback,
         timesteps=timesteps,
-        steps=run,
+        steps=steps,
     )
-    return GenerationResult(request=request, images=decode_latents(model.vae, latents))
+    return PreparedRequest(request, DenoisingState(run, latents, embeddings, callback))

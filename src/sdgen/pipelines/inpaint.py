@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from sdgen.errors import InvalidRequest
-from sdgen.media.images import decode_latents
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
 from sdgen.pipelines.init_images import (
@@ -24,13 +23,14 @@ from sdgen.pipelines.init_images import (
 )
 from sdgen.pipelines.stages import (
     GenerationResult,
-    denoising_unet,
+    PreparedRequest,
     new_scheduler,
     resolve_request,
+    run_alone,
     text_conditioning,
 )
 from sdgen.sampling.guidance import uses_guidance
-from sdgen.sampling.loop import StepCallback, denoise
+from sdgen.sampling.loop import DenoisingState, StepCallback, prepare_run
 from sdgen.sampling.noise import image_generators, initial_latents
 
 INPAINTING_CHANNELS = 9  # latents (4) + mask (1) + masked picture's latents (4)
@@ -55,6 +55,14 @@ def inpaint(
     Returns:
         The pictures and the fully resolved request.
     """
+    # 4. Denoise, 5. decode.
+    return run_alone(model, start_inpaint(model, request, callback))
+
+
+def start_inpaint(
+    model: LoadedModel, request: GenerationRequest, callback: StepCallback | None = None
+) -> PreparedRequest:
+    """Steps 1-3 of inpainting: the request resolved and its denoising set up."""
     channels = model.unet.config.in_channels
     if channels not in (model.latent_channels, INPAINTING_CHANNELS):
         raise InvalidRequest("model", model.name, "a UNet with 4 or 9 input channels to inpaint")
@@ -62,7 +70,7 @@ def inpaint(
     request = resolve_request(model, request)
     # 1. Scheduler and the steps strength selects.
     scheduler = new_scheduler(model, request)
-    timesteps, run = strength_timesteps(scheduler, request.steps, request.strength)
+    timesteps, steps = strength_timesteps(scheduler, request.steps, request.strength)
     # 2. Text conditioning.
     embeddings = text_conditioning(model, request)  # (2B or B, 77, D)
     # 3. Pictures: init (1, 3, H, W), mask (1, 1, H, W), both on the model's device and dtype.
@@ -70,21 +78,22 @@ def inpaint(
     mask = mask_tensor(request).to(model.device, model.dtype)
     generators = image_generators(request.seed, request.total_images)
     latents, extra, blend = _prepare(model, request, scheduler, timesteps, generators, pixels, mask)
-    # 4. Denoise, 5. decode.
-    latents = denoise(
-        denoising_unet(model),
+    run = prepare_run(
         scheduler,
-        latents,
-        embeddings,
         guidance_scale=request.guidance_scale,
         generators=generators,
-        callback=callback,
         timesteps=timesteps,
-        steps=run,
+        steps=steps,
+    )
+    state = DenoisingState(
+        run,
+        latents,
+        embeddings,
+        callback,
         extra_channels=extra if inpainting_unet else None,
         after_step=None if inpainting_unet else blend,
     )
-    return GenerationResult(request=request, images=decode_latents(model.vae, latents))
+    return PreparedRequest(request, state)
 
 
 class _Blend:

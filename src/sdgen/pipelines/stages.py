@@ -11,11 +11,12 @@ from PIL import Image
 
 from sdgen.conditioning.prompts import encode_conditioning
 from sdgen.errors import InvalidRequest
+from sdgen.media.images import decode_latents
 from sdgen.models.devices import precision_name
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest, check_size
 from sdgen.sampling.guidance import uses_guidance
-from sdgen.sampling.loop import TracedUNet
+from sdgen.sampling.loop import DenoisingState, TracedUNet, denoise_state
 from sdgen.sampling.samplers import make_scheduler, resolve_sampler, sampler_for_config
 
 
@@ -36,6 +37,25 @@ class GenerationResult:
         return self.request.replace(
             prompt=prompt, negative_prompt=negative, num_images=1, seed=self.seeds[index]
         )
+
+
+@dataclass(eq=False)  # compared by identity: the ticket a batch of requests hands out
+class PreparedRequest:
+    """A request ready to denoise: resolved, with its scheduler, noise and conditioning set up in
+    a ``DenoisingState``. ``run_alone`` finishes it; the engine's batching shares its steps."""
+
+    request: GenerationRequest  # every default filled in
+    state: DenoisingState
+
+    def result(self, model: LoadedModel) -> GenerationResult:
+        """The pictures of the denoised state (decoded one at a time)."""
+        return GenerationResult(self.request, decode_latents(model.vae, self.state.latents))
+
+
+def run_alone(model: LoadedModel, prepared: PreparedRequest) -> GenerationResult:
+    """Denoise ``prepared`` on its own (one UNet call per iteration) and decode it."""
+    denoise_state(denoising_unet(model), prepared.state)
+    return prepared.result(model)
 
 
 def resolve_request(model: LoadedModel, request: GenerationRequest) -> GenerationRequest:

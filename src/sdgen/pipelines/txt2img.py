@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from sdgen.media.images import decode_latents
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
 from sdgen.pipelines.stages import (
     GenerationResult,
-    denoising_unet,
+    PreparedRequest,
     new_scheduler,
     resolve_request,
+    run_alone,
     text_conditioning,
 )
-from sdgen.sampling.loop import StepCallback, denoise
+from sdgen.sampling.loop import DenoisingState, StepCallback, prepare_run
 from sdgen.sampling.noise import image_generators, initial_latents
 
 
@@ -31,6 +31,15 @@ def txt2img(
     Returns:
         The pictures and the fully resolved request (with its seed).
     """
+    # 4. Denoise, 5. decode.
+    return run_alone(model, start_txt2img(model, request, callback))
+
+
+def start_txt2img(
+    model: LoadedModel, request: GenerationRequest, callback: StepCallback | None = None
+) -> PreparedRequest:
+    """Steps 1-3 of txt2img: the request resolved and its denoising set up (under inference
+    mode, as the caller runs it)."""
     request = resolve_request(model, request)
     # 1. A fresh scheduler from the model's own config, on the model's device.
     scheduler = new_scheduler(model, request)
@@ -39,17 +48,8 @@ def txt2img(
     # 3. Seeded noise, one CPU generator per image, scaled to the scheduler's first sigma.
     generators = image_generators(request.seed, request.total_images)
     latents = noise_latents(model, request, generators, scheduler)  # (B, C, H/f, W/f)
-    # 4. Denoise, 5. decode.
-    latents = denoise(
-        denoising_unet(model),
-        scheduler,
-        latents,
-        embeddings,
-        guidance_scale=request.guidance_scale,
-        generators=generators,
-        callback=callback,
-    )
-    return GenerationResult(request=request, images=decode_latents(model.vae, latents))
+    run = prepare_run(scheduler, guidance_scale=request.guidance_scale, generators=generators)
+    return PreparedRequest(request, DenoisingState(run, latents, embeddings, callback))
 
 
 def noise_latents(

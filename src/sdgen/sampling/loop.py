@@ -80,21 +80,27 @@ def denoise(
         timesteps=timesteps,
         steps=steps,
     )
-    for index, t in enumerate(run.timesteps):
-        model_input, x_t = scaled_input(run, latents, t, extra_channels)  # (2B or B, C', h, w)
-        noise_pred = unet(model_input, t, encoder_hidden_states=text_embeddings, return_dict=False)
-        latents = finish_step(
-            run, index, t, x_t, latents, noise_pred[0], after_step=after_step, callback=callback
-        )
-    return latents
+    state = DenoisingState(run, latents, text_embeddings, callback, extra_channels, after_step)
+    return denoise_state(unet, state)
+
+
+def denoise_state(unet: torch.nn.Module, state: DenoisingState) -> torch.Tensor:
+    """Run ``state``'s remaining iterations alone, one UNet call each; the final latents."""
+    while not state.done:
+        model_input = state.unet_input()  # (2B or B, C', h, w)
+        t = state.timestep
+        noise_pred = unet(model_input, t, encoder_hidden_states=state.embeddings, return_dict=False)
+        state.advance(noise_pred[0])
+    return state.latents
 
 
 @dataclass(frozen=True)
 class DenoisingRun:
     """What stays fixed over one run of the loop; the per-step pieces below take it.
 
-    ``denoise`` and the engine's cross-request batching (sdgen.engine.batching) share these
-    pieces, so a request's steps are the same math whether its UNet call is alone or shared.
+    ``denoise`` and the engine's cross-request batching (sdgen.engine.batching) both advance
+    ``DenoisingState``s, so a request's steps are the same math whether its UNet call is alone
+    or shared.
     """
 
     scheduler: object  # a diffusers scheduler with its timesteps set
@@ -129,6 +135,72 @@ def prepare_run(
     )
 
 
+@dataclass(eq=False)  # compared by identity: a batch of requests holds one per request
+class DenoisingState:
+    """One run of the loop part-way through: everything its next iteration needs.
+
+    ``denoise`` runs a state alone; the engine's cross-request batching (sdgen.engine.batching)
+    advances several together, concatenating their ``unet_input`` rows into one UNet call.
+    """
+
+    run: DenoisingRun  # its own scheduler, generators (in step_kwargs), timesteps, reports
+    latents: torch.Tensor  # (B, C, h, w) after ``position`` iterations
+    embeddings: torch.Tensor  # (2B or B, 77, D): [negative; prompt] when guiding
+    callback: StepCallback | None = None
+    extra_channels: torch.Tensor | None = None  # inpainting UNets: (2B or B, 5, h, w)
+    after_step: AfterStep | None = None
+    position: int = 0  # iterations done
+    _x_t: torch.Tensor | None = None  # the scaled input of the iteration under way
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.run.timesteps)
+
+    @property
+    def timestep(self) -> torch.Tensor:
+        """The timestep of the next iteration (0-dim, on the model's device)."""
+        return self.run.timesteps[self.position]
+
+    @property
+    def signature(self) -> tuple:
+        """What states must share to be advanced by one UNet call: the shape of a row of the
+        UNet's input and of its text embeddings, and the precision."""
+        channels = self.latents.shape[1]
+        if self.extra_channels is not None:
+            channels += self.extra_channels.shape[1]
+        rows = (channels, *self.latents.shape[2:])
+        return (rows, self.latents.dtype, tuple(self.embeddings.shape[1:]))
+
+    def unet_input(self) -> torch.Tensor:
+        """The UNet input of the next iteration (2B or B, C', h, w)."""
+        model_input, self._x_t = scaled_input(
+            self.run, self.latents, self.timestep, self.extra_channels
+        )
+        return model_input
+
+    def advance(self, noise_pred: torch.Tensor) -> None:
+        """Finish the iteration whose input ``unet_input`` gave, with the UNet's prediction for
+        those rows: guidance, scheduler step, after-step hook, callback.
+
+        The state advances before the callback runs, so a callback that raises (a cancel)
+        leaves it consistent.
+        """
+        if self._x_t is None:
+            raise RuntimeError("advance() without unet_input() for this iteration")
+        x_t, self._x_t = self._x_t, None
+        run, index, t = self.run, self.position, self.timestep
+        if run.guided:
+            noise_pred = guide(noise_pred, run.guidance_scale)  # (B, C, h, w)
+        latents = run.scheduler.step(noise_pred, t, self.latents, **run.step_kwargs).prev_sample
+        if self.after_step is not None:
+            latents = self.after_step(index, latents)
+        self.latents, self.position = latents, index + 1
+        if self.callback is not None and index in run.reports:
+            alpha_bar = _alpha_bar_of_step(run.scheduler, float(t), run.log_sigmas)
+            denoised = predict_x0(x_t, noise_pred, alpha_bar, run.prediction_type)
+            self.callback(Step(run.reports[index], len(run.reports), float(t), latents, denoised))
+
+
 def scaled_input(
     run: DenoisingRun,
     latents: torch.Tensor,
@@ -143,33 +215,6 @@ def scaled_input(
     if extra_channels is not None:
         model_input = torch.cat([model_input, extra_channels], dim=1)
     return model_input, x_t
-
-
-def finish_step(
-    run: DenoisingRun,
-    index: int,
-    t: torch.Tensor,
-    x_t: torch.Tensor,
-    latents: torch.Tensor,
-    noise_pred: torch.Tensor,
-    *,
-    after_step: AfterStep | None = None,
-    callback: StepCallback | None = None,
-) -> torch.Tensor:
-    """Guidance, the scheduler's update, ``after_step`` and the callback; the new latents.
-
-    ``noise_pred`` is this run's UNet output (2B or B, C, h, w), [uncond; text] when guiding.
-    """
-    if run.guided:
-        noise_pred = guide(noise_pred, run.guidance_scale)  # (B, C, h, w)
-    latents = run.scheduler.step(noise_pred, t, latents, **run.step_kwargs).prev_sample
-    if after_step is not None:
-        latents = after_step(index, latents)
-    if callback is not None and index in run.reports:
-        alpha_bar = _alpha_bar_of_step(run.scheduler, float(t), run.log_sigmas)
-        denoised = predict_x0(x_t, noise_pred, alpha_bar, run.prediction_type)
-        callback(Step(run.reports[index], len(run.reports), float(t), latents, denoised))
-    return latents
 
 
 def _reported_iterations(scheduler, iterations: int, steps: int | None) -> dict[int, int]:
