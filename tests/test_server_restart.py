@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import httpx
-import numpy as np
 import pytest
+from helpers import max_pixel_diff
 from test_server_support import (  # noqa: F401 (autouse)
     decode_png,
     free_port,
@@ -73,7 +73,8 @@ def test_a_job_running_when_the_server_is_killed_runs_again_after_restart(tmp_pa
                 job = wait_for(client, job_id, timeout=120)
                 assert job["status"] == "succeeded", job
                 picture = decode_png(client.get(job["results"][0]["url"]).content)
-                assert np.array_equal(np.asarray(picture), np.asarray(serial_picture(request)))
+                # The two jobs run batched together: equal up to batch-size-dependent rounding.
+                assert max_pixel_diff(picture, serial_picture(request)) <= 1
         server.send_signal(signal.SIGTERM)  # a graceful stop ends the process cleanly
         assert server.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises it
     finally:

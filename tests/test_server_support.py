@@ -63,18 +63,18 @@ def make_config(data_dir: Path, **overrides):
     return ServerConfig(**{**settings, **overrides})
 
 
-def make_app(data_dir: Path, *, generate=None, **overrides):
+def make_app(data_dir: Path, *, start=None, **overrides):
     from sdgen.server.app import create_app
 
-    return create_app(make_config(data_dir, **overrides), load=shared_loader, generate=generate)
+    return create_app(make_config(data_dir, **overrides), load=shared_loader, start=start)
 
 
 @contextlib.contextmanager
-def client_for(data_dir: Path, *, generate=None, **overrides):
+def client_for(data_dir: Path, *, start=None, **overrides):
     """A TestClient on a started app (its lifespan runs inside the ``with``)."""
     from fastapi.testclient import TestClient
 
-    app = make_app(data_dir, generate=generate, **overrides)
+    app = make_app(data_dir, start=start, **overrides)
     with TestClient(app, base_url=BASE_URL) as client:
         yield client
 

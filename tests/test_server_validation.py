@@ -155,13 +155,13 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(tmp_path):
 
 def test_a_full_queue_is_429_with_retry_after_and_stores_nothing(tmp_path):
     gate = threading.Event()
-    from sdgen.pipelines.generate import generate
+    from sdgen.pipelines.generate import start
 
     def held(model, request, callback):
         gate.wait(30)
-        return generate(model, request, callback)
+        return start(model, request, callback)
 
-    with client_for(tmp_path, generate=held, max_queue=2) as client:
+    with client_for(tmp_path, start=held, max_queue=2) as client:
         try:
             first = client.post("/v1/jobs", json=FAST).json()  # taken by the worker
             wait_until(lambda: client.get(f"/v1/jobs/{first['id']}").json()["status"] == "running")

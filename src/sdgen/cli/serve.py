@@ -43,6 +43,13 @@ SERVER_MISSING = 'sdgen serve needs the server extra: pip install "sdgen[server]
 )
 @click.option("--max-queue", type=int, default=64, show_default=True, help="queued jobs at most")
 @click.option(
+    "--max-batch",
+    type=int,
+    default=8,
+    show_default=True,
+    help="pictures a worker denoises together from several jobs of one model and size (1: none)",
+)
+@click.option(
     "--devices", help="one worker per device, e.g. cuda:0,cuda:1 or cpu,cpu (default: auto)"
 )
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
@@ -66,6 +73,7 @@ def serve(
     data_dir: Path,
     api_key: str | None,
     max_queue: int,
+    max_batch: int,
     devices: str | None,
     precision: str,
     max_steps: int,
@@ -90,7 +98,11 @@ def serve(
         from sdgen.server.store import JobStore
     except ImportError as err:
         raise SdgenError(f"{SERVER_MISSING} ({err})") from err
-    for name, value in (("max-queue", max_queue), ("max-steps", max_steps)):
+    for name, value in (
+        ("max-queue", max_queue),
+        ("max-batch", max_batch),
+        ("max-steps", max_steps),
+    ):
         if value < 1:
             raise click.BadParameter(f"{value}: 1 or more", param_hint=f"--{name}")
     for name in models:
@@ -104,6 +116,7 @@ def serve(
         port=port,
         api_key=api_key,
         max_queue=max_queue,
+        max_batch=max_batch,
         max_body_bytes=int(max_body_mb * (1 << 20)),
         limits=Limits(max_steps=max_steps, max_images=max_images, max_pixels=max_pixels),
         step_delay=step_delay,

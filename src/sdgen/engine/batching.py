@@ -17,6 +17,7 @@ blending hook live in its ``DenoisingState``). A request joins at any step bound
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ import torch
 from sdgen.errors import InvalidRequest
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
-from sdgen.pipelines.generate import start
+from sdgen.pipelines.generate import start as start_request
 from sdgen.pipelines.stages import (
     GenerationResult,
     PreparedRequest,
@@ -32,6 +33,9 @@ from sdgen.pipelines.stages import (
     resolve_request,
 )
 from sdgen.sampling.loop import StepCallback
+
+# start(model, request, callback): a request set up to denoise (sdgen.pipelines.generate.start).
+StartFn = Callable[[LoadedModel, GenerationRequest, StepCallback | None], PreparedRequest]
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,9 @@ class Batcher:
     Not thread-safe: one worker owns it, adding requests between calls to ``step``.
     """
 
-    def __init__(self, model: LoadedModel):
+    def __init__(self, model: LoadedModel, *, start: StartFn | None = None):
         self.model = model
+        self._start = start or start_request
         self.unet = denoising_unet(model)
         self.active: list[PreparedRequest] = []
 
@@ -63,7 +68,7 @@ class Batcher:
             InvalidRequest: the request is invalid for the model, or its size differs from the
                 size of the requests in flight (its latents could not share their UNet calls).
         """
-        prepared = start(self.model, request, callback)
+        prepared = self._start(self.model, request, callback)
         if self.active and prepared.state.signature != self.active[0].state.signature:
             first = self.active[0].request
             raise InvalidRequest(
@@ -120,13 +125,15 @@ class Batcher:
         states = [p.state for p in running]
         model_inputs = [s.unet_input() for s in states]  # each (2B or B, C', h, w)
         rows = [x.shape[0] for x in model_inputs]
-        # Each row its own request's timestep; the UNet's time embedding casts them to float32.
-        timesteps = torch.cat(
-            [
-                s.timestep.to(torch.float32).reshape(1).expand(n)
-                for s, n in zip(states, rows, strict=True)
-            ]
-        )  # (N,)
+        if len(states) == 1:  # alone: exactly the call ``denoise`` makes
+            timesteps = states[0].timestep
+        else:  # each row its own request's timestep; the time embedding casts them to float32
+            timesteps = torch.cat(
+                [
+                    s.timestep.to(torch.float32).reshape(1).expand(n)
+                    for s, n in zip(states, rows, strict=True)
+                ]
+            )  # (N,)
         sample = torch.cat(model_inputs)  # (N, C', h, w)
         embeddings = torch.cat([s.embeddings for s in states])  # (N, 77, D)
         noise_pred = self.unet(

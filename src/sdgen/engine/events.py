@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from sdgen.errors import SdgenError
+import torch
+
+from sdgen.errors import GenerationCancelled, InvalidRequest, SdgenError
 from sdgen.models.loaded import LoadedModel
 from sdgen.pipelines.stages import GenerationResult
+
+log = logging.getLogger(__name__)
 
 # Failure kinds, as the API reports them in ``error.kind``.
 INVALID_REQUEST = "invalid_request"  # the request could not run as given (field named)
@@ -24,6 +29,16 @@ class Failure:
     kind: str
     message: str
     field: str | None = None
+
+
+def failure_of(error: Exception) -> Failure:
+    """What an exception that ended a job means for its user."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        detail = (str(error).strip().splitlines() or ["no details"])[0]
+        return Failure(OUT_OF_MEMORY, f"the device ran out of memory ({detail})")
+    if isinstance(error, InvalidRequest):
+        return Failure(INVALID_REQUEST, str(error), error.field)
+    return Failure(INTERNAL, f"{type(error).__name__}: {error}")
 
 
 @dataclass(frozen=True)
@@ -59,3 +74,34 @@ class QueueFull(SdgenError):
     def __init__(self, depth: int, retry_after: int):
         self.depth, self.retry_after = depth, retry_after
         super().__init__(f"the queue is full ({depth} jobs); retry in {retry_after} s")
+
+
+def report_end(
+    listener: JobListener,
+    job_id: str,
+    *,
+    model: LoadedModel,
+    result: GenerationResult | None = None,
+    error: BaseException | None = None,
+    cancelled: bool = False,
+) -> None:
+    """Tell ``listener`` how a job ended: its result, or what ``error`` means for it. A
+    ``GenerationCancelled`` is a cancel when the user ``cancelled``, else (the engine stopping)
+    the job goes back to the queue."""
+    if isinstance(error, GenerationCancelled):
+        if cancelled:
+            listener.job_cancelled(job_id)
+        else:
+            listener.job_returned(job_id)
+    elif error is not None:
+        failure = failure_of(error)
+        if failure.kind == INTERNAL:
+            log.error("job %s failed", job_id, exc_info=error)
+        listener.job_failed(job_id, failure)
+    else:
+        try:
+            listener.job_succeeded(job_id, result, model)
+        except Exception as err:
+            log.exception("job %s: storing the result failed", job_id)
+            message = f"storing the pictures failed: {type(err).__name__}: {err}"
+            listener.job_failed(job_id, Failure(INTERNAL, message))

@@ -1,18 +1,25 @@
 """The job engine: one FIFO queue, one worker thread per device, progress, cancel, failures.
 
 A job is a resolved ``GenerationRequest`` under an id. Workers take jobs in the order they were
-submitted; each runs ``generate`` on its own device's copy of the job's model. What happens to
-a job is told to a ``JobListener`` (the server's job store and event stream), from the worker's
-thread. The engine keeps nothing once a job has ended: persistence is the listener's business.
+submitted and run them on their own device's copy of the job's model. What happens to a job is
+told to a ``JobListener`` (the server's job store and event stream), from the worker's thread.
+The engine keeps nothing once a job has ended: persistence is the listener's business.
+
+- Batching across requests: a worker denoises its jobs with a ``Batcher``, one shared UNet call
+  per step. At every step boundary the jobs at the head of the queue join while they have the
+  model and size of the batch and fit in ``max_batch`` pictures, and while no other worker is
+  idle (an idle device takes them instead); each leaves when its pictures are done. Each job
+  keeps its own scheduler and generators: its pictures are those it gets alone.
 
 - Cancel: a queued job is taken out and never runs; a running job stops within one step, through
   ``GenerationCancelled`` raised by the step callback.
-- Failures are per job: an exception fails that job only; ``torch.cuda.OutOfMemoryError`` fails it
-  with kind ``out_of_memory`` and empties the CUDA cache, so the next job starts clean.
+- Failures are per job: an exception in a job's set-up or callbacks fails that job only;
+  ``torch.cuda.OutOfMemoryError`` fails it with kind ``out_of_memory`` and empties the CUDA
+  cache, so the next job starts clean. A failure of the shared UNet call fails the jobs in it.
 - Stop: running jobs are stopped within one step and handed back (``job_returned``), not
   cancelled, so a restarted server runs them again.
 - A worker thread that dies (a ``BaseException`` such as ``SystemExit`` escapes a job) fails its
-  job with kind ``worker_died`` -- not retried: the job may be what kills workers -- and is
+  jobs with kind ``worker_died`` -- not retried: the job may be what kills workers -- and is
   replaced by a fresh worker on its device, at most ``max_worker_restarts`` times per device
   slot; past that the slot stays down and ``workers_alive`` says so.
 """
@@ -28,29 +35,25 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sdgen.engine.batching import Batcher, Finished, StartFn
 from sdgen.engine.events import (
     INTERNAL,
-    INVALID_REQUEST,
     MODEL_LOAD,
-    OUT_OF_MEMORY,
     WORKER_DIED,
     Failure,
     JobListener,
-    Progress,
     QueueFull,
+    report_end,
 )
 from sdgen.engine.limits import Limits, preflight
 from sdgen.engine.models import ModelPool
-from sdgen.engine.previews import prepare_previews, preview_png
-from sdgen.errors import GenerationCancelled, InvalidRequest
+from sdgen.engine.previews import job_step_callback, prepare_previews
+from sdgen.errors import GenerationCancelled
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
 from sdgen.pipelines.stages import GenerationResult
-from sdgen.sampling.loop import Step
 
 log = logging.getLogger(__name__)
-
-GenerateFn = Callable[..., GenerationResult]  # generate(model, request, callback)
 
 
 @dataclass
@@ -75,7 +78,10 @@ class Engine:
         devices: one worker per entry (repeats give several workers on one device).
         max_queue: queued jobs (not counting running ones) beyond which ``submit`` refuses.
         limits: bounds checked by ``check`` before a job is accepted.
-        generate: the function that runs a request (tests inject failures through it).
+        max_batch: pictures a worker denoises together, from several jobs (1: one job at a
+            time); a job with more pictures runs alone.
+        start: sets up a request to denoise, ``sdgen.pipelines.generate.start`` by default
+            (tests inject failures through it).
         preview_interval: seconds between two preview pictures of a job (0: every step).
         step_delay: seconds to sleep after each step; only for tests that need a slow job.
         empty_cache: frees device memory after a failure or cancel (default:
@@ -91,7 +97,8 @@ class Engine:
         devices: Sequence[str] = ("cpu",),
         max_queue: int = 64,
         limits: Limits | None = None,
-        generate: GenerateFn | None = None,
+        max_batch: int = 8,
+        start: StartFn | None = None,
         preview_interval: float = 0.5,
         step_delay: float = 0.0,
         empty_cache: Callable[[], None] | None = None,
@@ -103,14 +110,18 @@ class Engine:
         self.devices = tuple(devices)
         self.max_queue = max_queue
         self.limits = limits or Limits()
-        self._generate = generate
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        self.max_batch = max_batch
+        self._start = start
         self.preview_interval, self.step_delay = preview_interval, step_delay
         self._empty_cache = empty_cache
         self.max_worker_restarts = max_worker_restarts
         self.worker_restarts = 0  # dead workers replaced so far, all slots together
         self._slot_restarts = [0] * len(self.devices)
         self._queue: deque[_Job] = deque()
-        self._running: dict[str, tuple[_Job, str]] = {}
+        self._running: dict[str, tuple[_Job, str, int]] = {}  # id -> job, device, worker slot
+        self._idle = 0  # workers waiting for a job
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._workers: list[threading.Thread] = []
@@ -238,7 +249,7 @@ class Engine:
     def running(self) -> dict[str, str]:
         """Running job id -> device."""
         with self._cond:
-            return {job_id: device for job_id, (_, device) in self._running.items()}
+            return {job_id: device for job_id, (_, device, _) in self._running.items()}
 
     def _retry_after(self) -> int:
         """Seconds until a place in the queue is likely free: one job's time per worker."""
@@ -259,25 +270,27 @@ class Engine:
         with self._cond:
             self._loading -= 1
             self._cond.notify_all()
-        while (job := self._next(device)) is not None:
+        while (job := self._next(index)) is not None:
             try:
-                self._run(job, device)
-            except Exception:  # a listener that fails must not take the worker down
+                self._run_batch(index, job)
+            except Exception as err:  # a listener that fails must not take the worker down
                 log.exception("job %s: unexpected error in the worker", job.id)
+                self._fail_slot(index, Failure(INTERNAL, f"{type(err).__name__}: {err}"))
             except BaseException as err:  # noqa: BLE001 (this thread ends: fail, replace)
-                self._worker_died(index, job, err)
+                self._worker_died(index, err)
                 return
             finally:
                 with self._cond:
-                    self._running.pop(job.id, None)
+                    for job_id in self._slot_jobs(index):
+                        self._running.pop(job_id)
 
-    def _worker_died(self, index: int, job: _Job, err: BaseException) -> None:
-        """The worker of slot ``index`` is ending inside ``job``: fail the job, free memory, and
-        start a replacement unless stopping or the slot's restarts are spent."""
+    def _worker_died(self, index: int, err: BaseException) -> None:
+        """The worker of slot ``index`` is ending inside a batch: fail its jobs, free memory,
+        and start a replacement unless stopping or the slot's restarts are spent."""
         device = self.devices[index]
-        log.error("worker on %s died in job %s: %r", device, job.id, err, exc_info=err)
+        log.error("worker on %s died: %r", device, err, exc_info=err)
         message = f"the worker on {device} died while running this job ({type(err).__name__})"
-        self._notify("job_failed", job.id, Failure(WORKER_DIED, message))
+        self._fail_slot(index, Failure(WORKER_DIED, message))
         self._free_memory()
         with self._cond:  # held while replacing, so ``stop`` joins the replacement too
             if self._stopping.is_set():
@@ -291,80 +304,121 @@ class Engine:
             self._loading += 1  # the replacement loads the default model (cached) first
             self._workers[index] = self._spawn(index)
 
-    def _next(self, device: str) -> _Job | None:
-        """The oldest queued job, now marked running on ``device``; None when stopping."""
+    def _slot_jobs(self, index: int) -> list[str]:
+        """Ids of the jobs the worker of slot ``index`` holds (call under the lock)."""
+        return [job_id for job_id, (_, _, slot) in self._running.items() if slot == index]
+
+    def _fail_slot(self, index: int, failure: Failure) -> None:
+        """Fail every job the worker of slot ``index`` holds (its batch did not end normally)."""
         with self._cond:
-            while not self._queue and not self._stopping.is_set():
-                self._cond.wait()
+            jobs = [self._running.pop(job_id)[0] for job_id in self._slot_jobs(index)]
+        for job in jobs:
+            self._notify("job_failed", job.id, failure)
+
+    def _next(self, index: int) -> _Job | None:
+        """The oldest queued job, now held by the worker of slot ``index``; None when stopping."""
+        with self._cond:
+            self._idle += 1
+            try:
+                while not self._queue and not self._stopping.is_set():
+                    self._cond.wait()
+            finally:
+                self._idle -= 1
             if self._stopping.is_set():
                 return None
             job = self._queue.popleft()
-            self._running[job.id] = (job, device)
+            self._running[job.id] = (job, self.devices[index], index)
             return job
 
-    def _run(self, job: _Job, device: str) -> None:
+    def _joiners(self, index: int, batcher: Batcher, first: _Job, pictures: int) -> list[_Job]:
+        """Queued jobs that join the batch of slot ``index`` now, held by it: from the head of
+        the queue, in order, while they have the batch's model and size and fit in
+        ``max_batch`` pictures (``pictures`` are in flight), and while no worker is idle."""
+        taken = []
+        with self._cond:
+            while self._queue and not self._idle and not self._stopping.is_set():
+                job = self._queue[0]
+                pictures += job.request.total_images
+                if (
+                    pictures > self.max_batch
+                    or job.request.model != first.request.model
+                    or not batcher.compatible(job.request)
+                ):
+                    break
+                self._queue.popleft()
+                self._running[job.id] = (job, self.devices[index], index)
+                taken.append(job)
+        return taken
+
+    def _run_batch(self, index: int, first: _Job) -> None:
+        """Run ``first`` and the jobs that join it on the way, one shared UNet call per step."""
+        device = self.devices[index]
         try:
-            model = self.models.get(job.request.model, device)
+            model = self.models.get(first.request.model, device)
         except Exception as err:
-            log.exception("job %s: loading %s on %s failed", job.id, job.request.model, device)
-            self.listener.job_failed(job.id, Failure(MODEL_LOAD, f"{type(err).__name__}: {err}"))
+            log.exception("job %s: loading %s on %s failed", first.id, first.request.model, device)
+            self.listener.job_failed(first.id, Failure(MODEL_LOAD, f"{type(err).__name__}: {err}"))
             return
+        batcher = Batcher(model, start=self._start)
+        members: dict[int, tuple[_Job, float]] = {}  # id(prepared) -> job, its start time
+        self._join(batcher, members, first, model, device)
+        while batcher.active:
+            pictures = sum(job.request.total_images for job, _ in members.values())
+            for job in self._joiners(index, batcher, first, pictures):
+                self._join(batcher, members, job, model, device)
+            if self.step_delay:
+                time.sleep(self.step_delay)
+            try:
+                finished = batcher.step()
+            except Exception as err:  # the shared UNet call failed: so did every job in it
+                log.exception("a batch of %d jobs failed on %s", len(members), device)
+                finished = [Finished(prepared, error=err) for prepared in batcher.active]
+                batcher.active.clear()
+            for done in finished:
+                job, started = members.pop(id(done.prepared))
+                self._end(job, model, started, done.result, done.error)
+
+    def _join(self, batcher: Batcher, members: dict, job: _Job, model, device: str) -> None:
+        """Start ``job`` in ``batcher``; a job whose set-up fails ends here."""
         self.listener.job_started(job.id, device)
         started = time.monotonic()
         try:
-            result = self._call_generate(model, job, started)
-        except GenerationCancelled:
-            self._free_memory()
-            if job.cancelled.is_set():
-                self.listener.job_cancelled(job.id)
-            else:
-                self.listener.job_returned(job.id)
-            return
-        except torch.cuda.OutOfMemoryError as err:
-            self._free_memory()
-            detail = (str(err).strip().splitlines() or ["no details"])[0]
-            message = f"the device ran out of memory ({detail})"
-            self.listener.job_failed(job.id, Failure(OUT_OF_MEMORY, message))
-            return
-        except InvalidRequest as err:
-            self.listener.job_failed(job.id, Failure(INVALID_REQUEST, str(err), err.field))
-            return
-        except Exception as err:
-            log.exception("job %s failed", job.id)
-            self.listener.job_failed(job.id, Failure(INTERNAL, f"{type(err).__name__}: {err}"))
-            return
-        self._durations.append(time.monotonic() - started)
-        try:
-            self.listener.job_succeeded(job.id, result, model)
-        except Exception as err:
-            log.exception("job %s: storing the result failed", job.id)
-            message = f"storing the pictures failed: {type(err).__name__}: {err}"
-            self.listener.job_failed(job.id, Failure(INTERNAL, message))
-
-    def _call_generate(self, model: LoadedModel, job: _Job, started: float) -> GenerationResult:
-        if self._generate is None:
-            from sdgen.pipelines.generate import generate
-
-            self._generate = generate
-        last_preview = [float("-inf")]
-
-        def on_step(step: Step) -> None:
-            if self.step_delay:
-                time.sleep(self.step_delay)
             if job.cancelled.is_set() or self._stopping.is_set():
                 raise GenerationCancelled(job.id)
-            now = time.monotonic()
-            preview = None
-            final = step.index + 1 == step.total
-            if not final and now - last_preview[0] >= self.preview_interval:
-                preview, last_preview[0] = preview_png(model, step), now
-            rate = (step.index + 1) / max(now - started, 1e-9)
-            progress = Progress(step.index + 1, step.total, preview, rate)
-            self.listener.job_progressed(job.id, progress)
+            callback = job_step_callback(
+                model,
+                self.listener,
+                job.id,
+                stop=lambda: job.cancelled.is_set() or self._stopping.is_set(),
+                started=started,
+                preview_interval=self.preview_interval,
+            )
+            prepared = batcher.add(job.request, callback)
+        except Exception as err:  # noqa: BLE001 - reported as the job's end
+            self._end(job, model, started, error=err)
+            return
+        members[id(prepared)] = (job, started)
 
-        if job.cancelled.is_set() or self._stopping.is_set():
-            raise GenerationCancelled(job.id)
-        return self._generate(model, job.request, on_step)
+    def _end(
+        self,
+        job: _Job,
+        model: LoadedModel,
+        started: float,
+        result: GenerationResult | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """Tell the listener how ``job`` ended, free memory after a cancel or an OOM, and let
+        the job go."""
+        if isinstance(error, GenerationCancelled | torch.cuda.OutOfMemoryError):
+            self._free_memory()  # so that the next job starts clean
+        elif error is None:
+            self._durations.append(time.monotonic() - started)
+        cancelled = job.cancelled.is_set()
+        report_end(
+            self.listener, job.id, model=model, result=result, error=error, cancelled=cancelled
+        )
+        with self._cond:
+            self._running.pop(job.id, None)
 
     def _free_memory(self) -> None:
         (self._empty_cache or empty_cuda_cache)()  # looked up now: tests replace it

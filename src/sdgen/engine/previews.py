@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import time
+from collections.abc import Callable
 
+from sdgen.engine.events import JobListener, Progress
+from sdgen.errors import GenerationCancelled
 from sdgen.media.video import approximate_pictures, latent_rgb_map
 from sdgen.models.loaded import LoadedModel
-from sdgen.sampling.loop import Step
+from sdgen.sampling.loop import Step, StepCallback
 
 PREVIEW_SIDE = 128  # the preview's longer side in pixels: a thumbnail, not the picture
 
@@ -26,3 +30,31 @@ def preview_png(model: LoadedModel, step: Step, side: int = PREVIEW_SIDE) -> byt
     out = io.BytesIO()
     picture.save(out, format="PNG")
     return out.getvalue()
+
+
+def job_step_callback(
+    model: LoadedModel,
+    listener: JobListener,
+    job_id: str,
+    *,
+    stop: Callable[[], bool],
+    started: float,
+    preview_interval: float,
+) -> StepCallback:
+    """A running job's step callback: stops it (``GenerationCancelled``) once ``stop()`` says
+    so, and tells ``listener`` its progress, with a preview every ``preview_interval`` s."""
+    last_preview = float("-inf")
+
+    def on_step(step: Step) -> None:
+        nonlocal last_preview
+        if stop():
+            raise GenerationCancelled(job_id)
+        now = time.monotonic()
+        preview = None
+        final = step.index + 1 == step.total
+        if not final and now - last_preview >= preview_interval:
+            preview, last_preview = preview_png(model, step), now
+        rate = (step.index + 1) / max(now - started, 1e-9)
+        listener.job_progressed(job_id, Progress(step.index + 1, step.total, preview, rate))
+
+    return on_step

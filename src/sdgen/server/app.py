@@ -19,8 +19,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from sdgen.engine.batching import StartFn
 from sdgen.engine.events import JobListener, QueueFull
-from sdgen.engine.jobs import Engine, GenerateFn
+from sdgen.engine.jobs import Engine
 from sdgen.engine.models import Loader, ModelPool, load_configured
 from sdgen.errors import InvalidRequest
 from sdgen.ui import INDEX_HTML, STATIC_DIR
@@ -41,7 +42,7 @@ def create_app(
     config: ServerConfig,
     *,
     load: Loader | None = None,
-    generate: GenerateFn | None = None,
+    start: StartFn | None = None,
     make_engine: Callable[[JobListener], Engine] | None = None,
     store: JobStore | None = None,
 ) -> FastAPI:
@@ -50,7 +51,7 @@ def create_app(
     Args:
         config: the server's settings.
         load: loads a configured model on a device (tests share one loaded model through it).
-        generate: runs a request (tests inject failures through it).
+        start: sets up a request to denoise (tests inject failures through it).
         make_engine: builds the engine around the service (tests swap in a fake engine).
         store: the job store, already open (default: opened at start in ``config.data_dir``);
             the app closes it when it stops.
@@ -67,7 +68,8 @@ def create_app(
             devices=config.devices,
             max_queue=config.max_queue,
             limits=config.limits,
-            generate=generate,
+            max_batch=config.max_batch,
+            start=start,
             preview_interval=config.preview_interval,
             step_delay=config.step_delay,
         )

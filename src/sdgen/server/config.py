@@ -34,6 +34,7 @@ class ServerConfig:
     port: int = 7860
     api_key: str | None = None
     max_queue: int = 64
+    max_batch: int = 8  # pictures a worker denoises together from several jobs (1: no batching)
     max_body_bytes: int = 32 * MiB  # a request body; larger ones get 413 before decoding
     max_input_pixels: int = 4096 * 4096  # an uploaded picture; larger are decompression bombs
     limits: Limits = field(default_factory=Limits)
