@@ -1,0 +1,143 @@
+"""The job engine batching across requests: who joins a running batch, when, and what each job
+gets (its own pictures, cancel and failures), on the embedded model."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from helpers import max_pixel_diff
+from test_server_support import (  # noqa: F401 (single_thread_torch: autouse)
+    serial_picture,
+    shared_loader,
+    single_thread_torch,
+    wait_until,
+)
+
+from sdgen.engine.jobs import Engine
+from sdgen.engine.models import ModelPool
+from sdgen.models.bundled import MINIATURE_MODEL
+from sdgen.params import GenerationRequest
+from sdgen.pipelines.generate import start
+
+
+class Recorder:
+    """A JobListener that keeps every job's end and the largest number running at once."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.running: set[str] = set()
+        self.most_running = 0
+        self.started: dict[str, float] = {}
+        self.ended: dict[str, tuple[str, object]] = {}  # id -> (status, result or failure)
+        self.ended_at: dict[str, float] = {}
+        self.on_progress = lambda job_id, progress: None
+
+    def job_started(self, job_id, device):
+        with self.lock:
+            self.running.add(job_id)
+            self.most_running = max(self.most_running, len(self.running))
+            self.started[job_id] = time.monotonic()
+
+    def job_progressed(self, job_id, progress):
+        self.on_progress(job_id, progress)
+
+    def _end(self, job_id, status, detail=None):
+        with self.lock:
+            self.running.discard(job_id)
+            self.ended[job_id] = (status, detail)
+            self.ended_at[job_id] = time.monotonic()
+
+    def job_succeeded(self, job_id, result, model):
+        self._end(job_id, "succeeded", result)
+
+    def job_failed(self, job_id, failure):
+        self._end(job_id, "failed", failure)
+
+    def job_cancelled(self, job_id):
+        self._end(job_id, "cancelled")
+
+    def job_returned(self, job_id):
+        self._end(job_id, "returned")
+
+
+def _engine(recorder, gate: threading.Event, **options) -> Engine:
+    """An engine whose first job waits at ``gate`` in its set-up, so the next ones queue."""
+    first = threading.Event()
+
+    def gated_start(model, request, callback):
+        if not first.is_set():
+            first.set()
+            gate.wait(30)
+        if request.prompt == "boom":
+            raise RuntimeError("set-up failed")
+        return start(model, request, callback)
+
+    engine = Engine(
+        ModelPool([MINIATURE_MODEL], shared_loader), recorder, start=gated_start, **options
+    )
+    engine.start(wait_ready=True)
+    return engine
+
+
+def _submit(engine, requests) -> list[tuple[str, GenerationRequest]]:
+    jobs = []
+    for i, request in enumerate(requests):
+        checked = engine.check(request)
+        engine.submit(f"job{i}", checked)
+        jobs.append((f"job{i}", checked))
+    return jobs
+
+
+def test_queued_jobs_join_up_to_max_batch_and_keep_their_own_pictures():
+    recorder, gate = Recorder(), threading.Event()
+    engine = _engine(recorder, gate, max_batch=3)
+    try:
+        requests = [GenerationRequest(f"a red circle {i}", steps=6, seed=10 + i) for i in range(5)]
+        requests[2] = requests[2].replace(sampler="euler_a", guidance_scale=1.0)
+        requests.append(GenerationRequest("a blue square", steps=4, seed=3, width=32, height=32))
+        requests.append(GenerationRequest("a green triangle", steps=4, seed=4))  # behind it
+        jobs = _submit(engine, requests)
+        wait_until(lambda: engine.queue_depth == len(jobs) - 1)
+        gate.set()
+        wait_until(lambda: len(recorder.ended) == len(jobs), timeout=120)
+    finally:
+        engine.stop()
+    assert recorder.most_running == 3  # max_batch pictures, jobs of one picture each
+    for job_id, request in jobs:
+        status, result = recorder.ended[job_id]
+        assert status == "succeeded", result
+        assert max_pixel_diff(result.images[0], serial_picture(request)) <= 1, job_id
+    # The 32x32 job waited, in order, for the 64x64 batch to empty; the job behind it waited
+    # for it (first in, first served), then ran beside it.
+    small, last = "job5", "job6"
+    assert recorder.started[small] >= max(recorder.ended_at[f"job{i}"] for i in range(5))
+    assert recorder.started[last] >= recorder.started[small]
+
+
+def test_a_job_cancelled_or_failing_in_a_batch_ends_alone():
+    recorder, gate = Recorder(), threading.Event()
+    engine = _engine(recorder, gate, max_batch=8)
+
+    def cancel_job1_at_step_2(job_id, progress):
+        if job_id == "job1" and progress.step == 2:
+            assert engine.cancel("job1") == "running"
+
+    recorder.on_progress = cancel_job1_at_step_2
+    try:
+        requests = [GenerationRequest(f"a red circle {i}", steps=5, seed=i) for i in range(4)]
+        requests[2] = requests[2].replace(prompt="boom")
+        jobs = _submit(engine, requests)
+        wait_until(lambda: engine.queue_depth == len(jobs) - 1)
+        gate.set()
+        wait_until(lambda: len(recorder.ended) == len(jobs), timeout=120)
+    finally:
+        engine.stop()
+    assert recorder.most_running >= 3  # they did share the batch
+    assert recorder.ended["job1"] == ("cancelled", None)
+    status, failure = recorder.ended["job2"]
+    assert status == "failed" and failure.kind == "internal" and "set-up failed" in failure.message
+    for job_id, request in (jobs[0], jobs[3]):
+        status, result = recorder.ended[job_id]
+        assert status == "succeeded"
+        assert max_pixel_diff(result.images[0], serial_picture(request)) <= 1
