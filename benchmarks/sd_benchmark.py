@@ -45,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tiny_models import build_tiny_model  # noqa: E402
 
 from sdgen.models.bundled import BUNDLED_MODELS, CLIP_TOKENIZER_DIR, MINIATURE_MODEL  # noqa: E402
+from sdgen.models.fast_path import fast_path_parts  # noqa: E402
 from sdgen.models.loader import STABLE_DIFFUSION_MODEL_INDEX, load_model  # noqa: E402
-from sdgen.params import GenerationRequest  # noqa: E402
+from sdgen.params import FAST_PATH_MODES, GenerationRequest  # noqa: E402
 from sdgen.pipelines.txt2img import txt2img  # noqa: E402
 from sdgen.sampling.samplers import SAMPLERS  # noqa: E402
 
@@ -166,10 +167,11 @@ class Contender:
 
 
 def build_contenders(
-    folder: Path, size: int, device: torch.device, dtype: torch.dtype
+    folder: Path, size: int, device: torch.device, dtype: torch.dtype, fast_path: str
 ) -> list[Contender]:
     """sdgen's txt2img and diffusers' StableDiffusionPipeline, each loading ``folder``."""
-    model = load_model(folder, device=str(device), precision=_precision(dtype))
+    model = load_model(folder, device=str(device), precision=_precision(dtype), fast_path=fast_path)
+    print(f"  sdgen's fast path: {', '.join(model.fast_path) or 'off'}")
 
     def run_sdgen(batch: int, sampler: str, steps: int) -> list:
         request = GenerationRequest(
@@ -371,7 +373,8 @@ def markdown(report: dict) -> str:
         "",
         f"torch {report['versions']['torch']}, diffusers {report['versions']['diffusers']}, "
         f"transformers {report['versions']['transformers']}, sdgen {report['versions']['sdgen']}; "
-        f"{report['settings']['dtype']}, guidance {GUIDANCE}, "
+        f"{report['settings']['dtype']}, guidance {GUIDANCE}, sdgen's fast path: "
+        f"{', '.join(report['settings'].get('fast_path') or ()) or 'off'}, "
         f"median of {report['settings']['repeats']} interleaved runs after a warm-up; "
         f"{report['device']['threads']} CPU threads.",
         "",
@@ -441,6 +444,12 @@ def main() -> None:
         help="CPU intra-op threads (default: torch's); 1 is steadier on a shared machine",
     )
     parser.add_argument("--samplers", default=",".join(SAMPLER_NAMES))
+    parser.add_argument(
+        "--fast-path",
+        choices=FAST_PATH_MODES,
+        default="auto",
+        help="sdgen's fast path (auto: on for CUDA); compile time shows in the warm-up line",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
@@ -476,6 +485,7 @@ def main() -> None:
             "samplers": samplers,
             "prompt": PROMPT,
             "seed": SEED,
+            "fast_path": fast_path_parts(args.fast_path, device),
         },
         "rows": [],
     }
@@ -486,7 +496,7 @@ def main() -> None:
     window = DenoisingWindow(Clock(device))
     for label, (folder, size) in model_folders(args.model, device).items():
         started = time.perf_counter()
-        contenders = build_contenders(folder, size, device, dtype)
+        contenders = build_contenders(folder, size, device, dtype, args.fast_path)
         print(f"\n{label} {size}x{size}: loaded in {time.perf_counter() - started:.1f} s")
         for sampler in samplers:
             for batch in batches:

@@ -17,6 +17,7 @@ from typing import Any
 from sdgen.errors import InvalidRequest
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+FAST_PATH_MODES = ("auto", "on", "off")  # how a model is loaded: sdgen.models.fast_path
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
 MAX_RANDOM_SEED = 2**32 - 1  # random seeds stay in A1111's range so they read well in metadata
 DEFAULT_STRENGTH = 0.8  # diffusers' StableDiffusionImg2ImgPipeline default

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
-from sdgen.params import PRECISIONS
+from sdgen.params import FAST_PATH_MODES, PRECISIONS
+
+FAST_PATH_HELP = (
+    "channels-last, fused QKV, torch.compile and CUDA graphs: auto is on for CUDA, off on the "
+    "CPU; the first run of each shape compiles [SDGEN_FAST_PATH]"
+)
 
 USAGE_ERROR = 2
 
@@ -26,6 +31,13 @@ def model_options(func):
             "--precision",
             type=click.Choice(PRECISIONS),
             help="auto (fp16 on CUDA, fp32 on CPU) for generate; as recorded for reproduce",
+        ),
+        click.option(
+            "--fast-path",
+            type=click.Choice(FAST_PATH_MODES),
+            default="auto",
+            show_default=True,
+            help=FAST_PATH_HELP,
         ),
         click.option("--hf-token", envvar="HF_TOKEN", help="token for gated hub models [HF_TOKEN]"),
         click.option(

@@ -99,6 +99,7 @@ class RunOptions:
     save_intermediates: Path | None = None
     devices: str | None = None
     safety_checker: str | None = None
+    fast_path: str = "auto"
 
     @classmethod
     def from_kwargs(cls, kwargs: dict) -> RunOptions:
@@ -286,6 +287,7 @@ def _generate(request: GenerationRequest, options: RunOptions, callbacks: list):
             precision=request.precision,
             token=options.token,
             allow_pickle=options.allow_pickle,
+            fast_path=options.fast_path,
         )
 
     def callback(step) -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from sdgen.cli.common import cli, quiet_libraries
+from sdgen.cli.common import FAST_PATH_HELP, cli, quiet_libraries
 from sdgen.errors import SdgenError
 from sdgen.models.bundled import MINIATURE_MODEL
-from sdgen.params import PRECISIONS
+from sdgen.params import FAST_PATH_MODES, PRECISIONS
 
 SERVER_MISSING = 'sdgen serve needs the server extra: pip install "sdgen[server]"'
 
@@ -53,6 +53,13 @@ SERVER_MISSING = 'sdgen serve needs the server extra: pip install "sdgen[server]
     "--devices", help="one worker per device, e.g. cuda:0,cuda:1 or cpu,cpu (default: auto)"
 )
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option(
+    "--fast-path",
+    type=click.Choice(FAST_PATH_MODES),
+    default="auto",
+    show_default=True,
+    help=FAST_PATH_HELP,
+)
 @click.option("--max-steps", type=int, default=150, show_default=True)
 @click.option("--max-images", type=int, default=16, show_default=True, help="per request")
 @click.option("--max-pixels", type=int, default=2048 * 2048, show_default=True, help="per picture")
@@ -76,6 +83,7 @@ def serve(
     max_batch: int,
     devices: str | None,
     precision: str,
+    fast_path: str,
     max_steps: int,
     max_images: int,
     max_pixels: int,
@@ -112,6 +120,7 @@ def serve(
         models=models or (MINIATURE_MODEL,),
         devices=tuple(_devices(devices)),
         precision=precision,
+        fast_path=fast_path,
         host=host,
         port=port,
         api_key=api_key,

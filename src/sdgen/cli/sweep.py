@@ -105,6 +105,7 @@ def sweep(prompt, init_image, resize, **kwargs) -> None:
         precision=base.precision,
         token=kwargs["hf_token"],
         allow_pickle=kwargs["allow_pickle"],
+        fast_path=kwargs["fast_path"],
     )
     out: Path = kwargs["out"]
     pictures, paths = [], []

@@ -15,11 +15,14 @@ from sdgen.models.loaded import LoadedModel
 Loader = Callable[[str, str], LoadedModel]  # (configured name, device) -> model
 
 
-def load_configured(name: str, device: str, precision: str = "auto") -> LoadedModel:
-    """The default loader: ``load_model`` with the server's precision, pickles refused."""
+def load_configured(
+    name: str, device: str, precision: str = "auto", fast_path: str = "auto"
+) -> LoadedModel:
+    """The default loader: ``load_model`` with the server's precision and fast path, pickles
+    refused."""
     from sdgen.models.loader import load_model
 
-    return load_model(name, device=device, precision=precision)
+    return load_model(name, device=device, precision=precision, fast_path=fast_path)
 
 
 class ModelPool:

@@ -28,6 +28,7 @@ class LoadedModel:
     scheduler_config: dict  # the model's own scheduler config; every request builds a fresh one
     device: torch.device
     dtype: torch.dtype
+    fast_path: tuple[str, ...] = ()  # what sdgen.models.fast_path applied, e.g. ("compile", ...)
     # What the layers above derive from the networks and keep for the model's life (negative
     # prompts' embeddings, traced UNets): the weights never change once loaded, so nothing has
     # to invalidate it. Not an argument: a copy made with dataclasses.replace starts empty.

@@ -12,6 +12,7 @@ import torch
 from sdgen.errors import ModelNotFound
 from sdgen.models.bundled import BUNDLED_MODELS, MINIATURE_MODEL
 from sdgen.models.devices import resolve_device, resolve_dtype
+from sdgen.models.fast_path import apply_fast_path, fast_path_parts
 from sdgen.models.hub import is_hub_id
 from sdgen.models.loaded import LoadedModel
 from sdgen.models.safety import is_pickle, refuse_pickle
@@ -44,6 +45,7 @@ def load_model(
     precision: str = "auto",
     token: str | None = None,
     allow_pickle: bool = False,
+    fast_path: str = "auto",
 ) -> LoadedModel:
     """Load a Stable Diffusion 1.x/2.x model for generation.
 
@@ -55,12 +57,15 @@ def load_model(
         precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``.
         token: Hugging Face token for gated models; defaults to ``HF_TOKEN``.
         allow_pickle: load ``.ckpt``/``.bin`` files (through torch's weights-only loader).
+        fast_path: ``auto`` (on for CUDA), ``on`` or ``off``: channels-last, fused QKV
+            projections, ``torch.compile`` and CUDA graphs (``sdgen.models.fast_path``).
     Returns:
         The loaded components, on ``device`` in the chosen precision, in eval mode.
     """
     name = str(model) if model is not None else DEFAULT_MODEL
     target = resolve_device(device)
     dtype = resolve_dtype(precision, target)
+    fast = fast_path_parts(fast_path, target)  # checked before anything is loaded
     path = BUNDLED_MODELS.get(name) or Path(name).expanduser()
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
@@ -84,7 +89,10 @@ def load_model(
         )
     for network in NETWORKS:
         components[network].to(target).eval().requires_grad_(False)
-    return LoadedModel(name=name, source=path, device=target, dtype=dtype, **components)
+    apply_fast_path(components["unet"], components["vae"], fast)
+    return LoadedModel(
+        name=name, source=path, device=target, dtype=dtype, fast_path=fast, **components
+    )
 
 
 def load_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool) -> dict:

@@ -13,6 +13,7 @@ from sdgen.conditioning.prompts import encode_conditioning
 from sdgen.errors import InvalidRequest
 from sdgen.media.images import decode_latents
 from sdgen.models.devices import precision_name
+from sdgen.models.fast_path import GraphedUNet
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest, check_size
 from sdgen.sampling.guidance import uses_guidance
@@ -127,9 +128,14 @@ def denoising_unet(model: LoadedModel):
     """The UNet the denoising loop calls: traced on the CPU, where a step is mostly Python.
 
     Traced and eager UNets give bit-identical predictions; on CUDA, launch overhead wants CUDA
-    graphs rather than tracing, so the eager UNet runs there.
+    graphs rather than tracing, so the UNet runs as loaded there (compiled by the fast path),
+    and so does a UNet the fast path compiled on the CPU.
     """
-    if model.device.type != "cpu":
+    if "cuda_graphs" in model.fast_path:
+        if "graphed_unet" not in model.caches:
+            model.caches["graphed_unet"] = GraphedUNet(model.unet)
+        return model.caches["graphed_unet"]
+    if model.device.type != "cpu" or "compile" in model.fast_path:
         return model.unet
     if "traced_unet" not in model.caches:
         model.caches["traced_unet"] = TracedUNet(model.unet)

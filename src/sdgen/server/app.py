@@ -58,12 +58,11 @@ def create_app(
     """
 
     def default_engine(listener: JobListener) -> Engine:
-        precision = config.precision
+        def load_model(name: str, device: str):
+            return load_configured(name, device, config.precision, config.fast_path)
+
         return Engine(
-            ModelPool(
-                config.models,
-                load or (lambda name, device: load_configured(name, device, precision)),
-            ),
+            ModelPool(config.models, load or load_model),
             listener,
             devices=config.devices,
             max_queue=config.max_queue,

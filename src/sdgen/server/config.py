@@ -30,6 +30,7 @@ class ServerConfig:
     models: tuple[str, ...] = (MINIATURE_MODEL,)  # names a request may choose; the first is default
     devices: tuple[str, ...] = ("cpu",)  # one worker each
     precision: str = "auto"
+    fast_path: str = "auto"  # sdgen.models.fast_path: auto is on for CUDA devices
     host: str = "127.0.0.1"
     port: int = 7860
     api_key: str | None = None

@@ -1,0 +1,126 @@
+"""The fast path: the same networks and math, arranged for the GPU.
+
+Applied once, when a model is loaded (``load_model(..., fast_path=...)``):
+
+- ``channels_last``: the UNet's and VAE's convolutions run in NHWC, the layout cuDNN's fp16
+  tensor-core kernels want (no transposes around every convolution).
+- ``fused_qkv``: diffusers' ``fuse_qkv_projections``: one matrix product for the query, key and
+  value of self-attention (key and value of cross-attention) instead of three; the weights are
+  concatenated, the products are the same. Attention itself is PyTorch's
+  ``scaled_dot_product_attention`` (flash / memory-efficient kernels), diffusers' default.
+- ``compile``: ``torch.compile`` of the UNet and of the VAE's decoder (inductor: fused
+  elementwise kernels, autotuned layouts). Compiled artefacts go to inductor's on-disk caches
+  under ``~/.cache/sdgen/torchinductor`` (or ``TORCHINDUCTOR_CACHE_DIR``), so a second process
+  loads them instead of compiling again.
+- ``cuda_graphs``: the UNet compiled in ``reduce-overhead`` mode, which replays each step as one
+  CUDA graph (one launch instead of ~1,900 kernel launches at batch 1). Shapes are static per
+  batch size and picture size; each new shape is compiled and captured once.
+
+The denoising loop itself keeps the host out of the GPU's way: sigmas and step bookkeeping stay
+on the CPU (diffusers' schedulers keep them there), nothing in the loop reads a GPU value back
+unless a step callback asks for one, and the negative prompt's embedding is computed once per
+model.
+
+``auto`` turns it on for CUDA devices and off elsewhere: on the CPU sdgen runs the UNet as
+TorchScript traces instead (``sampling.loop.TracedUNet``), which pays more there than
+compilation, and keeps the CPU's pictures bit-identical to the eager UNet's. ``SDGEN_FAST_PATH``
+(``on``/``off``) overrides ``auto``. Pictures with and without it agree within fp16's rounding
+(benchmarks/sd_benchmark.py checks them against diffusers' eager pipeline).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from sdgen.errors import InvalidRequest
+from sdgen.params import FAST_PATH_MODES
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "SDGEN_FAST_PATH"
+RECOMPILE_LIMIT = 64  # shapes per compiled network (batch sizes x guidance x picture sizes)
+
+
+def fast_path_parts(mode: str, device: torch.device) -> tuple[str, ...]:
+    """What the fast path does on ``device`` for ``mode`` (auto, on, off); () when off."""
+    if mode not in FAST_PATH_MODES:
+        raise InvalidRequest("fast_path", mode, f"one of {', '.join(FAST_PATH_MODES)}")
+    if mode == "auto":
+        mode = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
+        if mode not in FAST_PATH_MODES:
+            raise InvalidRequest(ENV_VAR, mode, f"one of {', '.join(FAST_PATH_MODES)}")
+        if mode == "auto":
+            mode = "on" if device.type == "cuda" else "off"
+    if mode == "off":
+        return ()
+    parts = ("channels_last", "fused_qkv", "compile")
+    return (*parts, "cuda_graphs") if device.type == "cuda" else parts
+
+
+def apply_fast_path(unet: torch.nn.Module, vae: torch.nn.Module, parts: tuple[str, ...]) -> None:
+    """Arrange ``unet`` and ``vae`` (loaded, on their device, in eval mode) as ``parts`` say."""
+    if "channels_last" in parts:
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+    if "fused_qkv" in parts:
+        for network in (unet, vae):
+            try:
+                network.fuse_qkv_projections()
+            except (AttributeError, ValueError) as err:  # e.g. added KV projections
+                log.warning("%s: QKV projections not fused (%s)", type(network).__name__, err)
+    if "compile" in parts:
+        use_compile_cache()
+        # reduce-overhead: CUDA graphs; the VAE decoder's kernels are large, launches are not
+        # what it waits for, and graphs would keep its big activations in their own pool.
+        unet.compile(mode="reduce-overhead" if "cuda_graphs" in parts else None, fullgraph=True)
+        vae.decoder.compile()
+
+
+def use_compile_cache() -> Path:
+    """Point inductor's on-disk caches at sdgen's cache folder unless the user chose one, and
+    let each network compile enough shapes; the folder used."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    # Importing diffusers already sets the variable to torch's default (a temporary folder,
+    # gone after a reboot): only that value is replaced.
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not folder or os.path.abspath(folder) == os.path.abspath(default_cache_dir()):
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        folder = str(base / "sdgen" / "torchinductor")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+
+    inductor_config.fx_graph_cache = True  # compiled kernels and graphs, reused across processes
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else None
+    setattr(torch._dynamo.config, limit or "cache_size_limit", RECOMPILE_LIMIT)
+    return Path(folder)
+
+
+class GraphedUNet:
+    """The UNet compiled with CUDA graphs, called the way graph replay needs.
+
+    A CUDA graph writes every replay's output into the same buffers, so an output kept from
+    one step to the next (PLMS keeps its past noise predictions) would be overwritten: each
+    call marks a new step for torch's graph trees and returns a copy of the prediction
+    (2B x 4 x 64 x 64 in fp16 for SD 1.5 at 512: 64 KiB a picture, nothing next to the UNet).
+    """
+
+    def __init__(self, unet: torch.nn.Module):
+        self.unet = unet
+
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        return_dict: bool = False,
+    ) -> tuple[torch.Tensor]:
+        """``(noise_pred,)`` as ``UNet2DConditionModel(..., return_dict=False)`` returns it."""
+        torch.compiler.cudagraph_mark_step_begin()
+        output = self.unet(sample, timestep, encoder_hidden_states, return_dict=False)
+        return (output[0].clone(),)
