@@ -1,7 +1,10 @@
 """Throughput of ``sdgen serve`` for concurrent requests: batched across requests vs one by one.
 
     python benchmarks/server_throughput.py [--requests 8] [--steps 20] [--repeats 5]
-        [--threads N] [--device cpu] [--model PATH|HUB_ID]
+        [--threads N] [--device cpu|cuda] [--model PATH|HUB_ID] [--size N]
+
+On CUDA without ``--model`` it serves SD 1.5's architecture with random weights (built as
+benchmarks/sd_benchmark.py builds it) at 512x512, 50 steps, fp16, the issue's setting.
 
 Starts two real servers (``sdgen serve`` subprocesses, each its own data dir): one with the
 default ``--max-batch 8`` and one with ``--max-batch 1`` (each job alone, the way a server
@@ -59,6 +62,7 @@ class Server:
         command += ["--max-batch", str(max_batch), "--max-queue", str(4 * args.requests)]
         if args.model:
             command += ["--model", args.model]
+        command += ["--fast-path", args.fast_path]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         self.process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
 
@@ -142,14 +146,32 @@ def run_round(server: Server, requests: list[dict]) -> tuple[float, list[np.ndar
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None, help="default: 20 CPU, 50 CUDA")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each server")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default=None)
+    parser.add_argument(
+        "--fast-path",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the servers' fast path; compiled, each new batch shape compiles in the warm-up",
+    )
+    parser.add_argument("--size", type=int, default=None, help="picture side (default: model's)")
     args = parser.parse_args()
+    cuda = args.device.startswith("cuda")
+    args.steps = args.steps or (50 if cuda else 20)
     requests = bodies(args.requests, args.steps)
+    if args.size:
+        requests = [{**body, "width": args.size, "height": args.size} for body in requests]
     with tempfile.TemporaryDirectory() as tmp:
+        if cuda and not args.model:  # SD 1.5's architecture, random weights, fp16
+            import torch
+            from sd_benchmark import build_sd15_random
+
+            folder = Path(tmp) / "sd15-random"
+            build_sd15_random(folder, torch.device(args.device), torch.float16)
+            args.model = str(folder)
         servers = [Server(Path(tmp) / f"batch{n}", n, args) for n in (args.requests, 1)]
         try:
             for server in servers:
@@ -174,11 +196,14 @@ def main() -> None:
     alone = statistics.median(times[1])
     result = {
         "benchmark": "server_throughput",
-        "model": args.model or "embedded miniature",
+        "model": "sd15-random"
+        if "sd15-random" in str(args.model)
+        else args.model or "embedded miniature",
         "device": args.device,
         "threads": args.threads,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
+        "fast_path": args.fast_path,
         "requests": args.requests,
         "steps": args.steps,
         "repeats": args.repeats,
