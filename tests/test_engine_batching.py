@@ -32,6 +32,7 @@ class Recorder:
         self.ended: dict[str, tuple[str, object]] = {}  # id -> (status, result or failure)
         self.ended_at: dict[str, float] = {}
         self.on_progress = lambda job_id, progress: None
+        self.batch_sizes: list[int] = []
 
     def job_started(self, job_id, device):
         with self.lock:
@@ -59,6 +60,9 @@ class Recorder:
 
     def job_returned(self, job_id):
         self._end(job_id, "returned")
+
+    def batch_stepped(self, device, jobs):
+        self.batch_sizes.append(jobs)
 
 
 def _engine(recorder, gate: threading.Event, **options) -> Engine:
@@ -104,6 +108,7 @@ def test_queued_jobs_join_up_to_max_batch_and_keep_their_own_pictures():
     finally:
         engine.stop()
     assert recorder.most_running == 3  # max_batch pictures, jobs of one picture each
+    assert max(recorder.batch_sizes) == 3 and min(recorder.batch_sizes) == 1
     for job_id, request in jobs:
         status, result = recorder.ended[job_id]
         assert status == "succeeded", result

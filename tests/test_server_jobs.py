@@ -123,6 +123,9 @@ def test_models_samplers_health_metrics_and_docs(tmp_path):
             'sdgen_job_latency_seconds_count{status="succeeded"} 1.0',
             'sdgen_steps_per_second{device="cpu"}',
             "sdgen_job_failures_total",
+            # One job alone: its 3 steps each had 1 job in the UNet call.
+            'sdgen_batch_jobs_bucket{device="cpu",le="1.0"} 3.0',
+            'sdgen_batch_jobs_count{device="cpu"} 3.0',
         ):
             assert name in metrics
         assert client.get("/docs").status_code == 200

@@ -67,6 +67,9 @@ class JobListener(Protocol):
     def job_returned(self, job_id: str) -> None:
         """The engine stopped while the job ran: it did not end and should run again."""
 
+    def batch_stepped(self, device: str, jobs: int) -> None:
+        """One denoising step ran on ``device`` for ``jobs`` jobs sharing its UNet call."""
+
 
 class QueueFull(SdgenError):
     """The queue holds ``max_queue`` jobs; try again later."""

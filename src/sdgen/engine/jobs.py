@@ -368,6 +368,7 @@ class Engine:
                 self._join(batcher, members, job, model, device)
             if self.step_delay:
                 time.sleep(self.step_delay)
+            self._notify("batch_stepped", device, len(batcher.active))
             try:
                 finished = batcher.step()
             except Exception as err:  # the shared UNet call failed: so did every job in it

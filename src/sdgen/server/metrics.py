@@ -1,4 +1,5 @@
-"""Prometheus metrics of one server: queue depth, job latency, steps per second, failures."""
+"""Prometheus metrics of one server: queue depth, job latency, steps per second, failures, and
+how many jobs share each denoising step."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from prometheus_client import (
 )
 
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
 class Metrics:
@@ -40,6 +42,13 @@ class Metrics:
             "sdgen_steps_per_second",
             "Denoising steps per second of the latest step reported, by device",
             ["device"],
+            registry=self.registry,
+        )
+        self.batch_jobs = Histogram(
+            "sdgen_batch_jobs",
+            "Jobs sharing each denoising step's UNet call (batching across requests), by device",
+            ["device"],
+            buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self.finished = Counter(

@@ -192,6 +192,9 @@ class JobService:
         with self._lock:
             self._live.pop(job_id, None)
 
+    def batch_stepped(self, device: str, jobs: int) -> None:
+        self.metrics.batch_jobs.labels(device).observe(jobs)
+
     def _ended(self, job_id: str) -> None:
         with self._lock:
             self._live.pop(job_id, None)
