@@ -149,3 +149,18 @@ def test_denoised_preview_equals_the_schedulers_own_x0(sampler, family, sd1_mode
     assert len(theirs) == len(ours) == 4
     for step, x0 in zip(ours, theirs, strict=True):
         assert torch.allclose(step.denoised, x0, atol=1e-4), step.index
+
+
+def test_a_step_callback_that_only_counts_computes_no_x0(sd1_model, monkeypatch):
+    """A progress bar reads index and total: the predicted x0 is made only when asked for."""
+    from sdgen.sampling import loop
+
+    made, real = [], loop.predict_x0
+    monkeypatch.setattr(loop, "predict_x0", lambda *a: made.append(1) or real(*a))
+    counted = []
+    txt2img(sd1_model, REQUEST, lambda step: counted.append((step.index, step.timestep)))
+    assert [i for i, _ in counted] == [0, 1, 2, 3] and made == []
+    assert all(isinstance(t, float) for _, t in counted)
+    previews = []
+    txt2img(sd1_model, REQUEST, lambda step: previews.append(step.denoised.shape))
+    assert len(made) == 4 and previews == [(1, 4, 16, 16)] * 4  # 32x32 pictures

@@ -194,12 +194,12 @@ def test_step_frames_keeps_cpu_copies_of_one_image_every_k_steps():
     for index in range(7):
         latents.fill_(index)  # in place, as a scheduler may reuse its buffers
         latents[0] = -1
-        recorder(Step(index, 7, 999.0 - index, latents, torch.full_like(latents, 0.5)))
+        recorder(Step(index, 7, 999.0 - index, latents, lambda: torch.full_like(latents, 0.5)))
     assert recorder.indices == [2, 5, 6]
     assert [float(t.mean()) for t in recorder.tensors] == [2.0, 5.0, 6.0]
     assert recorder.tensors[0].shape == (4, 3, 3) and recorder.tensors[0].device.type == "cpu"
     x0 = StepFrames(every=10)
-    x0(Step(0, 1, 1.0, latents, torch.full_like(latents, 0.5)))
+    x0(Step(0, 1, 1.0, latents, lambda: torch.full_like(latents, 0.5)))
     assert x0.indices == [0] and float(x0.tensors[0].mean()) == 0.5
     with pytest.raises(InvalidRequest, match="preview"):
         StepFrames(preview="vae")

@@ -11,7 +11,8 @@ import inspect
 import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property, partial
 
 import numpy as np
 import torch
@@ -24,13 +25,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Step:
-    """What a step callback receives. Tensors are (B, C, H/f, W/f) on the model's device."""
+    """What a step callback receives. Tensors are (B, C, H/f, W/f) on the model's device.
+
+    Nothing in it reads the GPU: a callback that only counts steps (a progress bar) costs no
+    host-device synchronisation and no extra kernels.
+    """
 
     index: int  # 0-based step number, counted as the user counts steps
     total: int  # number of steps in this run (img2img: those that strength leaves)
     timestep: float  # the scheduler's timestep for this step
     latents: torch.Tensor  # latents after this step, in the scheduler's own space
-    denoised: torch.Tensor  # predicted clean latents (x0) from this step's noise prediction
+    predict_denoised: Callable[[], torch.Tensor] = field(repr=False, compare=False)
+
+    @cached_property
+    def denoised(self) -> torch.Tensor:
+        """Predicted clean latents (x0) from this step's noise prediction, made on first use."""
+        return self.predict_denoised()
 
 
 StepCallback = Callable[[Step], None]  # raise GenerationCancelled inside it to stop
@@ -108,6 +118,7 @@ class DenoisingRun:
     guided: bool  # [uncond; text] halves in the UNet call
     step_kwargs: dict  # generator / eta for scheduler.step
     timesteps: torch.Tensor  # the iterations to run
+    timestep_values: tuple[float, ...]  # the same on the CPU, read once before the loop
     reports: dict[int, int]  # iteration -> user-counted step number, for the callback
     log_sigmas: np.ndarray  # for x0 previews
     prediction_type: str
@@ -129,6 +140,7 @@ def prepare_run(
         guided=uses_guidance(guidance_scale),
         step_kwargs=_step_kwargs(scheduler, generators),
         timesteps=timesteps,
+        timestep_values=tuple(float(t) for t in timesteps.tolist()),
         reports=_reported_iterations(scheduler, len(timesteps), steps),
         log_sigmas=_log_sigmas(scheduler.alphas_cumprod),
         prediction_type=scheduler.config.prediction_type,
@@ -196,9 +208,11 @@ class DenoisingState:
             latents = self.after_step(index, latents)
         self.latents, self.position = latents, index + 1
         if self.callback is not None and index in run.reports:
-            alpha_bar = _alpha_bar_of_step(run.scheduler, float(t), run.log_sigmas)
-            denoised = predict_x0(x_t, noise_pred, alpha_bar, run.prediction_type)
-            self.callback(Step(run.reports[index], len(run.reports), float(t), latents, denoised))
+            t_value = run.timestep_values[index]  # from the CPU: no sync with the GPU
+            alpha_bar = _alpha_bar_of_step(run.scheduler, t_value, run.log_sigmas)  # now: it
+            # reads the scheduler's step index, which the next step moves on
+            x0 = partial(predict_x0, x_t, noise_pred, alpha_bar, run.prediction_type)
+            self.callback(Step(run.reports[index], len(run.reports), t_value, latents, x0))
 
 
 def scaled_input(
