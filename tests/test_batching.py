@@ -163,3 +163,27 @@ def test_a_nine_channel_inpainting_model_batches_its_requests(inpainting_model):
         for i, strength in [(0, 1.0), (1, 0.75), (2, 1.0)]
     ]
     assert check_equal_to_alone(inpainting_model, requests, [0, 1, 1]) <= 1
+
+
+def test_out_of_memory_in_the_shared_call_retries_each_request_alone(sd1_model):
+    """A shared UNet call that runs out of memory is split: the requests that fit alone go on
+    with their own pictures; one that does not fit even alone leaves with the error."""
+    import torch
+
+    requests = [REQUESTS[0], REQUESTS[1], REQUESTS[2].replace(num_images=3)]  # 2, 2 and 3 rows
+    batcher = Batcher(sd1_model)
+    real_unet = batcher.unet
+
+    def small_memory_unet(sample, *args, **kwargs):
+        if sample.shape[0] > 2:  # "memory" for 2 rows at a time
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+        return real_unet(sample, *args, **kwargs)
+
+    batcher.unet = small_memory_unet
+    tickets = {id(batcher.add(request)): i for i, request in enumerate(requests)}
+    done = {tickets[id(f.prepared)]: f for f in batcher.run_until_done()}
+    assert isinstance(done[2].error, torch.cuda.OutOfMemoryError) and done[2].result is None
+    for i in (0, 1):
+        assert done[i].error is None
+        alone = txt2img(sd1_model, requests[i]).images[0]
+        assert max_pixel_diff(done[i].result.images[0], alone) <= 1

@@ -13,6 +13,7 @@ txt2img, img2img and inpainting requests mix freely: each is set up by its own p
 ``start`` (img2img's noised init latents and shorter timesteps, inpainting's extra channels or
 blending hook live in its ``DenoisingState``). A request joins at any step boundary
 (``Batcher.add``) and leaves when its last step is done, decoded into a ``GenerationResult``.
+A shared call that runs out of device memory is retried one request at a time.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from sdgen.errors import InvalidRequest
+from sdgen.models.devices import empty_cuda_cache
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
 from sdgen.pipelines.generate import start as start_request
@@ -100,8 +102,10 @@ class Batcher:
         running = [p for p in self.active if not p.state.done]
         finished = [Finished(p, p.result(self.model)) for p in self.active if p.state.done]
         if running:
-            noise_preds = self._shared_unet_call(running)
+            noise_preds = self._unet_calls(running, finished)
             for prepared, noise_pred in zip(running, noise_preds, strict=True):
+                if noise_pred is None:  # out of memory even alone: in ``finished`` already
+                    continue
                 try:
                     prepared.state.advance(noise_pred)
                 except Exception as err:  # noqa: BLE001 - its own callback stops only this request
@@ -119,6 +123,28 @@ class Batcher:
         while self.active:
             finished.extend(self.step())
         return finished
+
+    def _unet_calls(
+        self, running: list[PreparedRequest], finished: list[Finished]
+    ) -> list[torch.Tensor | None]:
+        """Each request's prediction from one shared UNet call; when that runs out of device
+        memory, from one call per request, and a request that runs out alone is ``finished``
+        with the error (None in its place): one large request does not sink the others."""
+        try:
+            return self._shared_unet_call(running)
+        except torch.cuda.OutOfMemoryError:
+            if len(running) == 1:
+                raise
+        empty_cuda_cache()
+        predictions: list[torch.Tensor | None] = []
+        for prepared in running:
+            try:
+                predictions.append(self._shared_unet_call([prepared])[0])
+            except torch.cuda.OutOfMemoryError as err:
+                empty_cuda_cache()
+                finished.append(Finished(prepared, error=err))
+                predictions.append(None)
+        return predictions
 
     def _shared_unet_call(self, running: list[PreparedRequest]) -> list[torch.Tensor]:
         """One UNet call over every request's rows; each request's slice of the prediction."""

@@ -15,7 +15,9 @@ The engine keeps nothing once a job has ended: persistence is the listener's bus
   ``GenerationCancelled`` raised by the step callback.
 - Failures are per job: an exception in a job's set-up or callbacks fails that job only;
   ``torch.cuda.OutOfMemoryError`` fails it with kind ``out_of_memory`` and empties the CUDA
-  cache, so the next job starts clean. A failure of the shared UNet call fails the jobs in it.
+  cache, so the next job starts clean. When the shared UNet call of a batch runs out of memory,
+  each job's step is retried alone and only a job that does not fit alone fails; any other
+  failure of the shared call fails the jobs in it.
 - Stop: running jobs are stopped within one step and handed back (``job_returned``), not
   cancelled, so a restarted server runs them again.
 - A worker thread that dies (a ``BaseException`` such as ``SystemExit`` escapes a job) fails its
@@ -49,6 +51,7 @@ from sdgen.engine.limits import Limits, preflight
 from sdgen.engine.models import ModelPool
 from sdgen.engine.previews import job_step_callback, prepare_previews
 from sdgen.errors import GenerationCancelled
+from sdgen.models.devices import empty_cuda_cache
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
 from sdgen.pipelines.stages import GenerationResult
@@ -61,12 +64,6 @@ class _Job:
     id: str
     request: GenerationRequest
     cancelled: threading.Event = field(default_factory=threading.Event)
-
-
-def empty_cuda_cache() -> None:
-    """Give cached CUDA memory back after a failure; nothing to do on a CPU-only machine."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
 
 
 class Engine:

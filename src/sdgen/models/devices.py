@@ -42,3 +42,9 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 def precision_name(dtype: torch.dtype) -> str:
     """torch.float16 -> "fp16": the inverse of ``resolve_dtype`` for a resolved precision."""
     return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+def empty_cuda_cache() -> None:
+    """Give cached CUDA memory back after a failure; nothing to do on a CPU-only machine."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
