@@ -139,3 +139,16 @@ def test_traced_unet_runs_hooks_eagerly(miniature):
     finally:
         hook.remove()
     assert calls == [1, 1] and not traced._traces
+
+
+def test_traced_unet_keeps_the_most_recently_used_traces(miniature, monkeypatch):
+    from sdgen.sampling import loop
+
+    monkeypatch.setattr(loop, "MAX_TRACES", 2)
+    traced = TracedUNet(miniature.unet)
+    traced._trace = lambda inputs: lambda *args: inputs[0].shape[0]  # record, do not trace
+    embeddings = torch.zeros(1, 16, miniature.unet.config.cross_attention_dim)
+    t = torch.tensor(10)
+    for rows in (1, 2, 1, 3):  # 1 is used again before 3 arrives: 2 is the oldest, dropped
+        traced(torch.zeros(rows, 4, 8, 8), t, encoder_hidden_states=embeddings.expand(rows, -1, -1))
+    assert [key[0][0][0] for key in traced._traces] == [1, 3]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property, partial
@@ -21,6 +22,8 @@ from torch.nn.modules import module as _nn_module  # its global hook registries
 from sdgen.sampling.guidance import guide, uses_guidance
 
 log = logging.getLogger(__name__)
+
+MAX_TRACES = 32  # TorchScript traces a TracedUNet keeps, one per input signature
 
 
 @dataclass(frozen=True)
@@ -311,7 +314,9 @@ class TracedUNet:
     numerics; if tracing fails, the eager UNet is used.
 
     A trace records one input signature (shapes, dtypes: shape arithmetic and branches become
-    constants), so each new signature is traced once, which costs one extra UNet call. The
+    constants), so each new signature is traced once, which costs one extra UNet call; the
+    ``MAX_TRACES`` most recently used are kept (a server batching requests of many sizes sees
+    many signatures; a trace's graph is small, the weights are shared). The
     UNet's weights are shared, not copied; a UNet whose modules change after loading (adapters,
     attention processors) needs a new ``TracedUNet``. Forward hooks are Python that a trace would
     skip: while the UNet or any of its modules has one, it runs eagerly.
@@ -320,7 +325,7 @@ class TracedUNet:
     def __init__(self, unet: torch.nn.Module):
         self.unet = unet
         self._modules = list(unet.modules())  # for the hook check: 25 us a step, not 190
-        self._traces: dict[tuple, Callable] = {}
+        self._traces: OrderedDict[tuple, Callable] = OrderedDict()  # least recently used first
 
     def __call__(
         self,
@@ -337,6 +342,10 @@ class TracedUNet:
         run = self._traces.get(key)
         if run is None:
             run = self._traces[key] = self._trace(inputs)
+            if len(self._traces) > MAX_TRACES:
+                self._traces.popitem(last=False)
+        else:
+            self._traces.move_to_end(key)
         return (run(*inputs),)
 
     def _hooked(self) -> bool:
