@@ -187,3 +187,21 @@ def test_out_of_memory_in_the_shared_call_retries_each_request_alone(sd1_model):
         assert done[i].error is None
         alone = txt2img(sd1_model, requests[i]).images[0]
         assert max_pixel_diff(done[i].result.images[0], alone) <= 1
+
+
+def test_a_request_whose_pictures_cannot_be_decoded_leaves_alone(sd1_model):
+    batcher = Batcher(sd1_model)
+    requests = [REQUESTS[0].replace(steps=2), REQUESTS[1], REQUESTS[2]]
+    tickets = {id(batcher.add(request)): i for i, request in enumerate(requests)}
+    broken = batcher.active[0]
+
+    def failing_decode(model):
+        raise RuntimeError("the VAE ran out of something")
+
+    broken.result = failing_decode  # the first to finish, while the others still denoise
+    done = {tickets[id(f.prepared)]: f for f in batcher.run_until_done()}
+    assert isinstance(done[0].error, RuntimeError) and done[0].result is None
+    for i in (1, 2):
+        assert done[i].error is None
+        alone = txt2img(sd1_model, requests[i]).images[0]
+        assert max_pixel_diff(done[i].result.images[0], alone) <= 1

@@ -32,6 +32,7 @@ class Recorder:
         self.ended: dict[str, tuple[str, object]] = {}  # id -> (status, result or failure)
         self.ended_at: dict[str, float] = {}
         self.on_progress = lambda job_id, progress: None
+        self.store_fails_for: set[str] = set()
         self.batch_sizes: list[int] = []
 
     def job_started(self, job_id, device):
@@ -48,6 +49,8 @@ class Recorder:
             self.running.discard(job_id)
             self.ended[job_id] = (status, detail)
             self.ended_at[job_id] = time.monotonic()
+        if job_id in self.store_fails_for:  # recorded, then the "store" fails
+            raise OSError("disk full")
 
     def job_succeeded(self, job_id, result, model):
         self._end(job_id, "succeeded", result)
@@ -146,3 +149,24 @@ def test_a_job_cancelled_or_failing_in_a_batch_ends_alone():
         status, result = recorder.ended[job_id]
         assert status == "succeeded"
         assert max_pixel_diff(result.images[0], serial_picture(request)) <= 1
+
+
+def test_a_listener_failing_for_one_job_leaves_the_others_running():
+    """The store fails for job0: storing its pictures, then storing that failure. It is
+    logged; the jobs sharing its batch go on and succeed."""
+    recorder, gate = Recorder(), threading.Event()
+    recorder.store_fails_for = {"job0"}
+    engine = _engine(recorder, gate, max_batch=8)
+    try:
+        requests = [GenerationRequest(f"a blue square {i}", steps=3 + i, seed=i) for i in range(3)]
+        jobs = _submit(engine, requests)
+        wait_until(lambda: engine.queue_depth == len(jobs) - 1)
+        gate.set()
+        wait_until(lambda: len(recorder.ended) == len(jobs), timeout=120)
+        wait_until(lambda: not engine.running())
+    finally:
+        engine.stop()
+    status, failure = recorder.ended["job0"]
+    assert status == "failed"
+    assert "storing the pictures failed: OSError: disk full" in failure.message
+    assert [recorder.ended[f"job{i}"][0] for i in (1, 2)] == ["succeeded", "succeeded"]

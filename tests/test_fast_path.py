@@ -15,7 +15,12 @@ from diffusers.models.attention_processor import FusedAttnProcessor2_0
 from helpers import max_pixel_diff
 
 from sdgen.errors import InvalidRequest
-from sdgen.models.fast_path import GraphedUNet, apply_fast_path, fast_path_parts
+from sdgen.models.fast_path import (
+    GraphedUNet,
+    apply_fast_path,
+    compile_with_fallback,
+    fast_path_parts,
+)
 from sdgen.models.loader import load_model
 from sdgen.params import GenerationRequest
 from sdgen.pipelines.generate import generate
@@ -51,7 +56,10 @@ def test_an_unknown_mode_is_refused_before_loading(tiny_sd1):
 @pytest.mark.parametrize("sampler", ["dpmpp_2m", "euler_a"])
 def test_channels_last_and_fused_qkv_keep_the_pictures(tiny_sd1, sd1_model, sampler):
     arranged = load_model(tiny_sd1, device="cpu", fast_path="off")
+    counts = [sum(p.numel() for p in n.parameters()) for n in (arranged.unet, arranged.vae)]
     apply_fast_path(arranged.unet, arranged.vae, ("channels_last", "fused_qkv"))
+    # The separate projections the fused ones replace are freed: no weight is held twice.
+    assert [sum(p.numel() for p in n.parameters()) for n in (arranged.unet, arranged.vae)] == counts
     processors = {type(p) for p in arranged.unet.attn_processors.values()}
     assert processors == {FusedAttnProcessor2_0}
     assert {type(p) for p in arranged.vae.attn_processors.values()} == {FusedAttnProcessor2_0}
@@ -100,3 +108,32 @@ def _unet_inputs(model):
     sample = torch.randn(2, 4, side, side)
     embeddings = torch.randn(2, 77, model.text_encoder.config.hidden_size)
     return sample, torch.tensor(10), embeddings
+
+
+def test_a_failing_compile_falls_back_to_the_eager_network(caplog):
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no compiler for this graph")
+
+    layer = _Scaled()
+    x = torch.randn(2, 4)
+    expected = layer(x)
+    compile_with_fallback(layer, backend=broken_backend)
+    with caplog.at_level("WARNING", logger="sdgen.models.fast_path"):
+        assert torch.equal(layer(x), expected)
+    assert "torch.compile failed, running eagerly" in caplog.text
+    assert layer._compiled_call_impl is None  # eager from now on, no second attempt
+    errors = _Scaled()
+    compile_with_fallback(errors, backend="eager")
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):  # a real error is not hidden
+        errors(torch.randn(2, 5))
+
+
+class _Scaled(torch.nn.Module):
+    """A module of the test's own: dynamo compiles user code, not torch's own modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x) * 2 + 1

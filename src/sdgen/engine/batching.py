@@ -100,7 +100,7 @@ class Batcher:
         """One iteration for every request in flight: one shared UNet call, then each its own
         guidance, scheduler step and callback. Returns the requests that left the batch."""
         running = [p for p in self.active if not p.state.done]
-        finished = [Finished(p, p.result(self.model)) for p in self.active if p.state.done]
+        finished = [self._finish(p) for p in self.active if p.state.done]
         if running:
             noise_preds = self._unet_calls(running, finished)
             for prepared, noise_pred in zip(running, noise_preds, strict=True):
@@ -112,7 +112,7 @@ class Batcher:
                     finished.append(Finished(prepared, error=err))
                     continue
                 if prepared.state.done:
-                    finished.append(Finished(prepared, prepared.result(self.model)))
+                    finished.append(self._finish(prepared))
         gone = {id(f.prepared) for f in finished}
         self.active = [p for p in self.active if id(p) not in gone]
         return finished
@@ -123,6 +123,13 @@ class Batcher:
         while self.active:
             finished.extend(self.step())
         return finished
+
+    def _finish(self, prepared: PreparedRequest) -> Finished:
+        """A request whose last step is done: its pictures, or why it could not be decoded."""
+        try:
+            return Finished(prepared, prepared.result(self.model))
+        except Exception as err:  # noqa: BLE001 - e.g. out of memory in the VAE: this request only
+            return Finished(prepared, error=_without_frames(err))
 
     def _unet_calls(
         self, running: list[PreparedRequest], finished: list[Finished]
@@ -141,8 +148,8 @@ class Batcher:
             try:
                 predictions.append(self._shared_unet_call([prepared])[0])
             except torch.cuda.OutOfMemoryError as err:
+                finished.append(Finished(prepared, error=_without_frames(err)))
                 empty_cuda_cache()
-                finished.append(Finished(prepared, error=err))
                 predictions.append(None)
         return predictions
 
@@ -166,3 +173,11 @@ class Batcher:
             sample, timesteps, encoder_hidden_states=embeddings, return_dict=False
         )
         return list(noise_pred[0].split(rows))  # each (2B or B, C, h, w)
+
+
+def _without_frames(error: Exception) -> Exception:
+    """An out-of-memory error without its traceback: the traceback's frames hold the tensors of
+    the failed call, which would stay allocated for as long as the error is kept."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return error.with_traceback(None)
+    return error

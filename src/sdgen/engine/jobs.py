@@ -270,24 +270,21 @@ class Engine:
         while (job := self._next(index)) is not None:
             try:
                 self._run_batch(index, job)
-            except Exception as err:  # a listener that fails must not take the worker down
+            except Exception as err:  # a bug in the worker must not take it down
                 log.exception("job %s: unexpected error in the worker", job.id)
                 self._fail_slot(index, Failure(INTERNAL, f"{type(err).__name__}: {err}"))
             except BaseException as err:  # noqa: BLE001 (this thread ends: fail, replace)
-                self._worker_died(index, err)
+                log.error("worker on %s died: %r", device, err, exc_info=err)
+                name = type(err).__name__
+                message = f"the worker on {device} died while running this job ({name})"
+                self._fail_slot(index, Failure(WORKER_DIED, message))
+                self._replace_worker(index)  # after its jobs are let go: the new one takes more
                 return
-            finally:
-                with self._cond:
-                    for job_id in self._slot_jobs(index):
-                        self._running.pop(job_id)
 
-    def _worker_died(self, index: int, err: BaseException) -> None:
-        """The worker of slot ``index`` is ending inside a batch: fail its jobs, free memory,
-        and start a replacement unless stopping or the slot's restarts are spent."""
+    def _replace_worker(self, index: int) -> None:
+        """The worker of slot ``index`` is ending: free memory and start a replacement unless
+        stopping or the slot's restarts are spent."""
         device = self.devices[index]
-        log.error("worker on %s died: %r", device, err, exc_info=err)
-        message = f"the worker on {device} died while running this job ({type(err).__name__})"
-        self._fail_slot(index, Failure(WORKER_DIED, message))
         self._free_memory()
         with self._cond:  # held while replacing, so ``stop`` joins the replacement too
             if self._stopping.is_set():
@@ -306,7 +303,8 @@ class Engine:
         return [job_id for job_id, (_, _, slot) in self._running.items() if slot == index]
 
     def _fail_slot(self, index: int, failure: Failure) -> None:
-        """Fail every job the worker of slot ``index`` holds (its batch did not end normally)."""
+        """Fail every job the worker of slot ``index`` still holds (its batch did not end
+        normally), and let them go."""
         with self._cond:
             jobs = [self._running.pop(job_id)[0] for job_id in self._slot_jobs(index)]
         for job in jobs:
@@ -354,7 +352,11 @@ class Engine:
             model = self.models.get(first.request.model, device)
         except Exception as err:
             log.exception("job %s: loading %s on %s failed", first.id, first.request.model, device)
-            self.listener.job_failed(first.id, Failure(MODEL_LOAD, f"{type(err).__name__}: {err}"))
+            self._notify(
+                "job_failed", first.id, Failure(MODEL_LOAD, f"{type(err).__name__}: {err}")
+            )
+            with self._cond:
+                self._running.pop(first.id, None)
             return
         batcher = Batcher(model, start=self._start)
         members: dict[int, tuple[_Job, float]] = {}  # id(prepared) -> job, its start time
@@ -378,9 +380,9 @@ class Engine:
 
     def _join(self, batcher: Batcher, members: dict, job: _Job, model, device: str) -> None:
         """Start ``job`` in ``batcher``; a job whose set-up fails ends here."""
-        self.listener.job_started(job.id, device)
         started = time.monotonic()
         try:
+            self.listener.job_started(job.id, device)
             if job.cancelled.is_set() or self._stopping.is_set():
                 raise GenerationCancelled(job.id)
             callback = job_step_callback(
@@ -405,18 +407,24 @@ class Engine:
         result: GenerationResult | None = None,
         error: BaseException | None = None,
     ) -> None:
-        """Tell the listener how ``job`` ended, free memory after a cancel or an OOM, and let
-        the job go."""
-        if isinstance(error, GenerationCancelled | torch.cuda.OutOfMemoryError):
-            self._free_memory()  # so that the next job starts clean
-        elif error is None:
-            self._durations.append(time.monotonic() - started)
-        cancelled = job.cancelled.is_set()
-        report_end(
-            self.listener, job.id, model=model, result=result, error=error, cancelled=cancelled
-        )
-        with self._cond:
-            self._running.pop(job.id, None)
+        """Tell the listener how ``job`` ended, free memory after an OOM, and let the job go.
+
+        A listener that fails here is logged: the other jobs of the batch go on.
+        """
+        try:
+            if isinstance(error, torch.cuda.OutOfMemoryError):
+                self._free_memory()  # so that the next step or job starts clean
+            elif error is None:
+                self._durations.append(time.monotonic() - started)
+            cancelled = job.cancelled.is_set()
+            report_end(
+                self.listener, job.id, model=model, result=result, error=error, cancelled=cancelled
+            )
+        except Exception:
+            log.exception("job %s: telling how it ended failed", job.id)
+        finally:
+            with self._cond:
+                self._running.pop(job.id, None)
 
     def _free_memory(self) -> None:
         (self._empty_cache or empty_cuda_cache)()  # looked up now: tests replace it

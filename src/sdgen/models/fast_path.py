@@ -72,12 +72,63 @@ def apply_fast_path(unet: torch.nn.Module, vae: torch.nn.Module, parts: tuple[st
                 network.fuse_qkv_projections()
             except (AttributeError, ValueError) as err:  # e.g. added KV projections
                 log.warning("%s: QKV projections not fused (%s)", type(network).__name__, err)
+                continue
+            drop_unfused_projections(network)
     if "compile" in parts:
         use_compile_cache()
         # reduce-overhead: CUDA graphs; the VAE decoder's kernels are large, launches are not
         # what it waits for, and graphs would keep its big activations in their own pool.
-        unet.compile(mode="reduce-overhead" if "cuda_graphs" in parts else None, fullgraph=True)
-        vae.decoder.compile()
+        mode = "reduce-overhead" if "cuda_graphs" in parts else None
+        compile_with_fallback(unet, mode=mode, fullgraph=True)
+        compile_with_fallback(vae.decoder)
+
+
+def drop_unfused_projections(network: torch.nn.Module) -> int:
+    """Free the projections that fused attention no longer reads; the parameters freed.
+
+    diffusers' ``fuse_projections`` adds ``to_qkv`` (self-attention) or ``to_kv``
+    (cross-attention) beside the separate layers and keeps them, which costs the memory of the
+    attention's projections twice. Its fused processor reads ``to_qkv``, or ``to_q`` and
+    ``to_kv``; the others become empty (they cannot be unfused afterwards, which sdgen never
+    does).
+    """
+    from diffusers.models.attention_processor import Attention
+
+    freed = 0
+    for module in network.modules():
+        if not isinstance(module, Attention) or not getattr(module, "fused_projections", False):
+            continue
+        unused = ("to_k", "to_v") if module.is_cross_attention else ("to_q", "to_k", "to_v")
+        for name in unused:
+            layer = getattr(module, name)
+            for param_name, param in list(layer.named_parameters(recurse=False)):
+                freed += param.numel()
+                empty = torch.empty(0, device=param.device, dtype=param.dtype)
+                setattr(layer, param_name, torch.nn.Parameter(empty, requires_grad=False))
+    return freed
+
+
+def compile_with_fallback(module: torch.nn.Module, **options) -> None:
+    """``module.compile(**options)``, except that if compiling fails (an unsupported operator,
+    no working compiler) the module logs it once and runs eagerly from then on, instead of
+    failing every generation. Errors while running are not hidden: they are raised."""
+    from torch._dynamo.exc import TorchDynamoException  # inductor's errors derive from it too
+
+    compiled = torch.compile(module._call_impl, **options)
+
+    def call(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except TorchDynamoException as err:
+            log.warning(
+                "%s: torch.compile failed, running eagerly (%s)",
+                type(module).__name__,
+                str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__,
+            )
+            module._compiled_call_impl = None  # what nn.Module.compile sets; None: eager
+            return module._call_impl(*args, **kwargs)
+
+    module._compiled_call_impl = call
 
 
 def use_compile_cache() -> Path:

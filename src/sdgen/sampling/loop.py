@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -326,6 +327,7 @@ class TracedUNet:
         self.unet = unet
         self._modules = list(unet.modules())  # for the hook check: 25 us a step, not 190
         self._traces: OrderedDict[tuple, Callable] = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()
 
     def __call__(
         self,
@@ -339,13 +341,16 @@ class TracedUNet:
             return self.unet(sample, timestep, encoder_hidden_states, return_dict=return_dict)
         inputs = (sample, timestep, encoder_hidden_states)
         key = tuple((tuple(x.shape), x.dtype, x.device) for x in inputs)
-        run = self._traces.get(key)
+        with self._lock:  # workers on several devices may share one model's TracedUNet
+            run = self._traces.get(key)
+            if run is not None:
+                self._traces.move_to_end(key)
         if run is None:
-            run = self._traces[key] = self._trace(inputs)
-            if len(self._traces) > MAX_TRACES:
-                self._traces.popitem(last=False)
-        else:
-            self._traces.move_to_end(key)
+            run = self._trace(inputs)  # outside the lock: seconds; two threads may both trace
+            with self._lock:
+                self._traces[key] = run
+                if len(self._traces) > MAX_TRACES:
+                    self._traces.popitem(last=False)
         return (run(*inputs),)
 
     def _hooked(self) -> bool:
