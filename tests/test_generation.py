@@ -164,3 +164,46 @@ def test_a_step_callback_that_only_counts_computes_no_x0(sd1_model, monkeypatch)
     previews = []
     txt2img(sd1_model, REQUEST, lambda step: previews.append(step.denoised.shape))
     assert len(made) == 4 and previews == [(1, 4, 16, 16)] * 4  # 32x32 pictures
+
+
+def test_tokenizing_from_two_threads_keeps_each_calls_padding():
+    """A server tokenizes in its worker (padded prompts) and in request threads (token counts,
+    unpadded) at once; the fast tokenizer's settings are shared, so sdgen serialises calls."""
+    import threading
+
+    from sdgen.conditioning.prompts import truncation_warnings
+    from sdgen.models.loader import load_model
+    from sdgen.models.tokenizing import tokenize
+
+    tokenizer = load_model(device="cpu").tokenizer
+    length, wrong, done = tokenizer.model_max_length, [], threading.Event()
+
+    def padded():
+        try:
+            for _ in range(1500):
+                ids = tokenize(
+                    tokenizer,
+                    ["a red circle", ""],
+                    padding="max_length",
+                    max_length=length,
+                    truncation=True,
+                    return_tensors="pt",
+                ).input_ids
+                if ids.shape != (2, length):
+                    wrong.append(tuple(ids.shape))
+        except ValueError as err:  # rows of different lengths cannot make a tensor
+            wrong.append(str(err).splitlines()[0])
+        finally:
+            done.set()
+
+    def counting():  # unpadded, as when counting tokens; a batch keeps the race window open
+        while not done.is_set():
+            tokenize(tokenizer, ["a blue square on a red background"] * 8, verbose=False)
+            truncation_warnings(tokenizer, {"prompt": ["a blue square"]})
+
+    threads = [threading.Thread(target=padded), threading.Thread(target=counting)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert wrong == []

@@ -10,6 +10,8 @@ import logging
 
 import torch
 
+from sdgen.models.tokenizing import tokenize
+
 log = logging.getLogger(__name__)
 
 
@@ -17,8 +19,13 @@ log = logging.getLogger(__name__)
 def encode_text(tokenizer, text_encoder, texts: list[str], device: torch.device) -> torch.Tensor:
     """(N, 77, D) last hidden states of the text encoder for ``texts``."""
     max_length = tokenizer.model_max_length
-    tokens = tokenizer(
-        texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+    tokens = tokenize(
+        tokenizer,
+        texts,
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        return_tensors="pt",
     )
     _warn_truncated(tokenizer, texts, max_length)
     mask = None
@@ -84,7 +91,7 @@ def truncation_warnings(tokenizer, texts: dict[str, list[str]]) -> list[str]:
     warnings = []
     for field, values in texts.items():
         for index, text in enumerate(values):
-            count = len(tokenizer(text, verbose=False).input_ids)
+            count = len(tokenize(tokenizer, text, verbose=False).input_ids)
             if count > max_length:
                 name = f"{field}[{index}]" if len(values) > 1 else field
                 warnings.append(f"{name}: {count} tokens, truncated to {max_length}")
@@ -93,7 +100,7 @@ def truncation_warnings(tokenizer, texts: dict[str, list[str]]) -> list[str]:
 
 def _warn_truncated(tokenizer, texts: list[str], max_length: int) -> None:
     for text in texts:
-        ids = tokenizer(text).input_ids
+        ids = tokenize(tokenizer, text).input_ids
         if len(ids) > max_length:
             dropped = tokenizer.decode(ids[max_length - 1 : -1])
             log.warning(

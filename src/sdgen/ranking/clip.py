@@ -18,6 +18,7 @@ from PIL import Image
 from sdgen.errors import InvalidRequest, ModelNotFound
 from sdgen.models.bundled import BUNDLED_MODELS, MINIATURE_MODEL
 from sdgen.models.hub import folder_or_hub_snapshot
+from sdgen.models.tokenizing import tokenize
 
 FIELD = "clip_model"  # the request field (and, as --clip-model, the flag) errors name
 BATCH_SIZE = 16  # pictures per forward pass: bounds memory for ViT-L at 224 px with many pictures
@@ -51,7 +52,8 @@ class Ranker:
         # Padding after the end token changes nothing: the text tower is causal and pools at it.
         # A tokenizer config without model_max_length gives a huge one: the positions bound it.
         positions = self.model.config.text_config.max_position_embeddings
-        text = self.tokenizer(
+        text = tokenize(
+            self.tokenizer,
             [prompt],
             padding="max_length",
             max_length=min(self.tokenizer.model_max_length, positions),
