@@ -5,9 +5,9 @@ Each keeps its own scheduler, generators, text embeddings, guidance scale, times
 callback; only the UNet call is shared. A step concatenates every request's UNet input, [uncond;
 text] when it guides, else [text], with each row's own timestep as a (N,) tensor, which
 diffusers' UNet accepts. Then each request applies its own guidance and scheduler step
-(``DenoisingState.advance``, what ``denoise`` runs for a request alone), so a request's pictures
-are the ones it gets alone, up to the CPU kernels' batch-size-dependent rounding (<= 1/255
-measured, see tests/test_batching.py).
+(``DenoisingState.advance``, what ``denoise_state`` runs for a request alone), so a request's
+pictures are the ones it gets alone, up to the CPU kernels' batch-size-dependent rounding
+(<= 1/255 measured, see tests/test_batching.py).
 
 txt2img, img2img and inpainting requests mix freely: each is set up by its own pipeline's
 ``start`` (img2img's noised init latents and shorter timesteps, inpainting's extra channels or
@@ -158,7 +158,7 @@ class Batcher:
         states = [p.state for p in running]
         model_inputs = [s.unet_input() for s in states]  # each (2B or B, C', h, w)
         rows = [x.shape[0] for x in model_inputs]
-        if len(states) == 1:  # alone: exactly the call ``denoise`` makes
+        if len(states) == 1:  # alone: exactly the call ``denoise_state`` makes
             timesteps = states[0].timestep
         else:  # each row its own request's timestep; the time embedding casts them to float32
             timesteps = torch.cat(

@@ -52,54 +52,13 @@ StepCallback = Callable[[Step], None]  # raise GenerationCancelled inside it to 
 AfterStep = Callable[[int, torch.Tensor], torch.Tensor]
 
 
-def denoise(
-    unet: torch.nn.Module,
-    scheduler,
-    latents: torch.Tensor,
-    text_embeddings: torch.Tensor,
-    *,
-    guidance_scale: float,
-    generators: list[torch.Generator],
-    callback: StepCallback | None = None,
-    timesteps: torch.Tensor | None = None,
-    steps: int | None = None,
-    extra_channels: torch.Tensor | None = None,
-    after_step: AfterStep | None = None,
-) -> torch.Tensor:
-    """Run the scheduler's timesteps over ``latents`` (B, C, h, w) and return the final latents.
-
-    Args:
-        unet: the noise predictor, called as
-            ``unet(x, t, encoder_hidden_states=..., return_dict=False)[0]``: a diffusers
-            ``UNet2DConditionModel`` or a ``TracedUNet`` of one.
-        scheduler: a diffusers scheduler on which ``set_timesteps`` has been called.
-        latents: the starting latents, already multiplied by ``init_noise_sigma`` if needed.
-        text_embeddings: (2B, 77, D) as [uncond; text] when guiding, else (B, 77, D).
-        guidance_scale: classifier-free guidance weight; <= 1 means no guidance.
-        generators: one CPU generator per image, for the sampler's own random draws.
-        callback: called after every step with a ``Step``.
-        timesteps: the steps to run (img2img starts part-way); default all of the scheduler's.
-        steps: how many steps ``timesteps`` make as the user counts them (default the
-            scheduler's ``num_inference_steps``); the callback runs once per such step.
-        extra_channels: concatenated to the scaled UNet input, e.g. an inpainting UNet's mask
-            and masked-picture latents (2B or B, 5, h, w), in the same [uncond; text] order.
-        after_step: applied to the latents after each scheduler step, before the callback.
-    Returns:
-        The denoised latents (B, C, h, w).
-    """
-    run = prepare_run(
-        scheduler,
-        guidance_scale=guidance_scale,
-        generators=generators,
-        timesteps=timesteps,
-        steps=steps,
-    )
-    state = DenoisingState(run, latents, text_embeddings, callback, extra_channels, after_step)
-    return denoise_state(unet, state)
-
-
 def denoise_state(unet: torch.nn.Module, state: DenoisingState) -> torch.Tensor:
-    """Run ``state``'s remaining iterations alone, one UNet call each; the final latents."""
+    """Run ``state``'s remaining iterations alone, one UNet call each; the final latents
+    (B, C, h, w).
+
+    ``unet`` is called as ``unet(x, t, encoder_hidden_states=..., return_dict=False)[0]``: a
+    diffusers ``UNet2DConditionModel``, or a ``TracedUNet`` / ``GraphedUNet`` around one.
+    """
     while not state.done:
         model_input = state.unet_input()  # (2B or B, C', h, w)
         t = state.timestep
@@ -112,9 +71,9 @@ def denoise_state(unet: torch.nn.Module, state: DenoisingState) -> torch.Tensor:
 class DenoisingRun:
     """What stays fixed over one run of the loop; the per-step pieces below take it.
 
-    ``denoise`` and the engine's cross-request batching (sdgen.engine.batching) both advance
-    ``DenoisingState``s, so a request's steps are the same math whether its UNet call is alone
-    or shared.
+    ``denoise_state`` and the engine's cross-request batching (sdgen.engine.batching) both
+    advance ``DenoisingState``s, so a request's steps are the same math whether its UNet call
+    is alone or shared.
     """
 
     scheduler: object  # a diffusers scheduler with its timesteps set
@@ -136,7 +95,16 @@ def prepare_run(
     timesteps: torch.Tensor | None = None,
     steps: int | None = None,
 ) -> DenoisingRun:
-    """The fixed parts of one run (arguments as ``denoise``'s)."""
+    """The fixed parts of one run.
+
+    Args:
+        scheduler: a diffusers scheduler on which ``set_timesteps`` has been called.
+        guidance_scale: classifier-free guidance weight; <= 1 means no guidance.
+        generators: one CPU generator per image, for the sampler's own random draws.
+        timesteps: the steps to run (img2img starts part-way); default all of the scheduler's.
+        steps: how many steps ``timesteps`` make as the user counts them (default the
+            scheduler's ``num_inference_steps``); the callback runs once per such step.
+    """
     timesteps = scheduler.timesteps if timesteps is None else timesteps
     return DenoisingRun(
         scheduler=scheduler,
@@ -155,16 +123,20 @@ def prepare_run(
 class DenoisingState:
     """One run of the loop part-way through: everything its next iteration needs.
 
-    ``denoise`` runs a state alone; the engine's cross-request batching (sdgen.engine.batching)
-    advances several together, concatenating their ``unet_input`` rows into one UNet call.
+    ``denoise_state`` runs a state alone; the engine's cross-request batching
+    (sdgen.engine.batching) advances several together, concatenating their ``unet_input``
+    rows into one UNet call.
     """
 
     run: DenoisingRun  # its own scheduler, generators (in step_kwargs), timesteps, reports
-    latents: torch.Tensor  # (B, C, h, w) after ``position`` iterations
+    latents: torch.Tensor  # (B, C, h, w) after ``position`` iterations (at the start: already
+    # multiplied by the scheduler's init_noise_sigma where it needs it)
     embeddings: torch.Tensor  # (2B or B, 77, D): [negative; prompt] when guiding
-    callback: StepCallback | None = None
-    extra_channels: torch.Tensor | None = None  # inpainting UNets: (2B or B, 5, h, w)
-    after_step: AfterStep | None = None
+    callback: StepCallback | None = None  # after every user-counted step, with a ``Step``
+    # Concatenated to the scaled UNet input in the same [uncond; text] order, e.g. an
+    # inpainting UNet's mask and masked-picture latents: (2B or B, 5, h, w).
+    extra_channels: torch.Tensor | None = None
+    after_step: AfterStep | None = None  # on the latents after each scheduler step
     position: int = 0  # iterations done
     _x_t: torch.Tensor | None = None  # the scaled input of the iteration under way
 
