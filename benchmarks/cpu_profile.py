@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--fast-path", choices=("auto", "on", "off"), default="off")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,7 +110,9 @@ def main() -> None:
         f"median of {args.repeats} interleaved runs"
     )
     for label, (folder, size) in model_folders(args.model).items():
-        contenders = build_contenders(folder, size, torch.device("cpu"), torch.float32)
+        contenders = build_contenders(
+            folder, size, torch.device("cpu"), torch.float32, args.fast_path
+        )
         result = profile(contenders, args.batch, args.steps, args.repeats)
         print(
             f"\n{label} ({size}x{size}), ms per run of {args.batch} "

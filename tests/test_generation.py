@@ -7,6 +7,7 @@ import torch
 from helpers import max_pixel_diff
 
 from sdgen.errors import GenerationCancelled
+from sdgen.media.images import decode_latents
 from sdgen.params import GenerationRequest
 from sdgen.pipelines.txt2img import txt2img
 
@@ -49,6 +50,26 @@ def test_guidance_is_one_batched_call_and_off_at_scale_one(sd1_model):
     request = REQUEST.replace(num_images=3, sampler="ddim")
     assert _unet_batch_sizes(sd1_model, request) == [6] * 4  # [uncond; text] together
     assert _unet_batch_sizes(sd1_model, request.replace(guidance_scale=1.0)) == [3] * 4
+
+
+def test_pictures_decode_together_in_chunks_within_the_pixel_bound(sd1_model):
+    latents = torch.randn(5, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    calls = []
+    decode = sd1_model.vae.decode
+
+    def counting(z, *args, **kwargs):
+        calls.append(z.shape[0])
+        return decode(z, *args, **kwargs)
+
+    sd1_model.vae.decode = counting
+    try:
+        together = decode_latents(sd1_model.vae, latents, max_latent_pixels=2 * 16 * 16 + 10)
+        alone = decode_latents(sd1_model.vae, latents, max_latent_pixels=1)
+    finally:
+        del sd1_model.vae.decode  # the instance attribute: the class's method again
+    assert calls == [2, 2, 1] + [1] * 5
+    for i, (a, b) in enumerate(zip(together, alone, strict=True)):
+        assert max_pixel_diff(a, b) <= 1, f"picture {i}"
 
 
 def test_negative_prompt_changes_the_picture(sd1_model):

@@ -12,19 +12,28 @@ from PIL import Image
 from sdgen.errors import InvalidRequest
 from sdgen.params import InputPicture
 
+# Latent pixels per VAE decode call: 128x128, with SD's 8x VAE four 512x512 pictures or 256 of 64x64
+DECODE_LATENT_PIXELS = 128 * 128
+
 
 @torch.no_grad()
-def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> list[Image.Image]:
+def decode_latents(
+    vae: torch.nn.Module, latents: torch.Tensor, max_latent_pixels: int = DECODE_LATENT_PIXELS
+) -> list[Image.Image]:
     """(B, C, H/f, W/f) latents -> B RGB pictures of H x W.
 
     Latents are divided by the VAE's own scaling factor (0.18215 for SD 1.x/2.x) before decoding.
-    Decoded one picture at a time: memory stays that of one picture, and a picture never depends
-    on the batch it was in.
+    Pictures are decoded together, at most ``max_latent_pixels`` latent pixels per call (at
+    least one picture): small pictures decode in one call (on the CPU a batch of 8 decodes in
+    about 60% of the time of 8 calls), large ones a few at a time, so the decoder's memory stays
+    bounded (diffusers decodes the whole batch at once). A picture decoded beside others equals
+    it decoded alone within 1/255 (batch-size-dependent kernels), as the UNet's batches do.
     """
     scaling = vae.config.scaling_factor
+    per_call = max(1, max_latent_pixels // (latents.shape[-2] * latents.shape[-1]))
     pictures = []
-    for one in latents.split(1):
-        decoded = vae.decode(one.to(vae.dtype) / scaling).sample  # (1, 3, H, W) in [-1, 1]
+    for chunk in latents.split(per_call):
+        decoded = vae.decode(chunk.to(vae.dtype) / scaling).sample  # (n, 3, H, W) in [-1, 1]
         pictures.extend(tensor_to_pil(decoded))
     return pictures
 

@@ -49,7 +49,7 @@ class PreparedRequest:
     state: DenoisingState
 
     def result(self, model: LoadedModel) -> GenerationResult:
-        """The pictures of the denoised state (decoded one at a time)."""
+        """The pictures of the denoised state."""
         return GenerationResult(self.request, decode_latents(model.vae, self.state.latents))
 
 
