@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from helpers import max_pixel_diff
 from PIL import Image
 
@@ -93,6 +94,22 @@ def test_one_shared_unet_call_per_step(sd1_model):
         hook.remove()
     # requests 0-1 guide (2 rows each), 2-3 do not (1 row); request 3 joins one step late.
     assert rows == [5, 6, 6, 6, 1]
+
+
+def test_every_unet_call_takes_one_float32_timestep_per_row(sd1_model):
+    # One timestep form, alone or shared, so a compiled UNet compiles one kind of call.
+    calls = []
+
+    def record(module, args):
+        calls.append((args[0].shape[0], tuple(args[1].shape), args[1].dtype))
+
+    hook = sd1_model.unet.register_forward_pre_hook(record)
+    try:
+        generate(sd1_model, REQUESTS[1])  # alone, guided: 2 rows
+        run_batched(sd1_model, REQUESTS[:3], [0, 0, 0])  # shared: 2 + 2 + 1 rows
+    finally:
+        hook.remove()
+    assert calls == [(2, (2,), torch.float32)] * STEPS + [(5, (5,), torch.float32)] * STEPS
 
 
 def test_a_cancelled_request_leaves_alone(sd1_model):

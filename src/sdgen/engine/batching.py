@@ -158,15 +158,8 @@ class Batcher:
         states = [p.state for p in running]
         model_inputs = [s.unet_input() for s in states]  # each (2B or B, C', h, w)
         rows = [x.shape[0] for x in model_inputs]
-        if len(states) == 1:  # alone: exactly the call ``denoise_state`` makes
-            timesteps = states[0].timestep
-        else:  # each row its own request's timestep; the time embedding casts them to float32
-            timesteps = torch.cat(
-                [
-                    s.timestep.to(torch.float32).reshape(1).expand(n)
-                    for s, n in zip(states, rows, strict=True)
-                ]
-            )  # (N,)
+        # (N,): each row its own request's timestep, in the form ``denoise_state`` passes it
+        timesteps = torch.cat([s.row_timesteps(n) for s, n in zip(states, rows, strict=True)])
         sample = torch.cat(model_inputs)  # (N, C', h, w)
         embeddings = torch.cat([s.embeddings for s in states])  # (N, 77, D)
         noise_pred = self.unet(

@@ -61,7 +61,7 @@ def denoise_state(unet: torch.nn.Module, state: DenoisingState) -> torch.Tensor:
     """
     while not state.done:
         model_input = state.unet_input()  # (2B or B, C', h, w)
-        t = state.timestep
+        t = state.row_timesteps(model_input.shape[0])
         noise_pred = unet(model_input, t, encoder_hidden_states=state.embeddings, return_dict=False)
         state.advance(noise_pred[0])
     return state.latents
@@ -148,6 +148,16 @@ class DenoisingState:
     def timestep(self) -> torch.Tensor:
         """The timestep of the next iteration (0-dim, on the model's device)."""
         return self.run.timesteps[self.position]
+
+    def row_timesteps(self, rows: int) -> torch.Tensor:
+        """The next iteration's timestep for each of ``rows`` UNet input rows: (rows,) float32.
+
+        Every UNet call, alone or shared with other requests, takes its timesteps in this one
+        form, so a compiled or traced UNet sees one kind of timestep input, not also diffusers'
+        0-dim one. The pictures are the same: the UNet's time embedding converts timesteps to
+        float32 first either way (exact for SD's integer timesteps).
+        """
+        return self.timestep.to(torch.float32).reshape(1).repeat(rows)
 
     @property
     def signature(self) -> tuple:
