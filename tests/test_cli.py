@@ -167,3 +167,21 @@ def test_the_installed_command_runs(tmp_path, tiny_sd1):
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "steps: -3" in done.stderr
+
+
+@pytest.mark.parametrize("flag, warmup", [([], True), (["--no-warmup"], False)])
+def test_serve_passes_its_settings_to_the_server(capsys, tmp_path, monkeypatch, flag, warmup):
+    import uvicorn
+
+    import sdgen.server.app
+
+    configs = []
+    monkeypatch.setattr(
+        sdgen.server.app, "create_app", lambda config, store: configs.append(config)
+    )
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)  # no listening
+    args = ["serve", "--data-dir", str(tmp_path), "--max-batch", "3", "--fast-path", "off"]
+    code, _, err = run(capsys, *args, *flag)
+    assert code == 0, err
+    (config,) = configs
+    assert (config.warmup, config.max_batch, config.fast_path) == (warmup, 3, "off")

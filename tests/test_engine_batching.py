@@ -3,9 +3,11 @@ gets (its own pictures, cancel and failures), on the embedded model."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
+import pytest
 from helpers import max_pixel_diff
 from test_server_support import (  # noqa: F401 (single_thread_torch: autouse)
     serial_picture,
@@ -170,3 +172,47 @@ def test_a_listener_failing_for_one_job_leaves_the_others_running():
     assert status == "failed"
     assert "storing the pictures failed: OSError: disk full" in failure.message
     assert [recorder.ended[f"job{i}"][0] for i in (1, 2)] == ["succeeded", "succeeded"]
+
+
+def _warming_engine(fast_path: tuple[str, ...], **options):
+    """An engine on the embedded model marked with ``fast_path`` (nothing really compiles: the
+    CPU cannot afford it in every test run) whose set-ups are recorded and held at a gate."""
+    model = dataclasses.replace(shared_loader(MINIATURE_MODEL, "cpu"), fast_path=fast_path)
+    started, gate = [], threading.Event()
+
+    def recording_start(model, request, callback):
+        started.append((request.prompt, request.num_images))
+        gate.wait(30)
+        return start(model, request, callback)
+
+    engine = Engine(
+        ModelPool([MINIATURE_MODEL], lambda name, device: model),
+        Recorder(),
+        start=recording_start,
+        **options,
+    )
+    return engine, started, gate
+
+
+def test_a_compiling_model_warms_up_before_the_engine_is_ready():
+    engine, started, gate = _warming_engine(("channels_last", "compile"))
+    engine.start()
+    try:
+        wait_until(lambda: started)
+        assert not engine.ready  # the server's /health says "loading" meanwhile
+        gate.set()
+        assert engine.wait_ready(60)
+        assert started == [("warm-up", 1), ("warm-up", 2)]
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize(
+    "fast_path, options", [((), {}), (("channels_last", "compile"), {"warmup": False})]
+)
+def test_no_warm_up_without_compiling_or_when_turned_off(fast_path, options):
+    engine, started, gate = _warming_engine(fast_path, **options)
+    gate.set()
+    engine.start(wait_ready=True)
+    engine.stop()
+    assert started == []

@@ -60,6 +60,13 @@ SERVER_MISSING = 'sdgen serve needs the server extra: pip install "sdgen[server]
     show_default=True,
     help=FAST_PATH_HELP,
 )
+@click.option(
+    "--warmup/--no-warmup",
+    default=True,
+    show_default=True,
+    help="where the fast path compiles (CUDA), compile before serving: /health says loading "
+    "until then",
+)
 @click.option("--max-steps", type=int, default=150, show_default=True)
 @click.option("--max-images", type=int, default=16, show_default=True, help="per request")
 @click.option("--max-pixels", type=int, default=2048 * 2048, show_default=True, help="per picture")
@@ -84,6 +91,7 @@ def serve(
     devices: str | None,
     precision: str,
     fast_path: str,
+    warmup: bool,
     max_steps: int,
     max_images: int,
     max_pixels: int,
@@ -121,6 +129,7 @@ def serve(
         devices=tuple(_devices(devices)),
         precision=precision,
         fast_path=fast_path,
+        warmup=warmup,
         host=host,
         port=port,
         api_key=api_key,

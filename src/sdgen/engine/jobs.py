@@ -58,6 +58,13 @@ from sdgen.pipelines.stages import GenerationResult
 
 log = logging.getLogger(__name__)
 
+# The warm-up of a worker whose model compiles (sdgen.models.fast_path): requests of 1 and then
+# 2 pictures at the model's default size, 2 steps each. The first compiles the UNet and the VAE
+# decoder; the second, a new batch size, makes torch.compile recompile them with a dynamic
+# batch dimension, after which other batch sizes reuse that graph (CUDA graphs are recorded per
+# size, which is fast). All UNet calls take the same timestep form, alone or shared.
+WARMUP_PICTURES = (1, 2)
+
 
 @dataclass
 class _Job:
@@ -100,6 +107,7 @@ class Engine:
         step_delay: float = 0.0,
         empty_cache: Callable[[], None] | None = None,
         max_worker_restarts: int = 3,
+        warmup: bool = True,
     ):
         if not devices:
             raise ValueError("an engine needs at least one device")
@@ -114,6 +122,7 @@ class Engine:
         self.preview_interval, self.step_delay = preview_interval, step_delay
         self._empty_cache = empty_cache
         self.max_worker_restarts = max_worker_restarts
+        self.warmup = warmup  # compile before taking jobs, where the model compiles
         self.worker_restarts = 0  # dead workers replaced so far, all slots together
         self._slot_restarts = [0] * len(self.devices)
         self._queue: deque[_Job] = deque()
@@ -262,6 +271,8 @@ class Engine:
         try:
             model = self.models.get(self.models.default, device)
             prepare_previews(model)
+            if self.warmup and "compile" in model.fast_path:
+                self._warm_up(model, device)
         except Exception:
             log.exception("worker on %s could not load %s", device, self.models.default)
         with self._cond:
@@ -280,6 +291,24 @@ class Engine:
                 self._fail_slot(index, Failure(WORKER_DIED, message))
                 self._replace_worker(index)  # after its jobs are let go: the new one takes more
                 return
+
+    def _warm_up(self, model: LoadedModel, device: str) -> None:
+        """Run the ``WARMUP_PICTURES`` requests through the path jobs take, so that compiling
+        (minutes for SD 1.5 on a first start; inductor's cache makes later starts faster)
+        happens while the server reports "loading", not in the first users' jobs."""
+        log.info("worker on %s: warming up the compiled networks", device)
+        started = time.perf_counter()
+        try:
+            batcher = Batcher(model, start=self._start)
+            for count in WARMUP_PICTURES:
+                batcher.add(GenerationRequest("warm-up", num_images=count, steps=2, seed=0))
+                for finished in batcher.run_until_done():
+                    if finished.error is not None:
+                        raise finished.error
+        except Exception:  # jobs still run; the first ones compile what is missing
+            log.exception("worker on %s: the warm-up failed", device)
+            return
+        log.info("worker on %s: warmed up in %.1f s", device, time.perf_counter() - started)
 
     def _replace_worker(self, index: int) -> None:
         """The worker of slot ``index`` is ending: free memory and start a replacement unless

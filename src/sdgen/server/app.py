@@ -71,6 +71,7 @@ def create_app(
             start=start,
             preview_interval=config.preview_interval,
             step_delay=config.step_delay,
+            warmup=config.warmup,
         )
 
     @asynccontextmanager
