@@ -66,7 +66,7 @@ class Server:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         self.process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
 
-    def wait_healthy(self, timeout: float = 300) -> None:
+    def wait_healthy(self, timeout: float = 600) -> None:  # compiling servers warm up first
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
