@@ -4,9 +4,10 @@
 #   benchmarks/gpu_checks.sh wheels         # on a machine with network: wheels into .whl/
 #   benchmarks/gpu_checks.sh STAGE [OUT]    # on the GPU machine (no network), from the repo root
 #
-# The GPU machine is assumed to have python3 with CUDA torch, transformers and the rest of
-# sdgen's needs except the packages fetched by `wheels` (diffusers and the server's stack);
-# those are installed from .whl/ into /tmp/site, and sdgen itself in editable mode. Results and
+# The GPU machine is assumed to have python3 (3.12) with CUDA torch, numpy, Pillow and scipy;
+# `wheels` fetches the Hugging Face stack at the versions tested here and whatever else of
+# sdgen's and the server's needs is not in DEVICE_HAS below. .whl/ travels with the checkout;
+# there the wheels are installed into /tmp/site and sdgen itself in editable mode. Results and
 # logs are copied to OUT (default: $OUT, else benchmarks/results/gpu).
 #
 # Stages (the order of importance; the first compiles, so later stages reuse inductor's cache):
@@ -17,25 +18,63 @@
 #   server        server_throughput.py --device cuda: 8 concurrent requests, --max-batch 8 vs 1
 #   tests         tests/test_cuda.py (fast path and batching on CUDA) and the fast-path tests
 #   train         python -m sdgen.miniature.train /tmp/sdgen-miniature for up to 9 minutes;
-#                 run it again to resume from its checkpoint; the log says the time per stage
+#                 exit 124 means unfinished: run it again on the same (still warm) machine to
+#                 resume from its checkpoints; the loss logs record the seconds per step
 set -euo pipefail
 
 stage=${1:?"usage: $0 wheels | bench-dpmpp | bench-euler | bench-off | server | tests | train [OUT]"}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+# What the GPU machine's Python already has (its image's package list, read 2026-11-17):
+# wheels of these are not carried, the rest of sdgen's and the server's needs are.
+DEVICE_HAS="absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio
+  attrs botorch build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy
+  coverage cuda-bindings cuda-core cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax
+  e3nn einops equinox etils execnet filelock flatbuffers flax fonttools formulaic frozenlist fsspec
+  gpytorch grpcio h11 h5py hf-xet httpcore httpx huggingface-hub humanize hypothesis idna imageio
+  iniconfig interface-meta jax jax-cuda13-pjrt jax-cuda13-plugin jaxlib jaxtyping jinja2 joblib
+  kiwisolver lazy-loader lightning lightning-utilities linear-operator lineax llvmlite lxml markdown
+  markdown-it-py markupsafe matplotlib mdurl meson ml-dtypes mpi4py mpmath msgpack multidict
+  multipledispatch mypy-extensions nanobind narwhals networkx ninja numba numba-cuda numpy numpyro
+  onnx onnx-ir onnxruntime onnxscript opencv-python-headless optax opt-einsum opt-einsum-fx
+  optimistix orbax-checkpoint packaging pandas pathspec patsy peft pillow pip pluggy portalocker
+  prometheus-client propcache protobuf psutil pyarrow pybind11 py-cpuinfo pygments pyparsing
+  pyproject-hooks pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock pytest-timeout
+  pytest-xdist python-dateutil pytorch-lightning pyyaml regex requests rich sacrebleu safetensors
+  scikit-build-core scikit-image scikit-learn scipy seaborn sentencepiece sentence-transformers
+  setuptools shellingham simplejson six sortedcontainers statsmodels sympy tabulate tensorboard
+  tensorboard-data-server tensorstore threadpoolctl tifffile tiktoken timm tokenizers toolz torch
+  torchaudio torchdiffeq torch-geometric torchmetrics torchvision tqdm transformers treescope triton
+  typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray
+  xxhash yarl zipp"
+
 if [ "$stage" = wheels ]; then
-  # The versions this checkout is tested with (pip show in the local environment).
-  packages=()
-  for name in diffusers fastapi starlette uvicorn pydantic pydantic-core annotated-types \
-      typing-inspection; do
-    packages+=("$name==$(python3 -m pip show "$name" | sed -n 's/^Version: //p')")
+  # The versions this checkout is tested with, from its environment (.venv, else $PYTHON).
+  py=${PYTHON:-.venv/bin/python}
+  [ -x "$py" ] || py=python3
+  # The Hugging Face stack travels whole, at the versions tested here (diffusers needs a recent
+  # huggingface-hub, which must match transformers); the rest only where the machine lacks it.
+  carried="diffusers transformers tokenizers huggingface-hub safetensors typing-extensions"
+  pins=()
+  for name in $carried fastapi uvicorn; do
+    pins+=("$name==$("$py" -m pip show "$name" | sed -n 's/^Version: //p')")
   done
-  packages+=(importlib_metadata)
+  everything=$(mktemp -d)
+  "$py" -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$everything" "${pins[@]}"
+  rm -rf .whl && mkdir .whl
   grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
-  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d .whl "${packages[@]}"
+  for wheel in "$everything"/*.whl; do
+    name=$(basename "$wheel" | cut -d- -f1 | tr '[:upper:]_.' '[:lower:]--')
+    case " $carried " in *" $name "*) cp "$wheel" .whl/; continue ;; esac
+    case " $(echo $DEVICE_HAS) " in
+      *" $name "*) ;;  # already there
+      *) cp "$wheel" .whl/ ;;
+    esac
+  done
+  ls .whl && du -sh .whl
   exit 0
 fi
 
@@ -45,8 +84,12 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-python3 -m pip install -q --no-deps --no-build-isolation -e . > /dev/null
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 -m pip install -q --no-deps --no-build-isolation -e . > /dev/null \
+  || export PYTHONPATH=$root/src:$PYTHONPATH  # not installable (not root): from the source
+python3 -m pip check 2>&1 | grep -Ei "diffusers|transformers|huggingface|fastapi|sdgen" \
+  | tee "$out/pip-check.txt" || true  # conflicts that concern sdgen, for the log
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
+  | tee "$out/gpu.txt" || echo "no nvidia-smi" | tee "$out/gpu.txt"
 python3 -c 'import torch, diffusers, transformers; print("torch", torch.__version__,
   "diffusers", diffusers.__version__, "transformers", transformers.__version__)' | tee -a "$out/gpu.txt"
 
@@ -73,6 +116,8 @@ case "$stage" in
     timeout 540 python3 -m sdgen.miniature.train /tmp/sdgen-miniature 2>&1 \
       | tee -a "$out/train.log" || status=$?
     echo "train: $(( $(date +%s) - start )) s this call, exit $status" | tee -a "$out/train.log"
-    cp /tmp/sdgen-miniature/*.json "$out/" 2>/dev/null || true ;;
+    cp /tmp/sdgen-miniature/logs/*.csv "$out/" 2>/dev/null || true  # losses and seconds
+    cp /tmp/sdgen-miniature/model/training.json "$out/" 2>/dev/null || true  # once finished
+    exit "$status" ;;
   *) echo "unknown stage: $stage" >&2; exit 2 ;;
 esac

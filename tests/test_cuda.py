@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import max_pixel_diff, mean_pixel_diff
-from test_batching import JOINS, REQUESTS, check_equal_to_alone
+from test_batching import JOINS, REQUESTS, _picture, check_equal_to_alone
 
 from sdgen.models.loader import load_model
 from sdgen.params import GenerationRequest
@@ -35,11 +35,35 @@ def fast(tiny_sd1):
     return model
 
 
-def test_cpu_and_cuda_give_the_same_pictures(sd1_model, plain):
+@pytest.fixture
+def no_tf32():
+    """Full fp32 convolutions and matmuls (cuDNN's default on an H100 is TF32), for comparing
+    with the CPU."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_cpu_and_cuda_give_the_same_pictures(sd1_model, plain, no_tf32):
     request = GenerationRequest("a red circle", num_images=2, steps=6, seed=3, sampler="euler_a")
     on_cpu, on_cuda = generate(sd1_model, request), generate(plain, request)
     for a, b in zip(on_cpu.images, on_cuda.images, strict=True):
         assert max_pixel_diff(a, b) <= 2
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "pndm", "dpmpp_2m"])  # DDIM/PNDM's add_noise moves
+def test_img2img_and_inpainting_run_on_cuda(sd1_model, plain, fast, sampler, no_tf32):
+    # their alphas to the GPU, which the loop's x0 previews once read with .numpy()
+    size = plain.native_size
+    init, mask = _picture(size, 0), _picture(size, 0, "L")
+    for extra in ({"strength": 0.6}, {"mask": mask, "strength": 0.8}):
+        request = GenerationRequest(
+            "a red circle", steps=6, seed=2, sampler=sampler, init_image=init, **extra
+        )
+        on_cpu = generate(sd1_model, request).images[0]
+        assert max_pixel_diff(on_cpu, generate(plain, request).images[0]) <= 2
+        assert max_pixel_diff(on_cpu, generate(fast, request).images[0]) <= 3
 
 
 @pytest.mark.parametrize("sampler", ["pndm", "dpmpp_2m", "euler_a"])  # PLMS keeps predictions

@@ -181,7 +181,7 @@ def _warming_engine(fast_path: tuple[str, ...], **options):
     started, gate = [], threading.Event()
 
     def recording_start(model, request, callback):
-        started.append((request.prompt, request.num_images))
+        started.append((request.prompt, request.num_images, request.guidance_scale))
         gate.wait(30)
         return start(model, request, callback)
 
@@ -202,9 +202,22 @@ def test_a_compiling_model_warms_up_before_the_engine_is_ready():
         assert not engine.ready  # the server's /health says "loading" meanwhile
         gate.set()
         assert engine.wait_ready(60)
-        assert started == [("warm-up", 1), ("warm-up", 2)]
+        assert started == [("warm-up", 1, 7.5), ("warm-up", 2, 7.5), ("warm-up", 1, 1.0)]
     finally:
         engine.stop()
+
+
+def test_stopping_the_engine_ends_its_warm_up():
+    engine, started, gate = _warming_engine(("compile",))
+    engine.start()
+    wait_until(lambda: started)
+    stopper = threading.Thread(target=engine.stop)
+    stopper.start()
+    wait_until(lambda: engine._stopping.is_set())
+    gate.set()  # the first warm-up request runs: its first step sees the engine stopping
+    stopper.join(10)
+    assert not stopper.is_alive() and engine.workers_alive == 0
+    assert started == [("warm-up", 1, 7.5)]
 
 
 @pytest.mark.parametrize(

@@ -58,12 +58,17 @@ from sdgen.pipelines.stages import GenerationResult
 
 log = logging.getLogger(__name__)
 
-# The warm-up of a worker whose model compiles (sdgen.models.fast_path): requests of 1 and then
-# 2 pictures at the model's default size, 2 steps each. The first compiles the UNet and the VAE
-# decoder; the second, a new batch size, makes torch.compile recompile them with a dynamic
-# batch dimension, after which other batch sizes reuse that graph (CUDA graphs are recorded per
-# size, which is fast). All UNet calls take the same timestep form, alone or shared.
-WARMUP_PICTURES = (1, 2)
+# The warm-up of a worker whose model compiles (sdgen.models.fast_path), at the model's default
+# size, 2 steps each: 1 picture with guidance compiles the UNet and the VAE decoder; 2 pictures,
+# a new batch size, make torch.compile recompile them with a dynamic batch dimension, which
+# other batch sizes reuse (CUDA graphs are recorded per size, which is fast); 1 picture without
+# guidance is one UNet row, a size torch.compile always specializes on. All UNet calls take the
+# same timestep form, alone or shared.
+WARMUP_REQUESTS = (
+    GenerationRequest("warm-up", num_images=1, steps=2, seed=0),
+    GenerationRequest("warm-up", num_images=2, steps=2, seed=0),
+    GenerationRequest("warm-up", num_images=1, steps=2, seed=0, guidance_scale=1.0),
+)
 
 
 @dataclass
@@ -275,9 +280,10 @@ class Engine:
                 self._warm_up(model, device)
         except Exception:
             log.exception("worker on %s could not load %s", device, self.models.default)
-        with self._cond:
-            self._loading -= 1
-            self._cond.notify_all()
+        finally:  # also if this thread ends here: the server must not say "loading" forever
+            with self._cond:
+                self._loading -= 1
+                self._cond.notify_all()
         while (job := self._next(index)) is not None:
             try:
                 self._run_batch(index, job)
@@ -293,20 +299,29 @@ class Engine:
                 return
 
     def _warm_up(self, model: LoadedModel, device: str) -> None:
-        """Run the ``WARMUP_PICTURES`` requests through the path jobs take, so that compiling
-        (minutes for SD 1.5 on a first start; inductor's cache makes later starts faster)
-        happens while the server reports "loading", not in the first users' jobs."""
+        """Run the ``WARMUP_REQUESTS`` through the path jobs take, so that compiling (minutes
+        for SD 1.5 on a first start; inductor's cache makes later starts faster) happens while
+        the server reports "loading", not in the first users' jobs. Stopping the engine ends
+        it at the next step."""
         log.info("worker on %s: warming up the compiled networks", device)
         started = time.perf_counter()
+
+        def until_stopped(step) -> None:
+            if self._stopping.is_set():
+                raise GenerationCancelled()
+
         try:
             batcher = Batcher(model, start=self._start)
-            for count in WARMUP_PICTURES:
-                batcher.add(GenerationRequest("warm-up", num_images=count, steps=2, seed=0))
+            for request in WARMUP_REQUESTS:
+                batcher.add(request, until_stopped)
                 for finished in batcher.run_until_done():
                     if finished.error is not None:
                         raise finished.error
+        except GenerationCancelled:
+            return
         except Exception:  # jobs still run; the first ones compile what is missing
             log.exception("worker on %s: the warm-up failed", device)
+            self._free_memory()
             return
         log.info("worker on %s: warmed up in %.1f s", device, time.perf_counter() - started)
 

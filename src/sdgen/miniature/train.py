@@ -112,7 +112,10 @@ def run_stage(
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             state = {"module": module.state_dict(), "optimizer": optimizer.state_dict()}
-            torch.save({**state, "step": step + 1, "extra": extra}, checkpoint)
+            # written beside it, then renamed: a run killed while saving keeps the last one
+            partial = checkpoint.with_suffix(".pt.partial")
+            torch.save({**state, "step": step + 1, "extra": extra}, partial)
+            partial.replace(checkpoint)
     return extra.get("last_loss", float("nan"))
 
 

@@ -249,7 +249,8 @@ def predict_x0(
 
 def _log_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
     """log sigma of every training timestep, sigma^2 = (1 - alpha_bar) / alpha_bar."""
-    alphas = alphas_cumprod.to(torch.float64).numpy()
+    # on the model's device once DDIM's or PNDM's add_noise (img2img) has moved it there
+    alphas = alphas_cumprod.detach().to("cpu", torch.float64).numpy()
     return 0.5 * np.log((1.0 - alphas) / alphas)
 
 
