@@ -50,6 +50,7 @@ from sdgen.engine.events import (
 from sdgen.engine.limits import Limits, preflight
 from sdgen.engine.models import ModelPool
 from sdgen.engine.previews import job_step_callback, prepare_previews
+from sdgen.engine.warmup import warm_up
 from sdgen.errors import GenerationCancelled
 from sdgen.models.devices import empty_cuda_cache
 from sdgen.models.loaded import LoadedModel
@@ -57,18 +58,6 @@ from sdgen.params import GenerationRequest
 from sdgen.pipelines.stages import GenerationResult
 
 log = logging.getLogger(__name__)
-
-# The warm-up of a worker whose model compiles (sdgen.models.fast_path), at the model's default
-# size, 2 steps each: 1 picture with guidance compiles the UNet and the VAE decoder; 2 pictures,
-# a new batch size, make torch.compile recompile them with a dynamic batch dimension, which
-# other batch sizes reuse (CUDA graphs are recorded per size, which is fast); 1 picture without
-# guidance is one UNet row, a size torch.compile always specializes on. All UNet calls take the
-# same timestep form, alone or shared.
-WARMUP_REQUESTS = (
-    GenerationRequest("warm-up", num_images=1, steps=2, seed=0),
-    GenerationRequest("warm-up", num_images=2, steps=2, seed=0),
-    GenerationRequest("warm-up", num_images=1, steps=2, seed=0, guidance_scale=1.0),
-)
 
 
 @dataclass
@@ -277,7 +266,7 @@ class Engine:
             model = self.models.get(self.models.default, device)
             prepare_previews(model)
             if self.warmup and "compile" in model.fast_path:
-                self._warm_up(model, device)
+                warm_up(model, device, self._start, self._stopping, self._free_memory)
         except Exception:
             log.exception("worker on %s could not load %s", device, self.models.default)
         finally:  # also if this thread ends here: the server must not say "loading" forever
@@ -297,33 +286,6 @@ class Engine:
                 self._fail_slot(index, Failure(WORKER_DIED, message))
                 self._replace_worker(index)  # after its jobs are let go: the new one takes more
                 return
-
-    def _warm_up(self, model: LoadedModel, device: str) -> None:
-        """Run the ``WARMUP_REQUESTS`` through the path jobs take, so that compiling (minutes
-        for SD 1.5 on a first start; inductor's cache makes later starts faster) happens while
-        the server reports "loading", not in the first users' jobs. Stopping the engine ends
-        it at the next step."""
-        log.info("worker on %s: warming up the compiled networks", device)
-        started = time.perf_counter()
-
-        def until_stopped(step) -> None:
-            if self._stopping.is_set():
-                raise GenerationCancelled()
-
-        try:
-            batcher = Batcher(model, start=self._start)
-            for request in WARMUP_REQUESTS:
-                batcher.add(request, until_stopped)
-                for finished in batcher.run_until_done():
-                    if finished.error is not None:
-                        raise finished.error
-        except GenerationCancelled:
-            return
-        except Exception:  # jobs still run; the first ones compile what is missing
-            log.exception("worker on %s: the warm-up failed", device)
-            self._free_memory()
-            return
-        log.info("worker on %s: warmed up in %.1f s", device, time.perf_counter() - started)
 
     def _replace_worker(self, index: int) -> None:
         """The worker of slot ``index`` is ending: free memory and start a replacement unless
