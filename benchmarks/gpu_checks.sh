@@ -2,13 +2,16 @@
 # sdgen's GPU measurements and checks, in stages that each end within 10 minutes on an H100.
 #
 #   benchmarks/gpu_checks.sh wheels         # on a machine with network: wheels into .whl/
-#   benchmarks/gpu_checks.sh STAGE [OUT]    # on the GPU machine (no network), from the repo root
+#   benchmarks/gpu_checks.sh STAGE...        # on the GPU machine (no network), from the repo root
+#   SECONDS_PER_STAGE=300 benchmarks/gpu_checks.sh tests bench-dpmpp   # several, each time-limited
 #
 # The GPU machine is assumed to have python3 (3.12) with CUDA torch, numpy, Pillow and scipy;
 # `wheels` fetches the Hugging Face stack at the versions tested here and whatever else of
 # sdgen's and the server's needs is not in DEVICE_HAS below. .whl/ travels with the checkout;
 # there the wheels are installed into /tmp/site and sdgen itself in editable mode. Results and
-# logs are copied to OUT (default: $OUT, else benchmarks/results/gpu).
+# logs are copied to OUT (default: $OUT, else benchmarks/results/gpu). Installing happens once per
+# machine. With several stages, each runs under `timeout $SECONDS_PER_STAGE` (default 590) and the
+# next starts whatever the last one's outcome.
 #
 # Stages (the order of importance; the first compiles, so later stages reuse inductor's cache):
 #   bench-dpmpp   sd_benchmark.py: SD 1.5 architecture, fp16, 512x512, 50 steps, dpmpp_2m,
@@ -22,7 +25,7 @@
 #                 resume from its checkpoints; the loss logs record the seconds per step
 set -euo pipefail
 
-stage=${1:?"usage: $0 wheels | bench-dpmpp | bench-euler | bench-off | server | tests | train [OUT]"}
+stage=${1:?"usage: $0 wheels | STAGE... (bench-dpmpp bench-euler bench-off server tests train)"}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
@@ -78,14 +81,24 @@ if [ "$stage" = wheels ]; then
   exit 0
 fi
 
-out=${2:-${OUT:-benchmarks/results/gpu}}
+out=${OUT:-benchmarks/results/gpu}
 mkdir -p "$out"
+if [ $# -gt 1 ]; then  # several stages: one after another, each within its time
+  for one in "$@"; do
+    echo "== $one" && timeout "${SECONDS_PER_STAGE:-590}" bash "$root/benchmarks/gpu_checks.sh" "$one" \
+      || echo "== $one: exit $?" | tee -a "$out/stages.txt"
+  done
+  exit 0
+fi
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-python3 -m pip install -q --no-deps --no-build-isolation -e . > /dev/null \
-  || export PYTHONPATH=$root/src:$PYTHONPATH  # not installable (not root): from the source
+export PYTHONPATH=/tmp/site:$root/src${PYTHONPATH:+:$PYTHONPATH}
+if [ ! -e /tmp/site/.sdgen-installed ]; then  # once per machine
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  python3 -m pip install -q --no-deps --no-build-isolation -e . > /dev/null \
+    || echo "sdgen not installed: imported from src/ (no package metadata)"
+  touch /tmp/site/.sdgen-installed
+fi
 python3 -m pip check 2>&1 | grep -Ei "diffusers|transformers|huggingface|fastapi|sdgen" \
   | tee "$out/pip-check.txt" || true  # conflicts that concern sdgen, for the log
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
@@ -93,10 +106,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
 python3 -c 'import torch, diffusers, transformers; print("torch", torch.__version__,
   "diffusers", diffusers.__version__, "transformers", transformers.__version__)' | tee -a "$out/gpu.txt"
 
-bench() {  # sd_benchmark.py with the given options; its results saved under the stage's name
+bench() {  # sd_benchmark.py with the given options; its rows so far saved under the stage's name,
+  # also when the stage is stopped by its time limit
+  rm -f benchmarks/results/sd_benchmark-cuda.*
+  trap 'cp benchmarks/results/sd_benchmark-cuda.json "$out/$stage.json" 2>/dev/null
+        cp benchmarks/results/sd_benchmark-cuda.md "$out/$stage.md" 2>/dev/null' EXIT
+  trap 'exit 124' TERM
   python3 benchmarks/sd_benchmark.py --device cuda "$@" 2>&1 | tee "$out/$stage.log"
-  cp benchmarks/results/sd_benchmark-cuda.json "$out/$stage.json"
-  cp benchmarks/results/sd_benchmark-cuda.md "$out/$stage.md"
 }
 
 case "$stage" in

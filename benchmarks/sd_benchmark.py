@@ -9,7 +9,9 @@ interleaved (alternating which goes first), with guidance 7.5, and reports:
 - seconds per picture, end to end (prompt -> PIL pictures), median of ``--repeats`` runs after
   a warm-up run; the warm-up (or compile) time of each pipeline on its own line;
 - denoising steps per second: steps / the time from the first UNet call to the VAE decode;
-- peak GPU memory (CUDA only);
+- peak GPU memory (CUDA only): the most allocated during a run less what the other pipeline
+  holds (both stay loaded: diffusers holds its weights, sdgen its weights and compiled graphs'
+  memory), so each counts its own weights, kept memory and activations;
 - the largest pixel difference between sdgen's and diffusers' pictures (parity: <= 3);
 - on CUDA, the fraction of the GPU's peak: ~0.80 TFLOP per UNet pass per picture at 64x64
   latents (x2 with guidance) and ~2.5 TFLOP per 512x512 VAE decode (PyTorch's FLOP counter on
@@ -285,17 +287,29 @@ class Timing:
     pictures: list = field(default_factory=list)
 
 
-def timed_run(contender, batch: int, sampler: str, steps: int, device, window, timing: Timing):
+def weight_bytes(contender: Contender) -> int:
+    networks = (contender.unet, contender.vae, contender.text_encoder)
+    tensors = [t for n in networks for t in (*n.parameters(), *n.buffers())]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def timed_run(contender, batch, sampler, steps, device, window, timing: Timing, weights=None):
+    """One run; on CUDA ``weights`` (name -> bytes) says what diffusers holds between runs."""
     window.reset()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        if contender.name == "diffusers":  # all but its weights belongs to sdgen
+            others_bytes = torch.cuda.memory_allocated(device) - weights["diffusers"]
+        else:
+            others_bytes = weights["diffusers"]
     _synchronize(device)
     started = time.perf_counter()
     pictures = contender.run(batch, sampler, steps)
     _synchronize(device)
     seconds = time.perf_counter() - started
     if device.type == "cuda":
-        timing.peak_bytes = max(timing.peak_bytes, torch.cuda.max_memory_allocated(device))
+        own_peak = torch.cuda.max_memory_allocated(device) - others_bytes
+        timing.peak_bytes = max(timing.peak_bytes, own_peak)
     timing.pictures = pictures
     return seconds, window.seconds()
 
@@ -303,14 +317,18 @@ def timed_run(contender, batch: int, sampler: str, steps: int, device, window, t
 def measure(contenders, batch: int, sampler: str, steps: int, repeats: int, device, window):
     """Interleaved runs of every contender; the first run of each is the warm-up."""
     timings = {c.name: Timing() for c in contenders}
+    weights = {c.name: weight_bytes(c) for c in contenders}
     for c in contenders:
         timings[c.name].warmup_seconds, _ = timed_run(
-            c, batch, sampler, steps, device, window, timings[c.name]
+            c, batch, sampler, steps, device, window, timings[c.name], weights
         )
+        timings[c.name].peak_bytes = 0  # the warm-up's compile workspace is not a run's
     for repeat in range(repeats):
         order = contenders if repeat % 2 == 0 else contenders[::-1]
         for c in order:
-            seconds, denoise = timed_run(c, batch, sampler, steps, device, window, timings[c.name])
+            seconds, denoise = timed_run(
+                c, batch, sampler, steps, device, window, timings[c.name], weights
+            )
             timings[c.name].seconds.append(seconds)
             timings[c.name].denoise_seconds.append(denoise)
     return timings
@@ -504,6 +522,7 @@ def main() -> None:
                 diff = max_pixel_diff(timings["sdgen"].pictures, timings["diffusers"].pictures)
                 row = row_for(label, size, sampler, batch, steps, timings, diff, device, peak)
                 report["rows"].append(row)
+                write_report(report)
                 s, d = row["sdgen"], row["diffusers"]
                 print(
                     f"  {sampler:<9} batch {batch}: warm-up sdgen {s['warmup_seconds']:.2f} s, "
@@ -515,11 +534,16 @@ def main() -> None:
                     f"{d['seconds_per_picture']:.4f} ({d['steps_per_second']} steps/s), "
                     f"ratio {row['ratio_sdgen_to_diffusers']:.2f}, max pixel diff {diff}"
                 )
+    print(f"\nwritten: {write_report(report)}")
+
+
+def write_report(report: dict) -> str:
+    """The JSON and the table so far (written after every row: a run cut short keeps its rows)."""
     RESULTS.mkdir(exist_ok=True)
-    stem = f"sd_benchmark-{device.type}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(report))
-    print(f"\nwritten: {RESULTS / stem}.json, {RESULTS / stem}.md")
+    stem = RESULTS / f"sd_benchmark-{report['device']['type']}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(report))
+    return f"{stem}.json, {stem}.md"
 
 
 if __name__ == "__main__":
