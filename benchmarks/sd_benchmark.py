@@ -189,7 +189,7 @@ def build_contenders(
         return txt2img(model, request).images
 
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-        folder, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+        folder, dtype=dtype, safety_checker=None, requires_safety_checker=False
     ).to(device)
     pipe.set_progress_bar_config(disable=True)
     own_config = dict(pipe.scheduler.config)
