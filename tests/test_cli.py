@@ -185,3 +185,34 @@ def test_serve_passes_its_settings_to_the_server(capsys, tmp_path, monkeypatch, 
     assert code == 0, err
     (config,) = configs
     assert (config.warmup, config.max_batch, config.fast_path) == (warmup, 3, "off")
+
+
+@pytest.mark.parametrize(
+    "flag, env, expected",
+    [([], None, "off"), (["--fast-path", "on"], None, "on"), ([], "on", "auto")],
+)
+def test_one_off_commands_compile_only_when_asked(
+    capsys, tmp_path, tiny_sd1, monkeypatch, flag, env, expected
+):
+    """generate and sweep load without compiling under auto (it takes longer than it saves for
+    one batch); --fast-path on or SDGEN_FAST_PATH (which auto then defers to) turn it on."""
+    import sdgen.models.loader
+
+    if env is None:
+        monkeypatch.delenv("SDGEN_FAST_PATH", raising=False)
+    else:
+        monkeypatch.setenv("SDGEN_FAST_PATH", env)
+    asked = []
+    load = sdgen.models.loader.load_model
+
+    def recording(*args, fast_path="auto", **kwargs):
+        asked.append(fast_path)
+        return load(*args, **{**kwargs, "fast_path": "off"})  # the CPU compiles slowly
+
+    monkeypatch.setattr(sdgen.models.loader, "load_model", recording)
+    common = ["--model", tiny_sd1, "--steps", "1", "--width", "32", "--height", "32", *flag]
+    code, _, err = run(capsys, "generate", "a red circle", "--out", tmp_path / "g", *common)
+    assert code == 0, err
+    code, _, err = run(capsys, "sweep", "a circle", "--guidance", "1,2", "--out", tmp_path, *common)
+    assert code == 0, err
+    assert asked == [expected, expected]

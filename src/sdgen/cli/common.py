@@ -10,8 +10,9 @@ import click
 from sdgen.params import FAST_PATH_MODES, PRECISIONS
 
 FAST_PATH_HELP = (
-    "channels-last, fused QKV, torch.compile and CUDA graphs: auto is on for CUDA, off on the "
-    "CPU; the first run of each shape compiles [SDGEN_FAST_PATH]"
+    "channels-last, fused QKV, torch.compile and CUDA graphs: auto is on for CUDA in sdgen "
+    "serve, off on the CPU and for one-off commands (compiling takes longer than it saves "
+    "there); the first run of each shape compiles [SDGEN_FAST_PATH]"
 )
 
 USAGE_ERROR = 2

@@ -277,6 +277,7 @@ def _check_options(request: GenerationRequest, options: RunOptions) -> None:
 
 def _generate(request: GenerationRequest, options: RunOptions, callbacks: list):
     """Run the request on one model, or spread over ``--devices``; (result, a model)."""
+    from sdgen.models.fast_path import for_one_off_command
     from sdgen.models.loader import load_model
     from sdgen.pipelines.generate import generate
 
@@ -287,7 +288,7 @@ def _generate(request: GenerationRequest, options: RunOptions, callbacks: list):
             precision=request.precision,
             token=options.token,
             allow_pickle=options.allow_pickle,
-            fast_path=options.fast_path,
+            fast_path=for_one_off_command(options.fast_path),
         )
 
     def callback(step) -> None:

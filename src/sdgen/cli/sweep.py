@@ -92,6 +92,7 @@ def sweep(prompt, init_image, resize, **kwargs) -> None:
     first swept flag makes the columns, the second the rows. Every cell has the same seed unless
     --seeds is swept. Prints each cell's path (row by row), then the grid's.
     """
+    from sdgen.models.fast_path import for_one_off_command
     from sdgen.models.loader import load_model
     from sdgen.pipelines.sweep import sweep_requests
 
@@ -105,7 +106,7 @@ def sweep(prompt, init_image, resize, **kwargs) -> None:
         precision=base.precision,
         token=kwargs["hf_token"],
         allow_pickle=kwargs["allow_pickle"],
-        fast_path=kwargs["fast_path"],
+        fast_path=for_one_off_command(kwargs["fast_path"]),
     )
     out: Path = kwargs["out"]
     pictures, paths = [], []

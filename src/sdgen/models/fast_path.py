@@ -21,8 +21,9 @@ on the CPU (diffusers' schedulers keep them there), nothing in the loop reads a 
 unless a step callback asks for one, and the negative prompt's embedding is computed once per
 model.
 
-``auto`` turns it on for CUDA devices and off elsewhere: on the CPU sdgen runs the UNet as
-TorchScript traces instead (``sampling.loop.TracedUNet``), which pays more there than
+``auto`` turns it on for CUDA devices and off elsewhere, and off for the one-off commands
+(``for_one_off_command``: compiling takes longer than it saves there). On the CPU sdgen runs the
+UNet as TorchScript traces instead (``sampling.loop.TracedUNet``), which pays more there than
 compilation, and keeps the CPU's pictures bit-identical to the eager UNet's. ``SDGEN_FAST_PATH``
 (``on``/``off``) overrides ``auto``. Pictures with and without it agree within fp16's rounding
 (benchmarks/sd_benchmark.py checks them against diffusers' eager pipeline).
@@ -59,6 +60,22 @@ def fast_path_parts(mode: str, device: torch.device) -> tuple[str, ...]:
         return ()
     parts = ("channels_last", "fused_qkv", "compile")
     return (*parts, "cuda_graphs") if device.type == "cuda" else parts
+
+
+def for_one_off_command(mode: str) -> str:
+    """The fast path for a command that makes its pictures and exits (``sdgen generate``,
+    ``img2img``, ``inpaint``, ``sweep``): there ``auto`` means off.
+
+    Such a command runs one batch of tens of steps, and compiling does not pay for it: on an H100
+    compiling SD 1.5's UNet and decoder took 87 s (106 s more for a first batch of 8), and the
+    compiled loop saves about 24 ms a step against an eager one (150.7 against 32.2 steps/s at
+    batch 1, benchmarks/results/sd_benchmark-cuda.md), 1.2 s for a 50-step picture. A server or a
+    Python program that keeps its model pays once and gains on every picture: there ``auto`` is
+    on for CUDA. ``on``, or ``SDGEN_FAST_PATH=on``, still turns it on for a command.
+    """
+    if mode == "auto" and not os.environ.get(ENV_VAR, "").strip():
+        return "off"
+    return mode
 
 
 def apply_fast_path(unet: torch.nn.Module, vae: torch.nn.Module, parts: tuple[str, ...]) -> None:
