@@ -64,7 +64,7 @@ def fast_path_parts(mode: str, device: torch.device) -> tuple[str, ...]:
 
 def for_one_off_command(mode: str) -> str:
     """The fast path for a command that makes its pictures and exits (``sdgen generate``,
-    ``img2img``, ``inpaint``, ``sweep``): there ``auto`` means off.
+    ``img2img``, ``inpaint``, ``reproduce``, ``sweep``): there ``auto`` means off.
 
     Such a command runs one batch of tens of steps, and compiling does not pay for it: on an H100
     compiling SD 1.5's UNet and decoder took 87 s (106 s more for a first batch of 8), and the
