@@ -12,7 +12,8 @@ interleaved (alternating which goes first), with guidance 7.5, and reports:
 - peak GPU memory (CUDA only): the most allocated during a run less what the other pipeline
   holds (both stay loaded: diffusers holds its weights, sdgen its weights and compiled graphs'
   memory), so each counts its own weights, kept memory and activations;
-- the largest pixel difference between sdgen's and diffusers' pictures (parity: <= 3);
+- the largest pixel difference between sdgen's and diffusers' pictures (parity: <= 3), and the
+  standard deviation of sdgen's pixel values (near 0: flat pictures, which parity cannot judge);
 - on CUDA, the fraction of the GPU's peak: ~0.80 TFLOP per UNet pass per picture at 64x64
   latents (x2 with guidance) and ~2.5 TFLOP per 512x512 VAE decode (PyTorch's FLOP counter on
   SD 1.5's configs), against the measured rate of a large fp16 matrix product.
@@ -364,6 +365,8 @@ def row_for(label, size, sampler, batch, steps, timings, diff, device, peak_tflo
         "batch": batch,
         "steps": steps,
         "max_pixel_diff": diff,
+        # the parity check means something only if the pictures are not flat (e.g. NaN -> black)
+        "pixel_std": round(float(np.std([np.asarray(p) for p in ours.pictures])), 2),
     }
     for name, t in (("sdgen", ours), ("diffusers", theirs)):
         per_picture = statistics.median(t.seconds) / batch
@@ -397,13 +400,13 @@ def markdown(report: dict) -> str:
         f"{report['device']['threads']} CPU threads.",
         "",
         "| model | size | sampler | batch | steps | sdgen s/picture | diffusers s/picture "
-        "| ratio | sdgen steps/s | diffusers steps/s | max pixel diff |"
+        "| ratio | sdgen steps/s | diffusers steps/s | max pixel diff | pixel std |"
         + (
             " sdgen peak GiB | diffusers peak GiB | sdgen % of peak | diffusers % of peak |"
             if cuda
             else ""
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if cuda else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if cuda else ""),
     ]
     for r in report["rows"]:
         s, d = r["sdgen"], r["diffusers"]
@@ -419,6 +422,7 @@ def markdown(report: dict) -> str:
             s["steps_per_second"],
             d["steps_per_second"],
             r["max_pixel_diff"],
+            r.get("pixel_std", "-"),
         ]
         if cuda:
             cells += [
