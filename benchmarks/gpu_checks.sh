@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # sdgen's GPU measurements and checks, in stages that each end within 10 minutes on an H100.
 #
-#   benchmarks/gpu_checks.sh wheels         # on a machine with network: wheels into .whl/
-#   benchmarks/gpu_checks.sh STAGE...        # on the GPU machine (no network), from the repo root
+#   benchmarks/gpu_checks.sh wheels      # on a machine with network: wheels into .whl/
+#   benchmarks/gpu_checks.sh STAGE...    # on the GPU machine (no network), from the repo root
 #   SECONDS_PER_STAGE=300 benchmarks/gpu_checks.sh tests bench-dpmpp   # several, each time-limited
 #
 # The GPU machine is assumed to have python3 (3.12) with CUDA torch, numpy, Pillow and scipy;
@@ -10,8 +10,9 @@
 # sdgen's and the server's needs is not in DEVICE_HAS below. .whl/ travels with the checkout;
 # there the wheels are installed into /tmp/site and sdgen itself in editable mode. Results and
 # logs are copied to OUT (default: $OUT, else benchmarks/results/gpu). Installing happens once per
-# machine. With several stages, each runs under `timeout $SECONDS_PER_STAGE` (default 590) and the
-# next starts whatever the last one's outcome.
+# machine. With several stages, each runs under `timeout $SECONDS_PER_STAGE` (default 590: set it
+# so that they fit one call together) and the next starts whatever the last one's outcome; the
+# stages that failed or ran out of time are listed in OUT/stages.txt.
 #
 # Stages (the order of importance; the first compiles, so later stages reuse inductor's cache):
 #   bench-dpmpp   sd_benchmark.py: SD 1.5 architecture, fp16, 512x512, 50 steps, dpmpp_2m,
@@ -24,7 +25,9 @@
 #                 exit 124 means unfinished: run it again on the same (still warm) machine to
 #                 resume from its checkpoints; the loss logs record the seconds per step (their
 #                 clock restarts on resuming). A whole run takes about 18 minutes on an H100
-#                 (2026-11-25: CLIP 58 s, VAE 104 s, UNet 87 ms a step): two calls back to back.
+#                 (2026-11-25: CLIP 58 s, VAE 104 s, UNet 76-92 ms a step): plan three calls
+#                 on one warm machine (a resumed stage redoes up to 499 steps); TRAIN_SECONDS
+#                 (default 540) limits one call's training.
 set -euo pipefail
 
 stage=${1:?"usage: $0 wheels | STAGE... (bench-dpmpp bench-euler bench-off server tests train)"}
@@ -108,11 +111,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
 python3 -c 'import torch, diffusers, transformers; print("torch", torch.__version__,
   "diffusers", diffusers.__version__, "transformers", transformers.__version__)' | tee -a "$out/gpu.txt"
 
-bench() {  # sd_benchmark.py with the given options; its rows so far saved under the stage's name,
-  # also when the stage is stopped by its time limit
-  rm -f benchmarks/results/sd_benchmark-cuda.*
-  trap 'cp benchmarks/results/sd_benchmark-cuda.json "$out/$stage.json" 2>/dev/null
-        cp benchmarks/results/sd_benchmark-cuda.md "$out/$stage.md" 2>/dev/null' EXIT
+bench() {  # sd_benchmark.py with the given options; the rows it wrote (it writes them as it
+  # goes) saved under the stage's name, also when the stage is stopped by its time limit
+  started=$(mktemp)
+  trap 'for f in benchmarks/results/sd_benchmark-cuda.{json,md}; do
+          [ "$f" -nt "$started" ] && cp "$f" "$out/$stage.${f##*.}" || true
+        done' EXIT
   trap 'exit 124' TERM
   python3 benchmarks/sd_benchmark.py --device cuda "$@" 2>&1 | tee "$out/$stage.log"
 }
@@ -129,13 +133,15 @@ case "$stage" in
       tests/test_fast_path.py 2>&1 | tee "$out/tests.log" ;;
   train)
     # timeout's exit status 124 means "stopped to stay within the call": run the stage again.
+    # --foreground: in this script's process group, so an outer time limit stops it too.
     start=$(date +%s)
-    status=0
-    timeout 540 python3 -m sdgen.miniature.train /tmp/sdgen-miniature 2>&1 \
-      | tee -a "$out/train.log" || status=$?
-    echo "train: $(( $(date +%s) - start )) s this call, exit $status" | tee -a "$out/train.log"
-    cp /tmp/sdgen-miniature/logs/*.csv "$out/" 2>/dev/null || true  # losses and seconds
-    cp /tmp/sdgen-miniature/model/training.json "$out/" 2>/dev/null || true  # once finished
-    exit "$status" ;;
+    trap 'status=$?; echo "train: $(( $(date +%s) - start )) s this call, exit $status" \
+            | tee -a "$out/train.log"
+          cp /tmp/sdgen-miniature/logs/*.csv "$out/" 2>/dev/null || true  # losses, seconds
+          cp /tmp/sdgen-miniature/model/training.json "$out/" 2>/dev/null || true
+          exit "$status"' EXIT
+    trap 'exit 124' TERM
+    timeout --foreground "${TRAIN_SECONDS:-540}" python3 -m sdgen.miniature.train \
+      /tmp/sdgen-miniature 2>&1 | tee -a "$out/train.log" ;;
   *) echo "unknown stage: $stage" >&2; exit 2 ;;
 esac

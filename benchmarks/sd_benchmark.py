@@ -9,11 +9,14 @@ interleaved (alternating which goes first), with guidance 7.5, and reports:
 - seconds per picture, end to end (prompt -> PIL pictures), median of ``--repeats`` runs after
   a warm-up run; the warm-up (or compile) time of each pipeline on its own line;
 - denoising steps per second: steps / the time from the first UNet call to the VAE decode;
-- peak GPU memory (CUDA only): the most allocated during a run less what the other pipeline
-  holds (both stay loaded: diffusers holds its weights, sdgen its weights and compiled graphs'
-  memory), so each counts its own weights, kept memory and activations;
+- peak GPU memory (CUDA only), in one more, untimed run of each after ``empty_cache()``, from
+  the memory PyTorch reserves (allocated memory would miss the pools CUDA graphs keep: a replay
+  allocates nothing): diffusers is charged its weights plus what its run reserves on top, sdgen
+  everything reserved before its run except diffusers' weights (its own weights and its graphs'
+  pools) plus what its run reserves on top;
 - the largest pixel difference between sdgen's and diffusers' pictures (parity: <= 3), and the
-  standard deviation of sdgen's pixel values (near 0: flat pictures, which parity cannot judge);
+  smallest standard deviation of one of sdgen's pictures' pixels (near 0: a flat picture, which
+  parity cannot judge);
 - on CUDA, the fraction of the GPU's peak: ~0.80 TFLOP per UNet pass per picture at 64x64
   latents (x2 with guidance) and ~2.5 TFLOP per 512x512 VAE decode (PyTorch's FLOP counter on
   SD 1.5's configs), against the measured rate of a large fp16 matrix product.
@@ -190,7 +193,7 @@ def build_contenders(
         return txt2img(model, request).images
 
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-        folder, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        folder, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
     ).to(device)
     pipe.set_progress_bar_config(disable=True)
     own_config = dict(pipe.scheduler.config)
@@ -294,44 +297,50 @@ def weight_bytes(contender: Contender) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def timed_run(contender, batch, sampler, steps, device, window, timing: Timing, weights=None):
-    """One run; on CUDA ``weights`` (name -> bytes) says what diffusers holds between runs."""
+def timed_run(contender, batch, sampler, steps, device, window, timing: Timing):
     window.reset()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        if contender.name == "diffusers":  # all but its weights belongs to sdgen
-            others_bytes = torch.cuda.memory_allocated(device) - weights["diffusers"]
-        else:
-            others_bytes = weights["diffusers"]
     _synchronize(device)
     started = time.perf_counter()
     pictures = contender.run(batch, sampler, steps)
     _synchronize(device)
     seconds = time.perf_counter() - started
-    if device.type == "cuda":
-        own_peak = torch.cuda.max_memory_allocated(device) - others_bytes
-        timing.peak_bytes = max(timing.peak_bytes, own_peak)
     timing.pictures = pictures
     return seconds, window.seconds()
 
 
+def peak_memory(contender, batch, sampler, steps, device, diffusers_weights: int) -> int:
+    """Bytes of GPU memory ``contender`` needs for a run: one more run, untimed, from an emptied
+    cache (emptying it before the timed runs would make them allocate afresh)."""
+    torch.cuda.empty_cache()  # cached blocks go; CUDA graphs' pools stay (they are in use)
+    before = torch.cuda.memory_reserved(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    contender.run(batch, sampler, steps)
+    _synchronize(device)
+    # diffusers keeps only its weights between runs; the rest reserved before is sdgen's
+    kept = diffusers_weights if contender.name == "diffusers" else before - diffusers_weights
+    return kept + torch.cuda.max_memory_reserved(device) - before
+
+
 def measure(contenders, batch: int, sampler: str, steps: int, repeats: int, device, window):
-    """Interleaved runs of every contender; the first run of each is the warm-up."""
+    """Interleaved runs of every contender; the first run of each is the warm-up; on CUDA a
+    last run of each measures its memory."""
     timings = {c.name: Timing() for c in contenders}
-    weights = {c.name: weight_bytes(c) for c in contenders}
     for c in contenders:
         timings[c.name].warmup_seconds, _ = timed_run(
-            c, batch, sampler, steps, device, window, timings[c.name], weights
+            c, batch, sampler, steps, device, window, timings[c.name]
         )
-        timings[c.name].peak_bytes = 0  # the warm-up's compile workspace is not a run's
     for repeat in range(repeats):
         order = contenders if repeat % 2 == 0 else contenders[::-1]
         for c in order:
-            seconds, denoise = timed_run(
-                c, batch, sampler, steps, device, window, timings[c.name], weights
-            )
+            seconds, denoise = timed_run(c, batch, sampler, steps, device, window, timings[c.name])
             timings[c.name].seconds.append(seconds)
             timings[c.name].denoise_seconds.append(denoise)
+    if device.type == "cuda":
+        diffusers_weights = weight_bytes(next(c for c in contenders if c.name == "diffusers"))
+        for c in contenders:
+            timings[c.name].peak_bytes = peak_memory(
+                c, batch, sampler, steps, device, diffusers_weights
+            )
     return timings
 
 
@@ -365,8 +374,8 @@ def row_for(label, size, sampler, batch, steps, timings, diff, device, peak_tflo
         "batch": batch,
         "steps": steps,
         "max_pixel_diff": diff,
-        # the parity check means something only if the pictures are not flat (e.g. NaN -> black)
-        "pixel_std": round(float(np.std([np.asarray(p) for p in ours.pictures])), 2),
+        # the parity check means something only if no picture is flat (e.g. NaN -> black)
+        "pixel_std": round(min(float(np.std(np.asarray(p))) for p in ours.pictures), 2),
     }
     for name, t in (("sdgen", ours), ("diffusers", theirs)):
         per_picture = statistics.median(t.seconds) / batch
@@ -536,7 +545,8 @@ def main() -> None:
                     f"  {sampler:<9} batch {batch}: sdgen {s['seconds_per_picture']:.4f} "
                     f"s/picture ({s['steps_per_second']} steps/s), diffusers "
                     f"{d['seconds_per_picture']:.4f} ({d['steps_per_second']} steps/s), "
-                    f"ratio {row['ratio_sdgen_to_diffusers']:.2f}, max pixel diff {diff}"
+                    f"ratio {row['ratio_sdgen_to_diffusers']:.2f}, max pixel diff {diff} "
+                    f"(least pixel spread of a picture {row['pixel_std']})"
                 )
     print(f"\nwritten: {write_report(report)}")
 
@@ -545,8 +555,10 @@ def write_report(report: dict) -> str:
     """The JSON and the table so far (written after every row: a run cut short keeps its rows)."""
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"sd_benchmark-{report['device']['type']}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
+    for suffix, text in ((".json", json.dumps(report, indent=2) + "\n"), (".md", markdown(report))):
+        partial = stem.with_suffix(suffix + ".partial")  # renamed whole: never half a file
+        partial.write_text(text)
+        partial.replace(stem.with_suffix(suffix))
     return f"{stem}.json, {stem}.md"
 
 

@@ -184,12 +184,12 @@ def main() -> None:
             build_sd15_random(folder, torch.device(args.device), torch.float16)
             args.model = str(folder)
         cache = Path(tmp) / "inductor-cache"  # fresh: the first server fills it
-        servers, startup = [], {}
+        servers, startup = [], []
         try:
             for n in (args.requests, 1):  # one after the other: the second finds the cache
                 servers.append(Server(Path(tmp) / f"batch{n}", n, args, cache))
-                startup[n] = servers[-1].wait_healthy()
-                print(f"--max-batch {n}: healthy {startup[n]:.1f} s after starting", flush=True)
+                startup.append(servers[-1].wait_healthy())
+                print(f"--max-batch {n}: healthy {startup[-1]:.1f} s after starting", flush=True)
             for _ in range(2):  # warm-up: traces per batch shape, first-use caches
                 for server in servers:
                     run_round(server, requests)
@@ -227,16 +227,20 @@ def main() -> None:
         "one_by_one_median_s": alone,
         "throughput_ratio": alone / batched,
         "max_pixel_diff": worst,
-        "startup_s": {"first_server": startup[args.requests], "second_server": startup[1]},
+        "startup_s": {"first_server": startup[0], "second_server": startup[1]},
     }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"server_throughput-{args.device.replace(':', '')}-{args.threads}threads.json"
+    fast = "" if args.fast_path == "auto" else f"-fastpath-{args.fast_path}"
+    path = (
+        RESULTS
+        / f"server_throughput-{args.device.replace(':', '')}-{args.threads}threads{fast}.json"
+    )
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"{args.requests} concurrent requests x {args.steps} steps through sdgen serve "
         f"({args.device}, {args.threads} threads): --max-batch {args.requests} {batched:.2f} s, "
         f"--max-batch 1 {alone:.2f} s, throughput x{result['throughput_ratio']:.2f}, "
-        f"max pixel diff {worst}/255; start-up {startup[args.requests]:.1f} s, then "
+        f"max pixel diff {worst}/255; start-up {startup[0]:.1f} s, then "
         f"{startup[1]:.1f} s with the compile cache filled -> {path}"
     )
 

@@ -189,7 +189,12 @@ def test_serve_passes_its_settings_to_the_server(capsys, tmp_path, monkeypatch, 
 
 @pytest.mark.parametrize(
     "flag, env, expected",
-    [([], None, "off"), (["--fast-path", "on"], None, "on"), ([], "on", "auto")],
+    [
+        ([], None, "off"),
+        ([], "auto", "off"),
+        (["--fast-path", "on"], None, "on"),
+        ([], "on", "auto"),  # then the variable decides
+    ],
 )
 def test_one_off_commands_compile_only_when_asked(
     capsys, tmp_path, tiny_sd1, monkeypatch, flag, env, expected

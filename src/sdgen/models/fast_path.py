@@ -66,14 +66,17 @@ def for_one_off_command(mode: str) -> str:
     """The fast path for a command that makes its pictures and exits (``sdgen generate``,
     ``img2img``, ``inpaint``, ``reproduce``, ``sweep``): there ``auto`` means off.
 
-    Such a command runs one batch of tens of steps, and compiling does not pay for it: on an H100
-    compiling SD 1.5's UNet and decoder took 87 s (106 s more for a first batch of 8), and the
-    compiled loop saves about 24 ms a step against an eager one (150.7 against 32.2 steps/s at
-    batch 1, benchmarks/results/sd_benchmark-cuda.md), 1.2 s for a 50-step picture. A server or a
-    Python program that keeps its model pays once and gains on every picture: there ``auto`` is
-    on for CUDA. ``on``, or ``SDGEN_FAST_PATH=on``, still turns it on for a command.
+    Such a command runs one batch of tens of steps (a sweep one per cell), and compiling does not
+    pay for it: on an H100 compiling SD 1.5's UNet and decoder took 87 s (106 s more for a first
+    batch of 8), and the compiled loop saves about 24 ms a step against an eager one (150.7
+    against 32.2 steps/s at batch 1, benchmarks/results/sd_benchmark-cuda.md), 1.2 s for a
+    50-step picture. With inductor's cache filled a new process still loads the compiled graphs
+    and records the CUDA graphs (on the CPU: 17.5 s against 121.2 s cold; not yet measured on a
+    GPU), more than such a command gains. A server or a Python program that keeps its model pays
+    once and gains on every picture: there ``auto`` is on for CUDA. ``on``, or
+    ``SDGEN_FAST_PATH=on``, still turns it on for a command (a large sweep may pay).
     """
-    if mode == "auto" and not os.environ.get(ENV_VAR, "").strip():
+    if mode == "auto" and os.environ.get(ENV_VAR, "").strip().lower() in ("", "auto"):
         return "off"
     return mode
 
