@@ -15,9 +15,11 @@
 # stages that failed or ran out of time are listed in OUT/stages.txt.
 #
 # Stages (the order of importance; the first compiles, so later stages reuse inductor's cache):
-#   bench-dpmpp   sd_benchmark.py: SD 1.5 architecture, fp16, 512x512, 50 steps, dpmpp_2m,
-#                 batch 1 and 8, fast path auto (on) against diffusers; parity and peak memory
-#   bench-euler   the same for euler
+#   bench         sd_benchmark.py: SD 1.5 architecture, fp16, 512x512, 50 steps, dpmpp_2m and
+#                 euler (one compile serves both), batch 1 and 8, fast path auto (on) against
+#                 diffusers; parity and peak memory. dpmpp_2m alone took 292 s on an H100
+#                 (2026-11-25, compiling 193 s of it): both samplers fit one call
+#   bench-dpmpp   the same for dpmpp_2m only; bench-euler for euler only
 #   bench-off     dpmpp_2m with sdgen's fast path off: what the fast path itself gains
 #   server        server_throughput.py --device cuda: 8 concurrent requests, --max-batch 8 vs 1
 #   tests         tests/test_cuda.py (fast path and batching on CUDA) and the fast-path tests
@@ -30,7 +32,7 @@
 #                 (default 540) limits one call's training.
 set -euo pipefail
 
-stage=${1:?"usage: $0 wheels | STAGE... (bench-dpmpp bench-euler bench-off server tests train)"}
+stage=${1:?"usage: $0 wheels | STAGE... (bench bench-dpmpp bench-euler bench-off server tests train)"}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
@@ -122,6 +124,7 @@ bench() {  # sd_benchmark.py with the given options; the rows it wrote (it write
 }
 
 case "$stage" in
+  bench) bench ;;
   bench-dpmpp) bench --samplers dpmpp_2m ;;
   bench-euler) bench --samplers euler ;;
   bench-off) bench --samplers dpmpp_2m --fast-path off ;;
