@@ -380,3 +380,69 @@ def test_two_workers_run_jobs_side_by_side_with_the_same_pictures(tmp_path):
             got = decode_png(client.get(job["results"][0]["url"]).content)
             expected = serial_picture(GenerationRequest("a red circle", steps=3, seed=seed))
             assert max_pixel_diff(got, expected) <= 1  # batched: batch-size-dependent rounding
+
+
+def _held_png_writes(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Make writing a picture wait for ``release``; ``writing`` is set once one waits."""
+    import sdgen.media.metadata as metadata
+
+    writing, release = threading.Event(), threading.Event()
+    save = metadata.save_png
+
+    def held(*args, **kwargs):
+        writing.set()
+        assert release.wait(30)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(metadata, "save_png", held)
+    return writing, release
+
+
+def test_the_worker_goes_on_while_a_finished_jobs_pictures_are_written(tmp_path, monkeypatch):
+    writing, release = _held_png_writes(monkeypatch)
+    with client_for(tmp_path, max_batch=1) as client:  # one job at a time, one worker
+        first = client.post("/v1/jobs", json=FAST).json()
+        second = client.post("/v1/jobs", json={**FAST, "seed": 8}).json()
+        assert writing.wait(30)  # the first job's picture is being written, held there
+        # The worker did not wait for it: the second job runs meanwhile.
+        wait_until(lambda: client.get(f"/v1/jobs/{second['id']}").json()["started_at"])
+        assert client.get(f"/v1/jobs/{first['id']}").json()["status"] == "running"
+        # Cancelling a job whose pictures are being written changes nothing: it succeeds.
+        assert client.delete(f"/v1/jobs/{first['id']}").json()["status"] == "running"
+        release.set()
+        job = wait_for(client, first["id"])
+        assert job["status"] == "succeeded" and len(job["results"]) == 1
+        assert client.get(job["results"][0]["url"]).status_code == 200
+        assert wait_for(client, second["id"])["status"] == "succeeded"
+
+
+def test_stopping_the_server_writes_the_pictures_still_pending(tmp_path, monkeypatch):
+    writing, release = _held_png_writes(monkeypatch)
+    with client_for(tmp_path) as client:
+        job = client.post("/v1/jobs", json=FAST).json()
+        assert writing.wait(30)
+        threading.Timer(0.3, release.set).start()  # the stop below waits for it
+    with client_for(tmp_path) as client:  # a restart finds it done, not to be run again
+        stored = client.get(f"/v1/jobs/{job['id']}").json()
+        assert stored["status"] == "succeeded" and len(stored["results"]) == 1
+
+
+def test_a_job_whose_pictures_cannot_be_written_fails_and_the_next_one_runs(tmp_path, monkeypatch):
+    import sdgen.media.metadata as metadata
+
+    save, calls = metadata.save_png, []
+
+    def disk_full_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError("disk full")
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(metadata, "save_png", disk_full_once)
+    with client_for(tmp_path, max_batch=1) as client:
+        lost = wait_for(client, client.post("/v1/jobs", json=FAST).json()["id"])
+        assert lost["status"] == "failed" and lost["error"]["kind"] == "internal"
+        assert "storing the pictures failed: OSError: disk full" in lost["error"]["message"]
+        assert wait_for(client, client.post("/v1/jobs", json=FAST).json()["id"])["status"] == (
+            "succeeded"
+        )

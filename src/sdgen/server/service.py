@@ -3,6 +3,14 @@
 Both APIs (native ``/v1`` and A1111's ``/sdapi/v1``) submit, read, cancel and wait for jobs
 through it, so their jobs share one queue and one store. It is the engine's listener: what a
 worker reports is committed to the store first, then published to subscribers.
+
+A finished job's pictures are written (PNG encoding: 30-70 ms for a 512x512 picture on one
+core of this project's CPU machine) by one writer thread, in the order jobs finish, so that a
+GPU worker goes on with the next step of the jobs beside it instead of waiting: eight such
+pictures written on the worker would stop a batch of 8 SD 1.5 pictures, 1.85 s on an H100, for
+about a sixth of its time. The job says ``running`` until its pictures and status
+are committed; a cancel in between leaves it to succeed; stopping the service writes what is
+pending first.
 """
 
 from __future__ import annotations
@@ -12,9 +20,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sdgen.engine.events import Failure, JobListener, Progress, QueueFull
+from sdgen.engine.events import INTERNAL, Failure, JobListener, Progress, QueueFull
 from sdgen.engine.jobs import Engine
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
@@ -52,7 +61,9 @@ class JobService:
             queue_depth=lambda: self.engine.queue_depth, running=lambda: len(self.engine.running())
         )
         self._live: dict[str, LiveProgress] = {}
+        self._finishing: set[str] = set()  # succeeded, pictures not yet committed
         self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdgen-store")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -68,7 +79,9 @@ class JobService:
         self.engine.start()
 
     def stop(self) -> None:
+        """Stop the workers, then write the pictures of the jobs that finished meanwhile."""
         self.engine.stop()
+        self._writer.shutdown(wait=True)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -104,6 +117,9 @@ class JobService:
         record = self.store.get(job_id)
         if record is None or record.terminal:
             return record
+        with self._lock:
+            if job_id in self._finishing:  # done: its pictures are being written
+                return record
         if self.engine.cancel(job_id) is None and self.store.mark_cancelled(job_id):
             self._ended(job_id)  # stored but not in the engine (not yet handed over)
         return self.store.get(job_id)
@@ -175,7 +191,28 @@ class JobService:
                 parameters=record.parameters_text(),
             )
             images.append((stored, picture, record))
-        self.store.mark_succeeded(job_id, images, metadata=self.metadata)
+        with self._lock:
+            self._finishing.add(job_id)
+        try:
+            self._writer.submit(self._commit_success, job_id, images)
+        except RuntimeError:  # the service has stopped (a worker that outlived its stop)
+            self._commit_success(job_id, images)
+
+    def _commit_success(self, job_id: str, images: list) -> None:
+        """On the writer thread: the pictures and the job's success, or its failure to store."""
+        try:
+            self.store.mark_succeeded(job_id, images, metadata=self.metadata)
+        except Exception as err:
+            log.exception("job %s: storing the result failed", job_id)
+            message = f"storing the pictures failed: {type(err).__name__}: {err}"
+            try:
+                self.store.mark_failed(job_id, INTERNAL, message, None)
+                self.metrics.failures.labels(INTERNAL).inc()
+            except Exception:
+                log.exception("job %s: recording the failure failed too", job_id)
+        finally:
+            with self._lock:
+                self._finishing.discard(job_id)
         self._ended(job_id)
 
     def job_failed(self, job_id: str, failure: Failure) -> None:
