@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -197,7 +198,23 @@ A1111_INVALID = [
     ),
     ({"override_settings": {"sd_model_checkpoint": "../x"}}, "override_settings"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 2}}, "override_settings"),
+    ({"eta": 0.5}, "eta"),  # 0 and 1 are the samplers' own; other values change the picture
+    ({"s_churn": 1.0}, "s_churn"),
+    ({"s_noise": 0.5}, "s_noise"),
 ]
+
+
+def test_an_unpaired_surrogate_in_an_a1111_prompt_is_422(client):
+    body = json.dumps({**WEBUIAPI_TXT2IMG, "prompt": "PROMPT"}).replace("PROMPT", "\\ud800")
+    response = client.post(
+        "/sdapi/v1/txt2img", content=body.encode(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422 and response.json()["error"]["field"] == "prompt"
+
+
+def test_a1111_limits_are_stated_as_the_servers(client):
+    response = client.post("/sdapi/v1/txt2img", json={**WEBUIAPI_TXT2IMG, "steps": 0})
+    assert "from 1 to 150" in response.json()["error"]["message"]  # not the library's 10000
 
 
 @pytest.mark.parametrize(("change", "field"), A1111_INVALID)
@@ -216,6 +233,9 @@ def test_invalid_a1111_requests_are_422_naming_a1111_fields(client, change, fiel
         ({"mask": "not-a-picture"}, "mask"),
         ({"resize_mode": 2}, "resize_mode"),
         ({"denoising_strength": 2.0}, "denoising_strength"),
+        ({"initial_noise_multiplier": 0.5}, "initial_noise_multiplier"),
+        ({"latent_mask": "abc"}, "latent_mask"),
+        ({"include_init_images": True}, "include_init_images"),
     ],
 )
 def test_invalid_img2img_inputs_are_422(client, change, field):
@@ -244,6 +264,22 @@ def test_png_info_reads_the_parameters_and_never_trusts_them(client):
     assert odd.status_code == 200
     bad = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(b"nope").decode()})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "image"
+
+
+def test_png_info_reads_a_huge_parameters_line_in_linear_time(client):
+    """A1111's infotext pattern, with its unbounded key, took minutes to hours on one long line
+    (the scan was quadratic), holding a server thread; keys are bounded now."""
+    from PIL import PngImagePlugin
+
+    hostile = PngImagePlugin.PngInfo()
+    hostile.add_text("parameters", "prompt\n" + "x" * 300_000)  # ~6 minutes with the old one
+    out = io.BytesIO()
+    INIT.save(out, format="PNG", pnginfo=hostile)
+    started = time.monotonic()
+    body = {"image": base64.b64encode(out.getvalue()).decode()}
+    info = client.post("/sdapi/v1/png-info", json=body)
+    assert info.status_code == 200 and len(info.json()["info"]) == 300_007
+    assert time.monotonic() - started < 10
 
 
 def test_samplers_models_options_and_scripts(client):

@@ -69,7 +69,36 @@ INVALID = [
     ({"prompt": 5}, "prompt"),
     ({"colour": "red"}, "colour"),  # unknown fields are named too
     ({"device": "cuda:7"}, "device"),  # the server picks devices, not the request
+    ({"steps": True}, "steps"),  # JSON types as documented: true is not 1
+    ({"steps": "5"}, "steps"),
+    ({"resize": "yes", "init_image": RED}, "resize"),
+    ({"init_image": png_base64(Image.new("RGB", (4096, 4096)))}, "init_image"),  # its size
 ]
+
+
+@pytest.mark.parametrize(
+    ("change", "allowed"), [({"steps": 0}, "1 to 150"), ({"num_images": 0}, "1 to 16")]
+)
+def test_the_allowed_values_are_the_servers(client, change, allowed):
+    response = client.post("/v1/jobs", json={**FAST, **change})
+    assert response.status_code == 422 and allowed in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"prompt": "cat \\ud83d", "steps": 2}', "prompt"),  # JSON's escape of a lone surrogate
+        (b'{"prompt": "x", "negative_prompt": ["\\udfff"], "steps": 2}', "negative_prompt"),
+    ],
+)
+def test_an_unpaired_surrogate_is_422_not_a_crash(client, body, field):
+    response = client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["error"]["field"] == field
+
+
+def test_a_huge_offset_is_422_not_a_crash(client):
+    response = client.get("/v1/jobs", params={"offset": 2**64})
+    assert response.status_code == 422 and response.json()["error"]["field"] == "offset"
 
 
 @pytest.fixture(scope="module")

@@ -227,6 +227,14 @@ def _check_text(field: str, value: object) -> None:
     items = value if isinstance(value, tuple) else (value,)
     if not all(isinstance(item, str) for item in items):
         raise InvalidRequest(field, value, "a string or a list of strings")
+    for item in items:
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate, e.g. "\ud83d" from JSON
+            bad = item[err.start : err.end].encode("unicode_escape").decode()
+            raise InvalidRequest(
+                field, bad, "text in valid Unicode (an unpaired surrogate is not a character)"
+            ) from None
 
 
 def _check_int(field: str, value: object, low: int, high: int) -> None:

@@ -26,8 +26,20 @@ class Limits:
     max_pixels: int = 2048 * 2048  # pixels of one output picture (A1111's largest slider size)
     max_prompt_chars: int = 20_000  # per prompt; the text encoder reads 77 tokens anyway
 
-    def check(self, request: GenerationRequest) -> None:
-        """Refuse what is over the limits, by field, before anything is resolved."""
+    def check_counts(self, steps: object, images: object, images_field: str = "num_images") -> None:
+        """Steps and pictures against this server's bounds, before a request is built from them
+        (the request's own checks would state the library's wider bounds)."""
+        for field, value, most in (
+            (("steps", steps, self.max_steps)),
+            (images_field, images, self.max_images),
+        ):
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if whole and not 1 <= value <= most:
+                raise InvalidRequest(field, value, f"a whole number from 1 to {most}")
+
+    def check(self, request: GenerationRequest, size_field: str = "width") -> None:
+        """Refuse what is over the limits, by field; ``size_field`` names where the size came
+        from (``init_image`` when the request gave none and the picture's was taken)."""
         for field, texts in (
             ("prompt", request.prompts),
             ("negative_prompt", request.negative_prompts),
@@ -38,7 +50,9 @@ class Limits:
                         field, f"{len(text)} characters", f"at most {self.max_prompt_chars}"
                     )
         if request.steps > self.max_steps:
-            raise InvalidRequest("steps", request.steps, f"from 1 to {self.max_steps}")
+            raise InvalidRequest(
+                "steps", request.steps, f"a whole number from 1 to {self.max_steps}"
+            )
         if request.total_images > self.max_images:
             raise InvalidRequest(
                 "num_images",
@@ -48,7 +62,7 @@ class Limits:
         width, height = request.width or 0, request.height or 0
         if width * height > self.max_pixels:
             raise InvalidRequest(
-                "width", f"{width}x{height}", f"a size of at most {self.max_pixels} pixels"
+                size_field, f"{width}x{height}", f"a size of at most {self.max_pixels} pixels"
             )
 
 
@@ -64,7 +78,9 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
 
     limits.check(request)
     resolved = resolve_request(model, request)
-    limits.check(resolved)  # the size that comes from the model or the init picture
+    from_picture = request.width is None and request.init_image is not None
+    # the size that comes from the model or the init picture
+    limits.check(resolved, size_field="init_image" if from_picture else "width")
     if resolved.init_image is not None:
         picture_tensor(resolved)  # the init picture must have the output size, or resize
         if resolved.mask is not None:

@@ -19,8 +19,10 @@ from sdgen.params import GenerationRequest, InputPicture
 
 JSON_KEY = "sdgen"
 PARAMETERS_KEY = "parameters"
-# A1111's infotext parser (modules/infotext_utils.py), used to read the parameters line back.
-_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# A1111's infotext parser (modules/infotext_utils.py), used to read the parameters line back,
+# with keys of at most 64 characters: A1111's unbounded key makes the scan quadratic in a line's
+# length (a 900,000-character line from an uploaded PNG would take hours); its keys are short.
+_PARAM_RE = re.compile(r'\s*(\w[\w \-/]{1,63}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 
 @dataclass(frozen=True)

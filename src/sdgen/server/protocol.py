@@ -22,7 +22,8 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationRequest)}
 class JobCreate(BaseModel):
     """A txt2img, img2img (``init_image``) or inpainting (``init_image`` and ``mask``) job."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as documented (true is not 1, "5" is not 5), as the 422s say
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str | list[str] = Field("", description="an empty prompt is unconditional")
     negative_prompt: str | list[str] = _DEFAULTS["negative_prompt"]

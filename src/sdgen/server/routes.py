@@ -38,7 +38,7 @@ def list_jobs(
     request: Request,
     status: str | None = None,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=2**62),  # SQLite's integers are 64-bit
 ) -> JobList:
     """Jobs, newest first, optionally only those with ``status``."""
     return jobs(request).list(status, limit, offset)

@@ -55,6 +55,7 @@ class JobsHandler:
         self.service, self.config = service, config
 
     def create(self, body: JobCreate) -> JobInfo:
+        self.config.limits.check_counts(body.steps, body.num_images)
         request = body.to_request(max_pixels=self.config.max_input_pixels)
         return self.info(self.service.submit(request, origin="v1"))
 

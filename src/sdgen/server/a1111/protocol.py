@@ -2,10 +2,18 @@
 and their conversion to the one request type.
 
 A1111 clients send every field of A1111's processing classes. Fields that do not change the
-picture (saving, ``eta`` and the ``s_*`` noise settings of samplers sdgen does not offer,
-``mask_blur``...) are accepted and ignored; features sdgen does not have (hires fix, face
-restoration, tiling, variation seeds, scripts, styles) are refused with 422 naming the field
-when they are switched on, rather than silently giving a different picture.
+picture (saving, comments) are accepted and ignored; features sdgen does not have (hires fix,
+face restoration, tiling, variation seeds, scripts, styles, sampler settings other than the
+defaults: ``eta`` other than 0 or 1, ``s_churn``, ``s_noise``, ``s_tmin``, ``s_tmax``; img2img's
+``initial_noise_multiplier``, ``latent_mask``, ``include_init_images``) are refused with 422
+naming the field when they are switched on, rather than silently giving a different picture.
+
+One known difference is accepted, not refused: A1111's inpainting post-processing. Its API
+blurs the mask (``mask_blur``, 4 by default), inpaints only the masked area scaled up
+(``inpaint_full_res``, on by default) and can pre-fill it (``inpainting_fill``); sdgen inpaints
+the whole picture with the mask as sent, as diffusers does, and ignores these three. Refusing
+their defaults would refuse every A1111 inpainting client. Likewise DDIM with ``eta`` 1 (sent
+by webuiapi with every sampler) runs with DDIM's deterministic eta 0.
 """
 
 from __future__ import annotations
@@ -138,6 +146,14 @@ class Txt2ImgRequest(BaseModel):
             "script_name": bool(self.script_name),
             "refiner_checkpoint": bool(self.refiner_checkpoint),
             "firstpass_image": bool(self.firstpass_image),
+            # sampler settings: sdgen's samplers run with A1111's defaults for them
+            # 0 and 1 are the standard etas (DDIM's, ancestral samplers'); clients such as
+            # webuiapi send 1 with every sampler
+            "eta": self.eta not in (None, 0, 1),
+            "s_churn": self.s_churn not in (None, 0),
+            "s_noise": self.s_noise not in (None, 1),
+            "s_tmin": self.s_tmin not in (None, 0),
+            "s_tmax": self.s_tmax not in (None, 0, float("inf")),
         }
         for field, on in switched_on.items():
             if on:
@@ -187,6 +203,14 @@ class Img2ImgRequest(Txt2ImgRequest):
             )
         if self.resize_mode != 0:  # 0 = "Just resize": to width x height
             raise InvalidRequest("resize_mode", self.resize_mode, "0 (just resize) on sdgen")
+        switched_on = {
+            "initial_noise_multiplier": self.initial_noise_multiplier not in (None, 1),
+            "latent_mask": self.latent_mask is not None,
+            "include_init_images": self.include_init_images,
+        }
+        for field, on in switched_on.items():
+            if on:
+                raise InvalidRequest(field, getattr(self, field), "not supported by sdgen")
         fields["init_image"] = decode_picture(
             self.init_images[0], "init_images", mode="RGB", max_pixels=max_pixels
         )

@@ -51,6 +51,8 @@ class A1111Handler:
 
     async def _generate(self, body: Txt2ImgRequest) -> GenerationResponse:
         model = self._model_name((body.override_settings or {}).get("sd_model_checkpoint"))
+        if body.batch_size >= 1 and body.n_iter >= 1:  # below 1: to_request names the field
+            self.config.limits.check_counts(body.steps, body.batch_size * body.n_iter, "batch_size")
         request = body.to_request(model, max_pixels=self.config.max_input_pixels)
         try:
             record = self.service.submit(request, origin=ORIGIN)
