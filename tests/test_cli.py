@@ -221,3 +221,51 @@ def test_one_off_commands_compile_only_when_asked(
     code, _, err = run(capsys, "sweep", "a circle", "--guidance", "1,2", "--out", tmp_path, *common)
     assert code == 0, err
     assert asked == [expected, expected]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # the embedded model's schedule starts PLMS with Runge-Kutta steps: 4 at least
+        (["--sampler", "pndm", "--steps", "2"], "steps: 2 is not allowed; at least 4 for the pndm"),
+        # an overflow to NaN made black pictures, exit 0
+        (
+            ["--guidance", "1e308", "--steps", "2"],
+            "guidance_scale: 1e+308 is not allowed; a smaller",
+        ),
+        # picture i takes seed + i: the last one's seed was refused after the first were written
+        (["--seed", str(2**63 - 10_002), "--num-images", "3", "--steps", "2"], "seed: "),
+    ],
+)
+def test_bad_input_found_late_still_exits_2_with_one_line(capsys, tmp_path, args, expected):
+    code, out, err = run(capsys, "generate", "x", "--out", tmp_path, *args)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("sdgen: error: ") and expected in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line_before_generating(capsys, tmp_path):
+    (tmp_path / "afile").write_text("")
+    code, out, err = run(capsys, "generate", "x", "--out", tmp_path / "afile" / "sub")
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith("sdgen: error: Not a directory") and "afile" in err
+
+
+@pytest.mark.parametrize("chunk", ["[1, 2]", "{not json", '{"no": "request"}', '{"request": "x"}'])
+def test_reproduce_refuses_unreadable_metadata_in_one_line(capsys, tmp_path, chunk):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("sdgen", chunk)
+    Image.new("RGB", (8, 8)).save(tmp_path / "odd.png", pnginfo=info)
+    code, _, err = run(capsys, "reproduce", tmp_path / "odd.png")
+    assert code == 2 and err.count("\n") == 1 and "unreadable sdgen metadata" in err, err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--port", "-1"], ["--port", "70000"], ["--max-body-mb", "nan"], ["--max-body-mb", "0"]],
+)
+def test_serve_refuses_impossible_settings(capsys, tmp_path, args):
+    code, _, err = run(capsys, "serve", "--data-dir", tmp_path, *args)
+    assert code == 2 and err.count("\n") == 1 and args[0] in err, err

@@ -99,8 +99,8 @@ class GenerationRequest:
         for name in ("width", "height"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, 65_536)
-        if self.seed is not None:
-            _check_int("seed", self.seed, 0, MAX_SEED - 10_000)
+        if self.seed is not None:  # picture i takes seed + i: the last must be a seed too
+            _check_int("seed", self.seed, 0, MAX_SEED - 10_000 - (self.total_images - 1))
         if self.precision not in PRECISIONS:
             raise InvalidRequest("precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         if self.sampler is not None:

@@ -36,4 +36,23 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("sdgen: interrupted", err=True)
         return 130
+    except OSError as err:  # an output folder that cannot be made or written, a full disk...
+        where = f": {err.filename}" if err.filename else ""
+        click.echo(f"sdgen: error: {err.strerror or err}{where}", err=True)
+        return 1
+    except MemoryError:
+        click.echo("sdgen: error: out of memory: try a smaller size or fewer pictures", err=True)
+        return 1
+    except RuntimeError as err:
+        if not _out_of_memory(err):
+            raise
+        click.echo("sdgen: error: out of memory: try a smaller size or fewer pictures", err=True)
+        return 1
     return 0
+
+
+def _out_of_memory(err: RuntimeError) -> bool:
+    """torch's CUDA out-of-memory error, or its CPU allocator's "can't allocate memory"."""
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)

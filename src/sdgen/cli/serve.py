@@ -21,7 +21,7 @@ SERVER_MISSING = 'sdgen serve needs the server extra: pip install "sdgen[server]
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
-@click.option("--port", type=int, default=7860, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True)
 @click.option(
     "--model",
     "models",
@@ -71,7 +71,12 @@ SERVER_MISSING = 'sdgen serve needs the server extra: pip install "sdgen[server]
 @click.option("--max-images", type=int, default=16, show_default=True, help="per request")
 @click.option("--max-pixels", type=int, default=2048 * 2048, show_default=True, help="per picture")
 @click.option(
-    "--max-body-mb", type=float, default=32.0, show_default=True, help="request body size"
+    "--max-body-mb",
+    type=click.FloatRange(0, 1024, min_open=True),
+    callback=lambda ctx, param, value: _finite(param, value),
+    default=32.0,
+    show_default=True,
+    help="request body size, over 0 and at most 1024",
 )
 @click.option(
     "--metadata/--no-metadata",
@@ -167,3 +172,10 @@ def _devices(text: str | None) -> list[str]:
     from sdgen.engine.devices import parse_devices
 
     return parse_devices(text)
+
+
+def _finite(param: click.Parameter, value: float) -> float:
+    """click's FloatRange lets nan through (every comparison with it is false)."""
+    if value != value:
+        raise click.BadParameter(f"{value} is not a number", param=param)
+    return value

@@ -92,12 +92,20 @@ def read_request(path: Path, pictures: dict[str, InputPicture] | None = None) ->
     """
     try:
         with Image.open(path) as image:
-            text = image.text.get(JSON_KEY)  # type: ignore[attr-defined]
+            text = getattr(image, "text", {}).get(JSON_KEY)  # PNG text chunks; JPEGs have none
     except (OSError, ValueError) as err:
         raise SdgenError(f"image: {path} cannot be read as a PNG ({err})") from err
     if text is None:
         raise SdgenError(f"image: {path} has no sdgen metadata (was it written by sdgen?)")
-    return GenerationRequest.from_dict(json.loads(text)["request"], pictures)
+    try:
+        recorded = json.loads(text)["request"]
+        if not isinstance(recorded, dict):
+            raise TypeError("the request is not a JSON object")
+    except (ValueError, KeyError, TypeError) as err:
+        raise SdgenError(
+            f"image: {path} has unreadable sdgen metadata ({type(err).__name__}: {err})"
+        ) from err
+    return GenerationRequest.from_dict(recorded, pictures)
 
 
 def parse_parameters(text: str) -> dict[str, str]:

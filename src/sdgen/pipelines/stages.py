@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from sdgen.conditioning.prompts import encode_conditioning
-from sdgen.errors import InvalidRequest
+from sdgen.errors import InvalidRequest, SdgenError
 from sdgen.media.images import decode_latents
 from sdgen.models.devices import precision_name
 from sdgen.models.fast_path import GraphedUNet
@@ -40,6 +40,9 @@ class GenerationResult:
         )
 
 
+OVERFLOW_GUIDANCE = 30  # above it, an overflow is put down to guidance (A1111's UI allows 30)
+
+
 @dataclass(eq=False)  # compared by identity: the ticket a batch of requests hands out
 class PreparedRequest:
     """A request ready to denoise: resolved, with its scheduler, noise and conditioning set up in
@@ -49,7 +52,20 @@ class PreparedRequest:
     state: DenoisingState
 
     def result(self, model: LoadedModel) -> GenerationResult:
-        """The pictures of the denoised state."""
+        """The pictures of the denoised state; an error instead of black pictures when the
+        denoising overflowed (NaN or infinity: one check, one read from the device)."""
+        if not bool(torch.isfinite(self.state.latents).all()):
+            guidance = self.request.guidance_scale
+            if abs(guidance) > OVERFLOW_GUIDANCE:
+                raise InvalidRequest(
+                    "guidance_scale",
+                    guidance,
+                    "a smaller value: at this guidance the denoising overflowed (NaN or infinity)",
+                )
+            raise SdgenError(
+                f"the denoising overflowed (NaN or infinity) at precision "
+                f"{self.request.precision}; fp32 may not"
+            )
         return GenerationResult(self.request, decode_latents(model.vae, self.state.latents))
 
 
@@ -107,8 +123,22 @@ def new_scheduler(model: LoadedModel, request: GenerationRequest):
     """A fresh scheduler for this request, from the model's own config, with its timesteps set."""
     sampler = resolve_sampler(request.sampler) if request.sampler else None
     scheduler = make_scheduler(sampler, model.scheduler_config)
-    scheduler.set_timesteps(request.steps, device=model.device)
+    try:
+        scheduler.set_timesteps(request.steps, device=model.device)
+    except (ValueError, IndexError):  # e.g. PLMS with its Runge-Kutta warm-up: at least 4
+        least = next((n for n in range(request.steps + 1, 101) if _takes(scheduler, n)), None)
+        name = f"the {request.sampler} sampler" if request.sampler else "this model's sampler"
+        allowed = f"at least {least} for {name}" if least else f"a number {name} can take"
+        raise InvalidRequest("steps", request.steps, allowed) from None
     return scheduler
+
+
+def _takes(scheduler, steps: int) -> bool:
+    try:
+        scheduler.set_timesteps(steps)
+    except (ValueError, IndexError):
+        return False
+    return True
 
 
 def text_conditioning(model: LoadedModel, request: GenerationRequest) -> torch.Tensor:
