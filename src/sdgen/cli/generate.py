@@ -242,14 +242,14 @@ def _run(request: GenerationRequest, options: RunOptions) -> None:
     from sdgen.api import save_result
 
     _check_options(request, options)
-    # The output folders first: one that cannot be made fails before any picture is made.
-    for folder in (options.out, options.save_intermediates):
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
     quiet_libraries()
     # The checker and the ranker are loaded first, so a wrong name fails before generating.
     checker = _load_checker(options, request.device) if options.safety_checker else None
     ranker = _load_ranker(options, request.device) if options.best_of else None
+    # Then the output folders: one that cannot be made fails before any picture is made.
+    for folder in (options.out, options.save_intermediates):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
     recorders = _step_recorders(options)
     with ProgressBar() as progress:
         result, model = _generate(request, options, callbacks=[progress, *recorders.values()])

@@ -39,7 +39,8 @@ def parse_devices(text: str) -> list[str]:
         try:
             kinds.add(resolve_device(name).type)
         except InvalidRequest as err:
-            raise InvalidRequest("devices", text, f"{ALLOWED} ({err.allowed})") from err
+            reason = err.allowed.replace("auto, ", "")  # a list of devices has no "auto"
+            raise InvalidRequest("devices", text, f"{ALLOWED} ({reason})") from err
     if len(kinds) > 1:  # "auto" precision differs between them, and with it the pictures
         raise InvalidRequest("devices", text, "devices of one kind: all cuda or all cpu")
     return names

@@ -46,6 +46,7 @@ def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 MAX_INPUT_PIXELS = 8192 * 8192  # larger inputs are refused before their pixels are decoded
+PICTURE_FORMATS = ("PNG", "JPEG", "WEBP")  # what the messages promise; GIF and others refused
 
 
 def read_picture(
@@ -59,7 +60,9 @@ def read_picture(
     """
     allowed = "a PNG, JPEG or WebP picture"
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        with Image.open(
+            io.BytesIO(source) if isinstance(source, bytes) else source, formats=PICTURE_FORMATS
+        ) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise InvalidRequest(
@@ -67,6 +70,9 @@ def read_picture(
                 )
             decoded = image.convert(mode)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        if isinstance(err, InvalidRequest):
+            raise
         name = "bytes" if isinstance(source, bytes) else str(source)
-        raise InvalidRequest(field, name, f"{allowed} ({err})") from err
+        reason = str(err).split(" <_io.")[0]  # Pillow names the buffer object: not for users
+        raise InvalidRequest(field, name, f"{allowed} ({reason})") from err
     return InputPicture.from_image(decoded)

@@ -73,7 +73,8 @@ def strength_timesteps(scheduler, steps: int, strength: float) -> tuple[torch.Te
         raise InvalidRequest(
             "strength",
             strength,
-            f"at least {1 / steps:g} with {steps} steps (strength x steps >= 1, so a step runs)",
+            f"at least 1/{steps} = {1 / steps!r} with {steps} steps (strength x steps >= 1, so "
+            "a step runs)",
         )
     start = (steps - run) * scheduler.order
     if hasattr(scheduler, "set_begin_index"):
