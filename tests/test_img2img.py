@@ -163,3 +163,23 @@ def test_sizes_and_masks_are_checked(sd1_model):
         generate(sd1_model, _request(strength=0.1, steps=5))  # int(0.5) = 0 steps would run
     with pytest.raises(InvalidRequest, match="mask.*init_image"):
         GenerationRequest(prompt="x", mask=small_mask)
+
+
+@pytest.mark.parametrize("kind", ["GIF", "BMP", "not a picture"])
+def test_input_pictures_are_png_jpeg_or_webp_as_the_message_says(kind):
+    import io
+
+    from sdgen.media.images import read_picture
+
+    data = io.BytesIO()
+    if kind == "not a picture":
+        data.write(b"plain text")
+    else:
+        Image.new("RGB", (8, 8)).save(data, format=kind)
+    with pytest.raises(InvalidRequest, match="init_image.*a PNG, JPEG or WebP picture") as err:
+        read_picture(data.getvalue(), "init_image")
+    assert "<_io" not in str(err.value)  # no Python object in a user's message
+    for accepted in ("PNG", "JPEG", "WEBP"):
+        data = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(data, format=accepted)
+        assert read_picture(data.getvalue(), "init_image").size == (8, 8)
