@@ -327,3 +327,9 @@ def test_progress_and_interrupt_stop_only_a1111_jobs(tmp_path):
         assert response.status_code == 200 and response.json()["images"] == []
         assert json.loads(response.json()["info"])["status"] == "cancelled"
         assert wait_for(client, native["id"])["status"] == "succeeded"  # not interrupted
+        # Progress shows what interrupt would stop: a native job is not A1111's current job.
+        native = client.post("/v1/jobs", json={"prompt": "x", "steps": 60, "seed": 1}).json()
+        wait_until(lambda: client.get(f"/v1/jobs/{native['id']}").json()["status"] == "running")
+        assert client.get("/sdapi/v1/progress").json()["state"]["job"] == ""
+        assert client.post("/sdapi/v1/interrupt").status_code == 200
+        assert wait_for(client, native["id"])["status"] == "succeeded"

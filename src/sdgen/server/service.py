@@ -128,13 +128,21 @@ class JobService:
         with self._lock:
             return self._live.get(job_id)
 
-    def current(self) -> tuple[str, LiveProgress] | None:
-        """The running job that started last, with its progress (A1111's single "current job")."""
+    def current(self, origin: str | None = None) -> tuple[str, LiveProgress] | None:
+        """The running job (made through ``origin``'s API, if given) that started last, with
+        its progress (A1111's single "current job")."""
         with self._lock:
-            if not self._live:
-                return None
-            job_id = max(self._live, key=lambda key: self._live[key].started)
-            return job_id, self._live[job_id]
+            live = dict(self._live)
+        if origin is not None:
+            live = {
+                job_id: progress
+                for job_id, progress in live.items()
+                if (record := self.store.get(job_id)) is not None and record.origin == origin
+            }
+        if not live:
+            return None
+        job_id = max(live, key=lambda key: live[key].started)
+        return job_id, live[job_id]
 
     def queue_position(self, job_id: str) -> int | None:
         """1 for the next job to run; None when the job is not queued."""

@@ -129,9 +129,10 @@ class A1111Handler:
         }
 
     def progress(self, skip_current_image: bool) -> ProgressResponse:
-        """The running job that started last, as A1111's single current job."""
+        """The running job made through this API that started last, as A1111's single current
+        job: the one ``interrupt`` stops (native jobs are not A1111's to stop)."""
         queued = self.service.engine.queue_depth
-        current = self.service.current()
+        current = self.service.current(origin=ORIGIN)
         if current is None:
             return ProgressResponse(
                 progress=0.0, eta_relative=0.0, state=ProgressState(job_count=queued)
