@@ -269,3 +269,14 @@ def test_reproduce_refuses_unreadable_metadata_in_one_line(capsys, tmp_path, chu
 def test_serve_refuses_impossible_settings(capsys, tmp_path, args):
     code, _, err = run(capsys, "serve", "--data-dir", tmp_path, *args)
     assert code == 2 and err.count("\n") == 1 and args[0] in err, err
+
+
+def test_intermediates_never_replace_another_runs_frames(capsys, tmp_path):
+    frames = tmp_path / "frames"
+    args = ["generate", "x", "--steps", "2", "--out", tmp_path, "--save-intermediates", frames]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    before = sorted(p.read_bytes() for p in frames.iterdir())
+    code, _, err = run(capsys, *args, "--seed", "5")
+    assert code == 2 and "save_intermediates" in err and "new or empty folder" in err
+    assert sorted(p.read_bytes() for p in frames.iterdir()) == before

@@ -277,6 +277,11 @@ def _check_options(request: GenerationRequest, options: RunOptions) -> None:
         from sdgen.media.video import check_video_path
 
         check_video_path(options.save_steps)
+    folder = options.save_intermediates
+    if folder is not None and folder.is_dir() and any(folder.glob("step-*.png")):
+        raise InvalidRequest(  # its frames would be replaced, or mixed with this run's
+            "save_intermediates", str(folder), "a new or empty folder (it holds a run's frames)"
+        )
 
 
 def _generate(request: GenerationRequest, options: RunOptions, callbacks: list):
