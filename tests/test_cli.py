@@ -280,3 +280,9 @@ def test_intermediates_never_replace_another_runs_frames(capsys, tmp_path):
     code, _, err = run(capsys, *args, "--seed", "5")
     assert code == 2 and "save_intermediates" in err and "new or empty folder" in err
     assert sorted(p.read_bytes() for p in frames.iterdir()) == before
+
+
+def test_device_and_devices_together_are_refused(capsys, tmp_path):
+    args = ["--devices", "cpu,cpu", "--device", "cuda:3", "--out", tmp_path]
+    code, _, err = run(capsys, "generate", "x", "--steps", "2", "--num-images", "2", *args)
+    assert code == 2 and "device: 'cuda:3'" in err and "--devices" in err, err

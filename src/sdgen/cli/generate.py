@@ -277,6 +277,10 @@ def _check_options(request: GenerationRequest, options: RunOptions) -> None:
         from sdgen.media.video import check_video_path
 
         check_video_path(options.save_steps)
+    if options.devices is not None and request.device != "auto":
+        raise InvalidRequest(  # --devices says where every picture goes: one or the other
+            "device", request.device, "auto (the default) when --devices is given"
+        )
     folder = options.save_intermediates
     if folder is not None and folder.is_dir() and any(folder.glob("step-*.png")):
         raise InvalidRequest(  # its frames would be replaced, or mixed with this run's
