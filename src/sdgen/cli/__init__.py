@@ -40,10 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {err.filename}" if err.filename else ""
         click.echo(f"sdgen: error: {err.strerror or err}{where}", err=True)
         return 1
-    except MemoryError:
-        click.echo("sdgen: error: out of memory: try a smaller size or fewer pictures", err=True)
-        return 1
-    except RuntimeError as err:
+    except (MemoryError, RuntimeError) as err:
         if not _out_of_memory(err):
             raise
         click.echo("sdgen: error: out of memory: try a smaller size or fewer pictures", err=True)
@@ -51,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _out_of_memory(err: RuntimeError) -> bool:
-    """torch's CUDA out-of-memory error, or its CPU allocator's "can't allocate memory"."""
+def _out_of_memory(err: Exception) -> bool:
+    """Python's MemoryError, torch's CUDA out-of-memory error, or its CPU allocator's "can't
+    allocate memory"."""
     import torch
 
-    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
+    return isinstance(err, MemoryError | torch.OutOfMemoryError) or (
+        "can't allocate memory" in str(err)
+    )

@@ -105,6 +105,10 @@ def report_end(
         try:
             listener.job_succeeded(job_id, result, model)
         except Exception as err:
-            log.exception("job %s: storing the result failed", job_id)
-            message = f"storing the pictures failed: {type(err).__name__}: {err}"
-            listener.job_failed(job_id, Failure(INTERNAL, message))
+            listener.job_failed(job_id, storing_failed(job_id, err))
+
+
+def storing_failed(job_id: str, error: Exception) -> Failure:
+    """A job whose pictures could not be stored, logged with the traceback."""
+    log.exception("job %s: storing the result failed", job_id, exc_info=error)
+    return Failure(INTERNAL, f"storing the pictures failed: {type(error).__name__}: {error}")

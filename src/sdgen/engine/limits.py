@@ -30,7 +30,7 @@ class Limits:
         """Steps and pictures against this server's bounds, before a request is built from them
         (the request's own checks would state the library's wider bounds)."""
         for field, value, most in (
-            (("steps", steps, self.max_steps)),
+            ("steps", steps, self.max_steps),
             (images_field, images, self.max_images),
         ):
             whole = isinstance(value, int) and not isinstance(value, bool)

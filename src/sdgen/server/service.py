@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sdgen.engine.events import INTERNAL, Failure, JobListener, Progress, QueueFull
+from sdgen.engine.events import Failure, JobListener, Progress, QueueFull, storing_failed
 from sdgen.engine.jobs import Engine
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
@@ -211,11 +211,10 @@ class JobService:
         try:
             self.store.mark_succeeded(job_id, images, metadata=self.metadata)
         except Exception as err:
-            log.exception("job %s: storing the result failed", job_id)
-            message = f"storing the pictures failed: {type(err).__name__}: {err}"
+            failure = storing_failed(job_id, err)
             try:
-                self.store.mark_failed(job_id, INTERNAL, message, None)
-                self.metrics.failures.labels(INTERNAL).inc()
+                self.store.mark_failed(job_id, failure.kind, failure.message, None)
+                self.metrics.failures.labels(failure.kind).inc()
             except Exception:
                 log.exception("job %s: recording the failure failed too", job_id)
         finally:

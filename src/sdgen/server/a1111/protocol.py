@@ -134,8 +134,9 @@ class Txt2ImgRequest(BaseModel):
             return f"{name} {self.scheduler}"
         return name
 
-    def _refuse_unsupported(self) -> None:
-        switched_on = {
+    def _switched_on(self) -> dict[str, bool]:
+        """Each feature sdgen does not have -> whether this request asks for it."""
+        return {
             "enable_hr": self.enable_hr,
             "restore_faces": bool(self.restore_faces),
             "tiling": bool(self.tiling),
@@ -155,7 +156,9 @@ class Txt2ImgRequest(BaseModel):
             "s_tmin": self.s_tmin not in (None, 0),
             "s_tmax": self.s_tmax not in (None, 0, float("inf")),
         }
-        for field, on in switched_on.items():
+
+    def _refuse_unsupported(self) -> None:
+        for field, on in self._switched_on().items():
             if on:
                 raise InvalidRequest(field, getattr(self, field), "not supported by sdgen")
         for script, settings in self.alwayson_scripts.items():
@@ -193,6 +196,14 @@ class Img2ImgRequest(Txt2ImgRequest):
     latent_mask: str | None = None
     include_init_images: bool = False
 
+    def _switched_on(self) -> dict[str, bool]:
+        return {
+            **super()._switched_on(),
+            "initial_noise_multiplier": self.initial_noise_multiplier not in (None, 1),
+            "latent_mask": self.latent_mask is not None,
+            "include_init_images": self.include_init_images,
+        }
+
     def _fields(self, model: str | None, max_pixels: int) -> dict[str, Any]:
         fields = super()._fields(model, max_pixels)
         if not self.init_images:
@@ -203,14 +214,6 @@ class Img2ImgRequest(Txt2ImgRequest):
             )
         if self.resize_mode != 0:  # 0 = "Just resize": to width x height
             raise InvalidRequest("resize_mode", self.resize_mode, "0 (just resize) on sdgen")
-        switched_on = {
-            "initial_noise_multiplier": self.initial_noise_multiplier not in (None, 1),
-            "latent_mask": self.latent_mask is not None,
-            "include_init_images": self.include_init_images,
-        }
-        for field, on in switched_on.items():
-            if on:
-                raise InvalidRequest(field, getattr(self, field), "not supported by sdgen")
         fields["init_image"] = decode_picture(
             self.init_images[0], "init_images", mode="RGB", max_pixels=max_pixels
         )
