@@ -26,6 +26,7 @@ from test_server_support import (  # noqa: F401 (single_thread_torch: autouse)
 
 from sdgen.media.metadata import parse_parameters
 from sdgen.params import GenerationRequest, InputPicture
+from sdgen.sampling.samplers import SAMPLERS
 
 # webuiapi.WebUIApi(sampler="Euler a").txt2img(prompt=..., seed=1234, batch_size=2, steps=3,
 # width=64, height=64): its payload, field for field (webuiapi 0.9).
@@ -185,7 +186,9 @@ A1111_INVALID = [
     ({"batch_size": 0}, "batch_size"),
     ({"batch_size": 17}, "batch_size"),
     ({"sampler_name": "Warp drive"}, "sampler_name"),
-    ({"sampler_name": "DPM++ 2M", "scheduler": "Exponential"}, "sampler_name"),
+    ({"sampler_name": "DPM++ 2M", "scheduler": "Exponential"}, "scheduler"),
+    ({"sampler_name": "Euler", "scheduler": "Karras"}, "scheduler"),  # DPM++ 2M's only
+    ({"sampler_name": "Warp drive", "scheduler": "Karras"}, "sampler_name"),
     ({"seed": -5}, "seed"),
     ({"enable_hr": True}, "enable_hr"),
     ({"restore_faces": True}, "restore_faces"),
@@ -295,6 +298,97 @@ def test_samplers_models_options_and_scripts(client):
     chosen = {**WEBUIAPI_TXT2IMG, "batch_size": 1, "override_settings": {}}
     chosen["override_settings"]["sd_model_checkpoint"] = model["title"]
     assert client.post("/sdapi/v1/txt2img", json=chosen).status_code == 200
+
+
+# A1111 v1.10's schedule types (modules/sd_schedulers.py): name -> label.
+A1111_SCHEDULE_TYPES = {
+    "automatic": "Automatic",
+    "uniform": "Uniform",
+    "karras": "Karras",
+    "exponential": "Exponential",
+    "polyexponential": "Polyexponential",
+    "sgm_uniform": "SGM Uniform",
+    "kl_optimal": "KL Optimal",
+    "align_your_steps": "Align Your Steps",
+    "simple": "Simple",
+    "normal": "Normal",
+    "ddim": "DDIM",
+    "beta": "Beta",
+}
+
+
+def _sampler_having(label: str):
+    """A registry sampler with this schedule type, preferring an algorithm that has several."""
+    having = [s for s in SAMPLERS.values() if (s.schedule_type or "Automatic") == label]
+    return max(having, key=lambda s: sum(o.a1111_name == s.a1111_name for o in SAMPLERS.values()))
+
+
+def test_schedulers_lists_exactly_the_schedule_types_txt2img_accepts(client):
+    listed = client.get("/sdapi/v1/schedulers").json()
+    # A1111's shape and, for each type, A1111's own description of it.
+    assert all(
+        set(item) == {"name", "label", "aliases", "default_rho", "need_inner_model"}
+        for item in listed
+    )
+    assert all(A1111_SCHEDULE_TYPES[item["name"]] == item["label"] for item in listed)
+    by_name = {item["name"]: item for item in listed}
+    assert by_name["automatic"] == {
+        "name": "automatic",
+        "label": "Automatic",
+        "aliases": None,
+        "default_rho": -1.0,
+        "need_inner_model": False,
+    }
+    assert by_name["karras"]["default_rho"] == 7.0
+    # Exactly the types the sampler registry runs: Automatic and those it names.
+    registry = {"Automatic"} | {s.schedule_type for s in SAMPLERS.values() if s.schedule_type}
+    assert {item["label"] for item in listed} == registry
+    # Each listed type, by name and by label, runs with a sampler that has it, and the picture
+    # says so ("Schedule type" is left out for Automatic, as A1111 does).
+    for item in listed:
+        sampler = _sampler_having(item["label"])
+        for spelling in (item["name"], item["label"], *(item["aliases"] or [])):
+            body = {
+                **WEBUIAPI_TXT2IMG,
+                "batch_size": 1,
+                "sampler_name": sampler.a1111_name,
+                "scheduler": spelling,
+            }
+            response = client.post("/sdapi/v1/txt2img", json=body)
+            assert response.status_code == 200, (spelling, response.text)
+            info = json.loads(response.json()["info"])
+            assert info["sampler_name"] == sampler.a1111_name
+            schedule = info["extra_generation_params"].get("Schedule type", "Automatic")
+            assert schedule == item["label"], spelling
+    # A1111's other types are refused, naming the field, with the types sdgen has.
+    for name, label in A1111_SCHEDULE_TYPES.items():
+        if name in by_name:
+            continue
+        for spelling in (name, label):
+            body = {**WEBUIAPI_TXT2IMG, "sampler_name": "DPM++ 2M", "scheduler": spelling}
+            response = client.post("/sdapi/v1/txt2img", json=body)
+            assert response.status_code == 422, (spelling, response.text)
+            error = response.json()["error"]
+            assert error["field"] == "scheduler"
+            assert all(listed_name in error["message"] for listed_name in by_name)
+
+
+def test_a_sampler_name_that_carries_its_schedule_type_keeps_it(client):
+    """A1111 reads "DPM++ 2M Karras" as DPM++ 2M with Karras, also beside scheduler Karras."""
+    for scheduler in ("Karras", "Automatic", None):
+        body = {
+            **WEBUIAPI_TXT2IMG,
+            "batch_size": 1,
+            "sampler_name": "DPM++ 2M Karras",
+            "scheduler": scheduler,
+        }
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200, response.text
+        info = json.loads(response.json()["info"])
+        assert info["extra_generation_params"] == {"Schedule type": "Karras"}
+    euler = {**WEBUIAPI_TXT2IMG, "sampler_name": "Euler", "scheduler": "karras"}
+    message = client.post("/sdapi/v1/txt2img", json=euler).json()["error"]["message"]
+    assert "automatic with Euler" in message
 
 
 def test_progress_and_interrupt_stop_only_a1111_jobs(tmp_path):

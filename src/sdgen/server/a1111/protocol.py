@@ -7,6 +7,8 @@ face restoration, tiling, variation seeds, scripts, styles, sampler settings oth
 defaults: ``eta`` other than 0 or 1, ``s_churn``, ``s_noise``, ``s_tmin``, ``s_tmax``; img2img's
 ``initial_noise_multiplier``, ``latent_mask``, ``include_init_images``) are refused with 422
 naming the field when they are switched on, rather than silently giving a different picture.
+So is a ``scheduler`` (schedule type) that sdgen does not have with the sampler asked for
+(``schedule_types``), where A1111 would fall back to Automatic.
 
 One known difference is accepted, not refused: A1111's inpainting post-processing. Its API
 blurs the mask (``mask_blur``, 4 by default), inpaints only the masked area scaled up
@@ -27,6 +29,7 @@ from sdgen.errors import InvalidRequest
 from sdgen.params import GenerationRequest, InputPicture
 
 from ..pictures import decode_picture
+from .schedule_types import sampler_with_schedule
 
 # sdgen's request fields -> the A1111 field a client sent them as (for 422 messages).
 A1111_FIELDS = {
@@ -37,7 +40,6 @@ A1111_FIELDS = {
     "strength": "denoising_strength",
     "model": "override_settings.sd_model_checkpoint",
 }
-AUTOMATIC = ("automatic", "")  # A1111's "Schedule type: Automatic": the sampler's own
 
 
 class Txt2ImgRequest(BaseModel):
@@ -129,10 +131,7 @@ class Txt2ImgRequest(BaseModel):
 
     def sampler_label(self) -> str:
         """A1111's sampler and schedule type as one name sdgen's registry knows."""
-        name = self.sampler_name or self.sampler_index
-        if self.scheduler and self.scheduler.strip().lower() not in AUTOMATIC:
-            return f"{name} {self.scheduler}"
-        return name
+        return sampler_with_schedule(self.sampler_name or self.sampler_index, self.scheduler)
 
     def _switched_on(self) -> dict[str, bool]:
         """Each feature sdgen does not have -> whether this request asks for it."""
@@ -275,6 +274,16 @@ class SamplerItem(BaseModel):
     name: str
     aliases: list[str]
     options: dict[str, Any]
+
+
+class SchedulerItem(BaseModel):
+    """``GET /sdapi/v1/schedulers``: one schedule type, as A1111 describes it."""
+
+    name: str
+    label: str
+    aliases: list[str] | None  # A1111 sends null where a type has none
+    default_rho: float
+    need_inner_model: bool
 
 
 class SDModelItem(BaseModel):

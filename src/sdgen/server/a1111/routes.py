@@ -11,6 +11,7 @@ from .protocol import (
     PngInfoResponse,
     ProgressResponse,
     SamplerItem,
+    SchedulerItem,
     SDModelItem,
     Txt2ImgRequest,
 )
@@ -53,6 +54,11 @@ def png_info(body: PngInfoRequest, request: Request) -> PngInfoResponse:
 @router.get("/samplers", response_model=list[SamplerItem])
 def samplers(request: Request) -> list[SamplerItem]:
     return handler(request).samplers()
+
+
+@router.get("/schedulers", response_model=list[SchedulerItem])
+def schedulers(request: Request) -> list[SchedulerItem]:
+    return handler(request).schedulers()
 
 
 @router.get("/sd-models", response_model=list[SDModelItem])

@@ -31,10 +31,12 @@ from .protocol import (
     ProgressResponse,
     ProgressState,
     SamplerItem,
+    SchedulerItem,
     SDModelItem,
     Txt2ImgRequest,
     a1111_error,
 )
+from .schedule_types import offered_schedule_types
 
 ORIGIN = "a1111"
 
@@ -190,6 +192,20 @@ class A1111Handler:
         return [
             SamplerItem(name=s.display_name, aliases=[s.name], options=dict(s.options))
             for s in SAMPLERS.values()
+        ]
+
+    def schedulers(self) -> list[SchedulerItem]:
+        """The schedule types a txt2img/img2img ``scheduler`` field may name: Automatic and
+        those sdgen's sampler registry has (each only with its samplers)."""
+        return [
+            SchedulerItem(
+                name=t.name,
+                label=t.label,
+                aliases=list(t.aliases) or None,
+                default_rho=t.default_rho,
+                need_inner_model=t.need_inner_model,
+            )
+            for t in offered_schedule_types()
         ]
 
     def sd_models(self) -> list[SDModelItem]:
