@@ -427,3 +427,51 @@ def test_progress_and_interrupt_stop_only_a1111_jobs(tmp_path):
         assert client.get("/sdapi/v1/progress").json()["state"]["job"] == ""
         assert client.post("/sdapi/v1/interrupt").status_code == 200
         assert wait_for(client, native["id"])["status"] == "succeeded"
+
+
+def test_skip_ends_the_current_a1111_job_all_its_iterations(tmp_path):
+    """sdgen denoises an A1111 request's n_iter x batch_size pictures together: skip has no
+    next iteration to go on to, so it ends the job ``progress`` shows, as interrupt would."""
+    app = make_app(tmp_path, step_delay=0.05)
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        idle = client.post("/sdapi/v1/skip")
+        assert idle.status_code == 200 and idle.json() is None  # A1111 answers null
+        answers = {}
+
+        def call(name, **change):
+            body = {**WEBUIAPI_TXT2IMG, "batch_size": 1, "steps": 150, **change}
+            answers[name] = client.post("/sdapi/v1/txt2img", json=body)
+
+        def current_task():
+            progress = client.get("/sdapi/v1/progress").json()
+            return progress["state"]["sampling_step"] > 1 and progress["current_task"]
+
+        first = threading.Thread(target=call, args=("first",), kwargs={"n_iter": 2})
+        first.start()
+        first_id = wait_until(current_task)
+        second = threading.Thread(target=call, args=("second",))
+        second.start()  # joins the first one's batch: both run at once
+        second_id = wait_until(lambda: (task := current_task()) != first_id and task)
+        # Skip ends the job progress shows (the one started last), not the one beside it.
+        skipped = client.post("/sdapi/v1/skip")
+        assert skipped.status_code == 200 and skipped.json() is None
+        second.join(60)
+        response = answers["second"]
+        assert response.status_code == 200 and response.json()["images"] == []
+        assert json.loads(response.json()["info"])["status"] == "cancelled"
+        assert client.get(f"/v1/jobs/{second_id}").json()["status"] == "cancelled"
+        assert client.get(f"/v1/jobs/{first_id}").json()["status"] == "running"
+        assert wait_until(current_task) == first_id
+        # The first job's two iterations are one batch: a skip ends both, none is left to run.
+        assert client.post("/sdapi/v1/skip").json() is None
+        first.join(60)
+        response = answers["first"]
+        assert response.status_code == 200 and response.json()["images"] == []
+        assert json.loads(response.json()["info"])["status"] == "cancelled"
+        progress = client.get("/sdapi/v1/progress").json()
+        assert progress["state"]["job"] == "" and progress["progress"] == 0
+        # A native job is not A1111's to skip.
+        native = client.post("/v1/jobs", json={"prompt": "x", "steps": 30, "seed": 1}).json()
+        wait_until(lambda: client.get(f"/v1/jobs/{native['id']}").json()["status"] == "running")
+        assert client.post("/sdapi/v1/skip").status_code == 200
+        assert wait_for(client, native["id"])["status"] == "succeeded"

@@ -46,6 +46,12 @@ def interrupt(request: Request) -> dict:
     return handler(request).interrupt()
 
 
+@router.post("/skip")
+def skip(request: Request) -> None:
+    """Stop the A1111 job ``progress`` shows: all its iterations (sdgen runs them as one)."""
+    return handler(request).skip()
+
+
 @router.post("/png-info", response_model=PngInfoResponse)
 def png_info(body: PngInfoRequest, request: Request) -> PngInfoResponse:
     return handler(request).png_info(body.image)

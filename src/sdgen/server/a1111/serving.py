@@ -2,7 +2,8 @@
 
 A txt2img or img2img call becomes a job (``api: a1111``) and waits for it, then answers as
 A1111 does: base64 PNGs with the ``parameters`` chunk, the request echoed, and ``info`` as a
-JSON string. ``interrupt`` stops the running A1111 jobs (never a native API's job).
+JSON string. ``interrupt`` stops the running A1111 jobs (never a native API's job); ``skip``
+stops the one ``progress`` shows (A1111's "current job").
 """
 
 from __future__ import annotations
@@ -164,6 +165,22 @@ class A1111Handler:
             if record is not None and record.origin == ORIGIN:
                 self.service.cancel(job_id)
         return {}
+
+    def skip(self) -> None:
+        """Stop the job ``progress`` shows, as ``interrupt`` would; other A1111 jobs go on.
+
+        A1111's skip stops the picture being made and goes on with the next iteration
+        (``n_iter``). sdgen has no next iteration: it runs all of an A1111 request's pictures,
+        ``batch_size`` x ``n_iter``, as one job denoised in one batch. So every skip here is
+        A1111's skip of the last iteration, which ends the job, the same as interrupt for it:
+        the job is cancelled within one step and its txt2img/img2img call answers 200 with no
+        pictures and ``info`` status ``cancelled`` (A1111 would decode the unfinished latents).
+        Running A1111 jobs batched beside it, and queued ones, are left alone. Returns None:
+        A1111 answers ``null``.
+        """
+        current = self.service.current(origin=ORIGIN)
+        if current is not None:
+            self.service.cancel(current[0])
 
     def png_info(self, image: str) -> PngInfoResponse:
         """A picture's text chunks and its parsed ``parameters``; the picture is only read."""
