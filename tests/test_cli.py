@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import max_pixel_diff
 from PIL import Image
 
@@ -269,6 +270,26 @@ def test_reproduce_refuses_unreadable_metadata_in_one_line(capsys, tmp_path, chu
 def test_serve_refuses_impossible_settings(capsys, tmp_path, args):
     code, _, err = run(capsys, "serve", "--data-dir", tmp_path, *args)
     assert code == 2 and err.count("\n") == 1 and args[0] in err, err
+
+
+@pytest.mark.parametrize("layout", ["empty", "pickle-only"])
+def test_serve_refuses_a_model_folder_that_cannot_load(capsys, tmp_path, tiny_sd1, layout):
+    """Found before listening, by the loader's own checks (a server started without a usable
+    model and answered every job with a 500)."""
+    import shutil
+
+    folder = tmp_path / "model"
+    if layout == "empty":
+        folder.mkdir()
+        expected = "no model_index.json"
+    else:
+        shutil.copytree(tiny_sd1, folder)
+        for weights in (folder / "unet").glob("*.safetensors"):
+            torch.save({}, weights.with_suffix(".bin"))
+            weights.unlink()
+        expected = "pickle"
+    code, _, err = run(capsys, "serve", "--data-dir", tmp_path / "data", "--model", folder)
+    assert code == 2 and err.count("\n") == 1 and expected in err, err
 
 
 def test_intermediates_never_replace_another_runs_frames(capsys, tmp_path):

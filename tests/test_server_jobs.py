@@ -132,6 +132,31 @@ def test_models_samplers_health_metrics_and_docs(tmp_path):
         assert "/v1/jobs" in client.get("/openapi.json").json()["paths"]
 
 
+def test_a_model_that_cannot_load_is_a_503_naming_it_until_it_is_fixed(tmp_path, tiny_sd1):
+    """The default model's folder is broken: /health says why, a job is refused with 503
+    naming the model (it was a 500 with a traceback); once the folder is fixed, jobs run."""
+    import shutil
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    with client_for(tmp_path / "data", models=(str(folder),)) as client:
+        wait_until(lambda: client.get("/health").json()["status"] != "loading")
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "degraded"
+        assert "no model_index.json" in health.json()["model_errors"]["cpu"]
+        for path, body in (("/v1/jobs", FAST), ("/sdapi/v1/txt2img", {"prompt": "x"})):
+            response = client.post(path, json=body)
+            assert response.status_code == 503, response.text
+            error = response.json()["error"]
+            assert (error["kind"], error["field"]) == ("model_unavailable", "model")
+            assert str(folder) in error["message"] and "model_index.json" in error["message"]
+        assert client.get("/v1/jobs").json()["jobs"] == []  # nothing was stored
+        shutil.copytree(tiny_sd1, folder, dirs_exist_ok=True)
+        job = client.post("/v1/jobs", json={**FAST, "width": 32, "height": 32}).json()
+        assert wait_for(client, job["id"])["status"] == "succeeded"
+        assert client.get("/health").json()["status"] == "ok"
+
+
 def _slow_start(started: threading.Event, steps_done: list[int]):
     """The real start, recording every step that completes (callback returned)."""
     from sdgen.pipelines.generate import start

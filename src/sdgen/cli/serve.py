@@ -154,13 +154,12 @@ def serve(
 
 
 def _check_model(name: str) -> None:
-    """Refuse at start a --model that is neither bundled, nor a path that exists, nor a hub id."""
-    from sdgen.models.bundled import BUNDLED_MODELS
-    from sdgen.models.hub import is_hub_id
+    """Refuse at start a --model that cannot load: not bundled, no checkpoint file, not a
+    diffusers folder (or one with pickle weights only: the server refuses pickles), nor a hub id.
+    """
+    from sdgen.models.loader import check_model_source
 
-    if name in BUNDLED_MODELS or Path(name).expanduser().exists() or is_hub_id(name):
-        return
-    raise SdgenError(f"model: {name!r} is neither a file, a folder, nor a hub id (owner/name)")
+    check_model_source(name)
 
 
 def _devices(text: str | None) -> list[str]:

@@ -79,6 +79,15 @@ class QueueFull(SdgenError):
         super().__init__(f"the queue is full ({depth} jobs); retry in {retry_after} s")
 
 
+class ModelUnavailable(SdgenError):
+    """A request's model could not be loaded (missing, unfetchable or broken): the server is
+    not at fault of the request, and a retry fails alike until the model is fixed."""
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+        super().__init__(f"model: {name!r} could not be loaded ({reason})")
+
+
 def report_end(
     listener: JobListener,
     job_id: str,

@@ -44,6 +44,7 @@ from sdgen.engine.events import (
     WORKER_DIED,
     Failure,
     JobListener,
+    ModelUnavailable,
     QueueFull,
     report_end,
 )
@@ -51,7 +52,7 @@ from sdgen.engine.limits import Limits, preflight
 from sdgen.engine.models import ModelPool
 from sdgen.engine.previews import job_step_callback, prepare_previews
 from sdgen.engine.warmup import warm_up
-from sdgen.errors import GenerationCancelled
+from sdgen.errors import GenerationCancelled, SdgenError
 from sdgen.models.devices import empty_cuda_cache
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
@@ -126,6 +127,7 @@ class Engine:
         self._stopping = threading.Event()
         self._workers: list[threading.Thread] = []
         self._loading = len(self.devices)  # workers still loading the default model
+        self.load_errors: dict[str, str] = {}  # device -> why its default model did not load
         self._durations: deque[float] = deque(maxlen=20)  # recent job run times, for Retry-After
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -179,7 +181,13 @@ class Engine:
         """
         name = self.models.resolve_name(request.model)
         self.limits.check(request)  # before any model is touched
-        model = self.models.any(name, self.devices[0])
+        try:
+            model = self.models.any(name, self.devices[0])
+        except SdgenError as err:  # the model's fault, not the request's: no traceback
+            raise ModelUnavailable(name, str(err)) from err
+        except Exception as err:
+            log.exception("loading %s failed", name)
+            raise ModelUnavailable(name, f"{type(err).__name__}: {err}") from err
         resolved = preflight(model, request.replace(model=name), self.limits)
         return resolved.replace(device="auto")  # the worker decides where it runs
 
@@ -267,8 +275,12 @@ class Engine:
             prepare_previews(model)
             if self.warmup and "compile" in model.fast_path:
                 warm_up(model, device, self._start, self._stopping, self._free_memory)
-        except Exception:
+        except SdgenError as err:  # a missing or unfetchable model: its message says it all
+            log.error("worker on %s could not load %s: %s", device, self.models.default, err)
+            self.load_errors[device] = str(err)
+        except Exception as err:
             log.exception("worker on %s could not load %s", device, self.models.default)
+            self.load_errors[device] = f"{type(err).__name__}: {err}"
         finally:  # also if this thread ends here: the server must not say "loading" forever
             with self._cond:
                 self._loading -= 1
@@ -364,6 +376,8 @@ class Engine:
             with self._cond:
                 self._running.pop(first.id, None)
             return
+        if first.request.model == self.models.default:
+            self.load_errors.pop(device, None)  # it loads now (the folder was fixed, say)
         batcher = Batcher(model, start=self._start)
         members: dict[int, tuple[_Job, float]] = {}  # id(prepared) -> job, its start time
         self._join(batcher, members, first, model, device)

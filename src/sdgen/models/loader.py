@@ -66,27 +66,17 @@ def load_model(
     target = resolve_device(device)
     dtype = resolve_dtype(precision, target)
     fast = fast_path_parts(fast_path, target)  # checked before anything is loaded
-    path = BUNDLED_MODELS.get(name) or Path(name).expanduser()
-    if path.is_file():
-        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-            raise ModelNotFound(
-                f"model: {path} is not a checkpoint; "
-                f"expected one of {', '.join(SINGLE_FILE_SUFFIXES)}"
-            )
+    kind, path = check_model_source(name, allow_pickle=allow_pickle)
+    if kind == "file":
         from sdgen.models.single_file import load_single_file
 
         components = load_single_file(path, dtype=dtype, allow_pickle=allow_pickle)
-    elif path.is_dir():
-        components = load_folder(path, dtype=dtype, allow_pickle=allow_pickle)
-    elif is_hub_id(name):
-        from sdgen.models.hub import download_model
-
-        path = download_model(name, token=token, allow_pickle=allow_pickle)
-        components = load_folder(path, dtype=dtype, allow_pickle=allow_pickle)
     else:
-        raise ModelNotFound(
-            f"model: {name!r} is neither a file, a folder, nor a hub id (owner/name)"
-        )
+        if kind == "hub":
+            from sdgen.models.hub import download_model
+
+            path = download_model(name, token=token, allow_pickle=allow_pickle)
+        components = load_folder(path, dtype=dtype, allow_pickle=allow_pickle)
     for network in NETWORKS:
         components[network].to(target).eval().requires_grad_(False)
     apply_fast_path(components["unet"], components["vae"], fast)
@@ -95,19 +85,36 @@ def load_model(
     )
 
 
+def check_model_source(name: str, *, allow_pickle: bool = False) -> tuple[str, Path]:
+    """What ``name`` is, checked without reading weights: ("file" | "folder" | "hub", path).
+
+    A file must have a checkpoint's suffix; a folder must have the layout ``load_folder``
+    reads (model_index.json, a folder per component, safetensors weights unless
+    ``allow_pickle``). A hub id is only recognised: fetching it is ``load_model``'s work.
+    Raises ModelNotFound (PickleRefused for pickle-only weights) naming ``model``.
+    """
+    path = BUNDLED_MODELS.get(name) or Path(name).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise ModelNotFound(
+                f"model: {path} is not a checkpoint; "
+                f"expected one of {', '.join(SINGLE_FILE_SUFFIXES)}"
+            )
+        return "file", path
+    if path.is_dir():
+        _folder_variants(path, allow_pickle)
+        return "folder", path
+    if is_hub_id(name):
+        return "hub", path
+    raise ModelNotFound(f"model: {name!r} is neither a file, a folder, nor a hub id (owner/name)")
+
+
 def load_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool) -> dict:
     """The components of a diffusers-format folder (model_index.json and one folder each)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    if not (folder / "model_index.json").is_file():
-        raise ModelNotFound(
-            f"model: {folder} is not a diffusers model folder (it has no model_index.json)"
-        )
-    for sub in (*NETWORKS, "tokenizer", "scheduler"):
-        if not (folder / sub).is_dir():
-            raise ModelNotFound(f"model: {folder} has no {sub}/ folder")
-    variant = {sub: _weights_variant(folder / sub, allow_pickle) for sub in NETWORKS}
+    variant = _folder_variants(folder, allow_pickle)
     use_safetensors = None if allow_pickle else True
     return {
         "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"),
@@ -135,6 +142,18 @@ def load_folder(folder: Path, *, dtype: torch.dtype, allow_pickle: bool) -> dict
     }
 
 
+def _folder_variants(folder: Path, allow_pickle: bool) -> dict[str, str | None]:
+    """Check a diffusers folder's layout; the weights variant of each network (None: plain)."""
+    if not (folder / "model_index.json").is_file():
+        raise ModelNotFound(
+            f"model: {folder} is not a diffusers model folder (it has no model_index.json)"
+        )
+    for sub in (*NETWORKS, "tokenizer", "scheduler"):
+        if not (folder / sub).is_dir():
+            raise ModelNotFound(f"model: {folder} has no {sub}/ folder")
+    return {sub: _weights_variant(folder / sub, allow_pickle) for sub in NETWORKS}
+
+
 def _weights_variant(component: Path, allow_pickle: bool) -> str | None:
     """Which weights to load from a component folder: None (plain) or a variant such as fp16.
 
@@ -157,4 +176,4 @@ def _weights_variant(component: Path, allow_pickle: bool) -> str | None:
     return variant
 
 
-__all__ = ["DEFAULT_MODEL", "load_model", "load_folder"]
+__all__ = ["DEFAULT_MODEL", "check_model_source", "load_model", "load_folder"]

@@ -4,8 +4,8 @@
     uvicorn.run(app, host="127.0.0.1", port=7860)
 
 Errors become responses here, once: InvalidRequest and pydantic's validation errors -> 422
-naming the field, QueueFull -> 429 with Retry-After, ApiError -> its status. Every error body is
-``{"error": {"kind", "field", "message"}, "detail": message}``.
+naming the field, QueueFull -> 429 with Retry-After, ModelUnavailable -> 503, ApiError -> its
+status. Every error body is ``{"error": {"kind", "field", "message"}, "detail": message}``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from sdgen.engine.batching import StartFn
-from sdgen.engine.events import JobListener, QueueFull
+from sdgen.engine.events import JobListener, ModelUnavailable, QueueFull
 from sdgen.engine.jobs import Engine
 from sdgen.engine.models import Loader, ModelPool, load_configured
 from sdgen.errors import InvalidRequest
@@ -102,6 +102,7 @@ def create_app(
     app.add_exception_handler(InvalidRequest, _invalid_request)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(QueueFull, _queue_full)
+    app.add_exception_handler(ModelUnavailable, _model_unavailable)
     app.add_exception_handler(ApiError, _api_error)
     app.add_middleware(RequestGuard, config=config)
     return app
@@ -130,6 +131,10 @@ async def _validation_error(request: Request, err: RequestValidationError) -> JS
 async def _queue_full(request: Request, err: QueueFull) -> JSONResponse:
     headers = {"Retry-After": str(err.retry_after)}
     return error_response(429, "queue_full", str(err), None, headers)
+
+
+async def _model_unavailable(request: Request, err: ModelUnavailable) -> JSONResponse:
+    return error_response(503, "model_unavailable", str(err), "model")
 
 
 async def _api_error(request: Request, err: ApiError) -> JSONResponse:

@@ -178,10 +178,12 @@ class InfoHandler:
         ]
 
     def health(self) -> tuple[int, dict]:
-        """(HTTP status, body): 200 when every worker is up and has its default model."""
+        """(HTTP status, body): 200 when every worker is up and has its default model; 503 with
+        ``model_errors`` when a worker could not load it."""
         engine = self.service.engine
         alive, workers = engine.workers_alive, len(engine.devices)
-        if alive < workers:
+        load_errors = dict(engine.load_errors)
+        if alive < workers or load_errors:
             status = "degraded"
         else:
             status = "ok" if engine.ready else "loading"
@@ -196,6 +198,8 @@ class InfoHandler:
             "queue_depth": engine.queue_depth,
             "running": len(engine.running()),
         }
+        if load_errors:  # device -> why the default model did not load there
+            body["model_errors"] = load_errors
         return (200 if status == "ok" else 503), body
 
     def metrics(self) -> tuple[bytes, str]:
