@@ -156,7 +156,7 @@ def test_bad_pictures_sizes_and_masks_exit_2(capsys, tmp_path, red_square):
         tmp_path,
         *COMMON,
     )
-    assert err.startswith("sdgen: error: mask:") and "64x64" in err
+    assert err.startswith("sdgen: error: mask:") and "64x64" in err and "--resize" in err
     err = _fails(
         capsys,
         "img2img",
@@ -170,3 +170,24 @@ def test_bad_pictures_sizes_and_masks_exit_2(capsys, tmp_path, red_square):
         *COMMON,
     )
     assert err.startswith("sdgen: error: strength:")
+
+
+def test_resize_resizes_a_mask_of_another_size_as_it_resizes_the_init_picture(
+    capsys, tmp_path, red_square
+):
+    """--resize brings the mask to the output size too (Lanczos, then binarised), so a half-size
+    mask gives the picture of the same mask drawn at full size."""
+    small = np.zeros((32, 32), dtype=np.uint8)
+    small[:, 16:] = 255  # repaint the right half
+    Image.fromarray(small, mode="L").save(tmp_path / "small.png")
+    Image.fromarray(small, mode="L").resize((64, 64), Image.Resampling.LANCZOS).save(
+        tmp_path / "full.png"
+    )
+    pictures = []
+    for mask in ("small.png", "full.png"):
+        args = ["--init-image", red_square, "--mask", tmp_path / mask, "--seed", 3, "--resize"]
+        out = tmp_path / mask.removesuffix(".png")
+        (path,) = _run(capsys, "inpaint", "a blue circle", *args, "--out", out, *COMMON)
+        pictures.append(Image.open(path))
+    assert pictures[0].size == (64, 64)
+    assert max_pixel_diff(pictures[0], pictures[1]) == 0

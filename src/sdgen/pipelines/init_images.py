@@ -22,14 +22,16 @@ def picture_tensor(request: GenerationRequest) -> torch.Tensor:
 def mask_tensor(request: GenerationRequest) -> torch.Tensor:
     """The mask as (1, 1, H, W): 1 where the picture is repainted, 0 where it is kept.
 
-    Binarised at one half, as diffusers' mask processor does; it must have the init picture's size.
+    Binarised at one half, as diffusers' mask processor does. It must have the init picture's
+    size, unless ``resize`` is asked for: then both are resized to the output size, as diffusers'
+    processors resize each to the pipeline's size.
     """
-    if request.mask.size != request.init_image.size:
+    if request.mask.size != request.init_image.size and not request.resize:
         width, height = request.init_image.size
         raise InvalidRequest(
             "mask",
             "{}x{}".format(*request.mask.size),
-            f"a mask of the init picture's size ({width}x{height})",
+            f"a mask of the init picture's size ({width}x{height}), or resize=True (--resize)",
         )
     image = _sized(request.mask, request, "mask")
     array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0  # (H, W)
