@@ -90,6 +90,30 @@ def test_reproduce_gives_the_same_picture(capsys, tmp_path, tiny_sd2):
         assert a.text["parameters"] == b.text["parameters"]
 
 
+def test_reproduce_refuses_weights_other_than_the_recorded_ones(capsys, tmp_path, tiny_sd1):
+    """The model folder changed since the picture was made: its Model hash differs, so the
+    picture would not come back; --model says another model is meant."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_sd1, folder)
+    args = ["--model", folder, "--steps", "2", "--width", "32", "--height", "32"]
+    code, out, err = run(capsys, "generate", "x", *args, "--seed", "4", "--out", tmp_path / "a")
+    assert code == 0, err
+    picture = Path(out.strip())
+    (weights,) = (folder / "unet").glob("*.safetensors")
+    save_file(load_file(weights), weights, metadata={"changed": "yes"})  # other bytes
+    code, out, err = run(capsys, "reproduce", picture, "--out", tmp_path / "b")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "model: " in err and "Model hash" in err and "--model" in err, err
+    code, out, err = run(capsys, "reproduce", picture, "--model", folder, "--out", tmp_path / "c")
+    assert code == 0, err
+    with Image.open(picture) as a, Image.open(out.strip()) as b:
+        assert max_pixel_diff(a, b) == 0  # the same tensors under another file's hash
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -307,3 +331,20 @@ def test_device_and_devices_together_are_refused(capsys, tmp_path):
     args = ["--devices", "cpu,cpu", "--device", "cuda:3", "--out", tmp_path]
     code, _, err = run(capsys, "generate", "x", "--steps", "2", "--num-images", "2", *args)
     assert code == 2 and "device: 'cuda:3'" in err and "--devices" in err, err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needs"),
+    [
+        ("--every", "2", "--save-steps"),
+        ("--preview", "latents", "--save-steps or --save-intermediates"),
+        ("--clip-model", "openai/clip-vit-base-patch32", "--best-of"),
+    ],
+)
+def test_an_option_for_an_output_not_asked_for_is_refused(capsys, tmp_path, flag, value, needs):
+    """They did nothing without the output they shape; the user meant something."""
+    code, out, err = run(capsys, "generate", "x", "--steps", "2", "--out", tmp_path, flag, value)
+    field = flag[2:].replace("-", "_")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"{field}: " in err and f"given only with {needs}" in err, err
+    assert not list(tmp_path.iterdir())

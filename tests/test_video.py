@@ -142,6 +142,19 @@ def test_every_zero_exits_2(capsys, tmp_path, tiny_sd1):
     assert len(err.strip().splitlines()) == 1 and "every" in err
 
 
+def test_save_steps_never_replaces_a_file(capsys, tmp_path, tiny_sd1):
+    video = tmp_path / "denoise.gif"
+    video.write_bytes(b"an earlier run's video")
+    code, out, err = run(
+        capsys, "generate", "x", "--model", tiny_sd1, "--out", tmp_path / "out",
+        "--save-steps", video,
+    )  # fmt: skip
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "save_steps" in err and "where no file is yet" in err
+    assert video.read_bytes() == b"an earlier run's video"
+    assert not (tmp_path / "out").exists()
+
+
 def test_mp4_without_pyav_tells_how_to_install_it(capsys, monkeypatch, tmp_path, tiny_sd1):
     monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
     code, _, err = run(

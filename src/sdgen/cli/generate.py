@@ -54,15 +54,12 @@ def output_options(func):
             type=click.Path(dir_okay=False, path_type=Path),
             help="write the first picture's denoising as a video (.mp4, .gif or .webp)",
         ),
-        click.option(
-            "--every", type=int, default=1, show_default=True, help="one video frame every K steps"
-        ),
+        click.option("--every", type=int, help="one --save-steps frame every K steps [default: 1]"),
         click.option(
             "--preview",
             type=click.Choice(["x0", "latents"]),
-            default="x0",
-            show_default=True,
-            help="video frames: the predicted clean picture, or the current latents (fast)",
+            help="--save-steps and --save-intermediates frames: the predicted clean picture, or "
+            "the current latents (fast) [default: x0]",
         ),
         click.option(
             "--save-intermediates",
@@ -94,12 +91,13 @@ class RunOptions:
     clip_model: str | None = None
     grid: bool = False
     save_steps: Path | None = None
-    every: int = 1
-    preview: str = "x0"
+    every: int | None = None  # None: not given (1)
+    preview: str | None = None  # None: not given (x0)
     save_intermediates: Path | None = None
     devices: str | None = None
     safety_checker: str | None = None
     fast_path: str = "auto"
+    model_hash: str | None = None  # reproduce: the loaded model must have this ``Model hash``
 
     @classmethod
     def from_kwargs(cls, kwargs: dict) -> RunOptions:
@@ -224,7 +222,7 @@ def inpaint(prompt, init_image, mask, strength, resize, **kwargs) -> None:
 def reproduce(image, model, init_image, mask, device, precision, **kwargs) -> None:
     """Generate IMAGE again from the request recorded in its metadata."""
     from sdgen.media.images import read_picture
-    from sdgen.media.metadata import read_request
+    from sdgen.media.metadata import read_model_hash, read_request
 
     pictures = {}
     if init_image is not None:
@@ -234,7 +232,10 @@ def reproduce(image, model, init_image, mask, device, precision, **kwargs) -> No
     request = read_request(image, pictures)
     overrides = {"model": model, "precision": precision}
     request = request.replace(device=device, **{k: v for k, v in overrides.items() if v})
-    _run(request, RunOptions.from_kwargs(kwargs))
+    # The recorded model's weights must be the ones loaded (a folder or hub id may have changed
+    # since); --model chooses another model on purpose.
+    expected = None if model else read_model_hash(image)
+    _run(request, RunOptions.from_kwargs({**kwargs, "model_hash": expected}))
 
 
 def _run(request: GenerationRequest, options: RunOptions) -> None:
@@ -271,12 +272,25 @@ def _check_options(request: GenerationRequest, options: RunOptions) -> None:
         raise InvalidRequest(
             "best_of", options.best_of, f"from 1 to the number of pictures ({request.total_images})"
         )
-    if options.every < 1:
+    for flag, given, needs in (  # an option for an output that is not asked for does nothing
+        ("every", options.every, options.save_steps),
+        ("preview", options.preview, options.save_steps or options.save_intermediates),
+        ("clip_model", options.clip_model, options.best_of),
+    ):
+        if given is not None and needs is None:
+            wanted = {"every": "--save-steps", "clip_model": "--best-of"}.get(flag)
+            wanted = wanted or "--save-steps or --save-intermediates"
+            raise InvalidRequest(flag, given, f"given only with {wanted}, which it applies to")
+    if options.every is not None and options.every < 1:
         raise InvalidRequest("every", options.every, "a whole number of steps, 1 or more")
     if options.save_steps is not None:
         from sdgen.media.video import check_video_path
 
         check_video_path(options.save_steps)
+        if options.save_steps.exists():  # a video of an earlier run would be replaced
+            raise InvalidRequest(
+                "save_steps", str(options.save_steps), "a path where no file is yet"
+            )
     if options.devices is not None and request.device != "auto":
         raise InvalidRequest(  # --devices says where every picture goes: one or the other
             "device", request.device, "auto (the default) when --devices is given"
@@ -313,9 +327,22 @@ def _generate(request: GenerationRequest, options: RunOptions, callbacks: list):
 
         devices = parse_devices(options.devices)[: request.total_images]  # none left idle
         models = load_on_devices(devices, load)
+        _check_model_hash(models[0], options.model_hash)
         return generate_on_devices(request, models, callback), models[0]
     model = load(request.device)
+    _check_model_hash(model, options.model_hash)
     return generate(model, request, callback=callback), model
+
+
+def _check_model_hash(model, expected: str | None) -> None:
+    """Refuse to reproduce a picture with other weights than those it was made with."""
+    if expected is not None and model.short_hash != expected:
+        raise InvalidRequest(
+            "model",
+            model.name,
+            f"the weights recorded in the picture (Model hash {expected}; these are "
+            f"{model.short_hash}), or --model to use another model on purpose",
+        )
 
 
 def _step_recorders(options: RunOptions) -> dict:
@@ -325,10 +352,11 @@ def _step_recorders(options: RunOptions) -> dict:
         return recorders
     from sdgen.media.video import StepFrames
 
+    preview = options.preview or "x0"
     if options.save_steps is not None:
-        recorders["video"] = StepFrames(every=options.every, preview=options.preview)
+        recorders["video"] = StepFrames(every=options.every or 1, preview=preview)
     if options.save_intermediates is not None:
-        recorders["intermediates"] = StepFrames(every=1, preview=options.preview)
+        recorders["intermediates"] = StepFrames(every=1, preview=preview)
     return recorders
 
 

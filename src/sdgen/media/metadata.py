@@ -90,6 +90,17 @@ def read_request(path: Path, pictures: dict[str, InputPicture] | None = None) ->
     An img2img or inpainting request records only its input pictures' hashes: give the pictures
     in ``pictures`` (``init_image``, ``mask``); they must be the ones recorded.
     """
+    return GenerationRequest.from_dict(_recorded(path)["request"], pictures)
+
+
+def read_model_hash(path: Path) -> str | None:
+    """The ``Model hash`` recorded in a PNG written by sdgen (None if it has none)."""
+    value = _recorded(path).get("model_hash")
+    return value if isinstance(value, str) else None
+
+
+def _recorded(path: Path) -> dict:
+    """The sdgen JSON chunk of a PNG, checked to hold a request object."""
     try:
         with Image.open(path) as image:
             text = getattr(image, "text", {}).get(JSON_KEY)  # PNG text chunks; JPEGs have none
@@ -98,14 +109,14 @@ def read_request(path: Path, pictures: dict[str, InputPicture] | None = None) ->
     if text is None:
         raise SdgenError(f"image: {path} has no sdgen metadata (was it written by sdgen?)")
     try:
-        recorded = json.loads(text)["request"]
-        if not isinstance(recorded, dict):
+        recorded = json.loads(text)
+        if not isinstance(recorded["request"], dict):
             raise TypeError("the request is not a JSON object")
     except (ValueError, KeyError, TypeError) as err:
         raise SdgenError(
             f"image: {path} has unreadable sdgen metadata ({type(err).__name__}: {err})"
         ) from err
-    return GenerationRequest.from_dict(recorded, pictures)
+    return recorded
 
 
 def parse_parameters(text: str) -> dict[str, str]:
