@@ -126,6 +126,25 @@ def test_malformed_json_is_422_naming_the_body(client):
     assert response.status_code == 422 and response.json()["error"]["field"] == "body"
 
 
+@pytest.mark.parametrize("path", ["/v1/jobs", "/sdapi/v1/txt2img"])
+def test_json_nested_too_deep_is_an_error_naming_the_body(client, path):
+    """The JSON parser's recursion limit: FastAPI answers 400, now in sdgen's error body."""
+    deep = b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = client.post(path, content=deep, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["kind"], error["field"]) == ("invalid_request", "body")
+    assert response.json()["detail"].startswith("body: ")
+
+
+def test_unknown_paths_and_methods_have_the_same_error_body(client):
+    missing = client.get("/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"]["kind"] == "not_found"
+    wrong = client.put("/v1/jobs")
+    assert wrong.status_code == 405 and wrong.json()["error"]["kind"] == "http_error"
+    assert "POST" in wrong.headers["allow"]  # the framework's Allow header is kept
+
+
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
 def test_json_nan_and_infinity_literals_are_422(client, literal):
     body = b'{"prompt": "x", "steps": 2, "guidance_scale": ' + literal + b"}"

@@ -5,7 +5,8 @@
 
 Errors become responses here, once: InvalidRequest and pydantic's validation errors -> 422
 naming the field, QueueFull -> 429 with Retry-After, ModelUnavailable -> 503, ApiError -> its
-status. Every error body is ``{"error": {"kind", "field", "message"}, "detail": message}``.
+status, the framework's own (404, 405, an unparsable body's 400) -> theirs.
+Every error body is ``{"error": {"kind", "field", "message"}, "detail": message}``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
 from sdgen.engine.batching import StartFn
 from sdgen.engine.events import JobListener, ModelUnavailable, QueueFull
@@ -104,6 +106,7 @@ def create_app(
     app.add_exception_handler(QueueFull, _queue_full)
     app.add_exception_handler(ModelUnavailable, _model_unavailable)
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(RequestGuard, config=config)
     return app
 
@@ -135,6 +138,17 @@ async def _queue_full(request: Request, err: QueueFull) -> JSONResponse:
 
 async def _model_unavailable(request: Request, err: ModelUnavailable) -> JSONResponse:
     return error_response(503, "model_unavailable", str(err), "model")
+
+
+# The framework's own errors, in the same body as sdgen's: an unknown path or method, and a body
+# the JSON parser gave up on (nested thousands deep: RecursionError, which FastAPI makes a 400).
+_HTTP_KINDS = {400: ("invalid_request", "body"), 404: ("not_found", None)}
+
+
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    kind, field = _HTTP_KINDS.get(err.status_code, ("http_error", None))
+    message = f"{field}: {err.detail}" if field else str(err.detail)
+    return error_response(err.status_code, kind, message, field, getattr(err, "headers", None))
 
 
 async def _api_error(request: Request, err: ApiError) -> JSONResponse:
