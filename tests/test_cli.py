@@ -348,3 +348,20 @@ def test_an_option_for_an_output_not_asked_for_is_refused(capsys, tmp_path, flag
     assert code == 2 and out == "" and err.count("\n") == 1
     assert f"{field}: " in err and f"given only with {needs}" in err, err
     assert not list(tmp_path.iterdir())
+
+
+def test_ddim_eta_is_recorded_and_reproduced_and_refused_elsewhere(capsys, tmp_path):
+    args = ["generate", "x", "--steps", "4", "--seed", "2", "--sampler", "ddim", "--eta", "1"]
+    code, out, err = run(capsys, *args, "--out", tmp_path / "a")
+    assert code == 0, err
+    picture = Path(out.strip())
+    with Image.open(picture) as image:
+        assert parse_parameters(image.text["parameters"])["Eta DDIM"] == "1"
+    assert read_request(picture).eta == 1.0
+    code, out, err = run(capsys, "reproduce", picture, "--out", tmp_path / "b")
+    assert code == 0, err
+    with Image.open(picture) as a, Image.open(out.strip()) as b:
+        assert max_pixel_diff(a, b) == 0  # the noise of every step came from the seed
+    code, out, err = run(capsys, "generate", "x", "--sampler", "euler", "--eta", "0.5")
+    assert code == 2 and "eta: 0.5" in err and "ddim" in err, err
+

@@ -73,6 +73,23 @@ def test_every_sampler_matches_diffusers(family, sampler, pipelines, sd1_model, 
         assert max_pixel_diff(image, reference) <= TOLERANCE, f"image {i}"
 
 
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_ddim_eta_matches_diffusers(eta, pipelines, sd1_model):
+    """DDIM's fresh noise at every step comes from each picture's own generator, as diffusers
+    draws it from the generator of a one-picture call; eta 0 would give another picture."""
+    request = GenerationRequest(
+        prompt=PROMPT, num_images=2, steps=STEPS, sampler="ddim", eta=eta,
+        width=WIDTH, height=HEIGHT, seed=SEED,
+    )  # fmt: skip
+    result = txt2img(sd1_model, request)
+    common = dict(prompt=PROMPT, num_inference_steps=STEPS, width=WIDTH, height=HEIGHT)
+    for i, image in enumerate(result.images):
+        reference = _reference(pipelines["sd1"], "ddim", SEED + i, eta=eta, **common)
+        assert max_pixel_diff(image, reference) <= TOLERANCE, f"image {i}"
+    deterministic = txt2img(sd1_model, request.replace(eta=0.0)).images[0]
+    assert mean_pixel_diff(result.images[0], deterministic) > 1
+
+
 def test_the_comparison_can_fail(pipelines, sd1_model):
     """Guard for the test above: another seed gives a clearly different picture."""
     request = GenerationRequest(prompt=PROMPT, steps=STEPS, width=WIDTH, height=HEIGHT, seed=SEED)

@@ -201,10 +201,30 @@ A1111_INVALID = [
     ),
     ({"override_settings": {"sd_model_checkpoint": "../x"}}, "override_settings"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 2}}, "override_settings"),
-    ({"eta": 0.5}, "eta"),  # 0 and 1 are the samplers' own; other values change the picture
+    ({"eta": 0.5}, "eta"),  # Euler a: diffusers' ancestral step has eta 1 only
+    ({"eta": 0.0}, "eta"),
+    ({"sampler_name": "DDIM", "eta": 1.5}, "eta"),  # DDIM's: 0..1
     ({"s_churn": 1.0}, "s_churn"),
     ({"s_noise": 0.5}, "s_noise"),
 ]
+
+
+def test_eta_is_read_as_a1111_reads_it(client):
+    """DDIM takes the request's eta (webuiapi sends 1; none means A1111's default 0) and records
+    it as A1111 does; samplers without an eta ignore it, as in A1111."""
+    request = GenerationRequest(
+        "a red circle", steps=3, seed=9, guidance_scale=7.0, sampler="ddim", width=64, height=64
+    )
+    for sent, eta in ((1.0, 1.0), (None, 0.0)):
+        body = {**WEBUIAPI_TXT2IMG, "sampler_name": "DDIM", "eta": sent, "seed": 9}
+        response = client.post("/sdapi/v1/txt2img", json={**body, "batch_size": 1})
+        assert response.status_code == 200, response.text
+        picture = decode_png(response.json()["images"][0])
+        assert _same(picture, serial_pictures(request.replace(eta=eta))[0]), sent
+        fields = parse_parameters(picture.text["parameters"])
+        assert fields.get("Eta DDIM") == ("1" if eta else None)
+    body = {**WEBUIAPI_TXT2IMG, "sampler_name": "Euler", "eta": 0.5, "batch_size": 1}
+    assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200
 
 
 def test_an_unpaired_surrogate_in_an_a1111_prompt_is_422(client):

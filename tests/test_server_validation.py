@@ -43,6 +43,9 @@ INVALID = [
     ({"steps": 0}, "steps"),
     ({"steps": 151}, "steps"),  # over the server's maximum
     ({"steps": 2.5}, "steps"),
+    ({"eta": 1.5}, "eta"),  # DDIM's eta: 0..1
+    ({"eta": True}, "eta"),
+    ({"sampler": "euler", "eta": 0.5}, "eta"),  # eta is DDIM's only
     ({"num_images": 0}, "num_images"),
     ({"num_images": 17}, "num_images"),
     ({"guidance_scale": "nan"}, "guidance_scale"),

@@ -56,6 +56,8 @@ class GenerationRequest:
     random" for ``seed``. An ``init_image`` makes it img2img; a ``mask`` as well, inpainting
     (white = repaint, black = keep). ``strength`` (0..1) is how much of the init picture is
     noised away; ``resize`` allows the init picture and mask to be resized to the output size.
+    ``eta`` is DDIM's (0: deterministic, its default; 1: fresh noise from each picture's own
+    generator at every step, like DDPM); samplers without one take only 0.
     """
 
     prompt: str | tuple[str, ...]
@@ -74,6 +76,7 @@ class GenerationRequest:
     mask: InputPicture | None = None
     strength: float = DEFAULT_STRENGTH
     resize: bool = False
+    eta: float = 0.0
 
     def __post_init__(self) -> None:
         # Lists become tuples so the request stays hashable and immutable.
@@ -124,6 +127,11 @@ class GenerationRequest:
             raise InvalidRequest("strength", self.strength, allowed)
         if not isinstance(self.resize, bool):
             raise InvalidRequest("resize", self.resize, "true or false")
+        allowed = "a number from 0 to 1 (DDIM's eta: 0 is deterministic)"
+        if isinstance(self.eta, bool) or not isinstance(self.eta, int | float):
+            raise InvalidRequest("eta", self.eta, allowed)
+        if not (math.isfinite(self.eta) and 0.0 <= self.eta <= 1.0):
+            raise InvalidRequest("eta", self.eta, allowed)
 
     @property
     def mode(self) -> str:

@@ -30,6 +30,13 @@ def request_options(func):
             "--sampler",
             help="e.g. euler_a, dpmpp_2m_karras, 'DPM++ 2M Karras' (default: the model's)",
         ),
+        click.option(
+            "--eta",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="DDIM's eta, 0..1: 0 is deterministic, 1 adds fresh noise every step",
+        ),
         click.option("--width", type=int, help="default: the model's native size"),
         click.option("--height", type=int, help="default: the model's native size"),
     ]
@@ -116,6 +123,7 @@ def _request(prompt: str, kwargs: dict, **pictures) -> GenerationRequest:
         steps=kwargs["steps"],
         guidance_scale=kwargs["guidance"],
         sampler=kwargs["sampler"],
+        eta=kwargs["eta"],
         width=kwargs["width"],
         height=kwargs["height"],
         seed=kwargs["seed"],

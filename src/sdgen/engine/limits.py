@@ -81,9 +81,10 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
     from_picture = request.width is None and request.init_image is not None
     # the size that comes from the model or the init picture
     limits.check(resolved, size_field="init_image" if from_picture else "width")
+    scheduler = new_scheduler(model, resolved)  # steps the sampler can take; eta DDIM's only
     if resolved.init_image is not None:
         picture_tensor(resolved)  # the init picture must have the output size, or resize
         if resolved.mask is not None:
             mask_tensor(resolved)
-        strength_timesteps(new_scheduler(model, resolved), resolved.steps, resolved.strength)
+        strength_timesteps(scheduler, resolved.steps, resolved.strength)
     return resolved

@@ -54,6 +54,7 @@ class ImageRecord:
             "Denoising strength": f"{r.strength:g}" if r.init_image is not None else None,
             "Init image hash": r.init_image.sha256[:12] if r.init_image is not None else None,
             "Mask hash": r.mask.sha256[:12] if r.mask is not None else None,
+            "Eta DDIM": f"{r.eta:g}" if r.eta else None,  # A1111 writes it when not 0
             **self.extra,
             "Version": self.version,
         }

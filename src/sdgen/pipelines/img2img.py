@@ -64,5 +64,6 @@ def start_img2img(
         generators=generators,
         timesteps=timesteps,
         steps=steps,
+        eta=request.eta,
     )
     return PreparedRequest(request, DenoisingState(run, latents, embeddings, callback))

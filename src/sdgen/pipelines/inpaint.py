@@ -84,6 +84,7 @@ def start_inpaint(
         generators=generators,
         timesteps=timesteps,
         steps=steps,
+        eta=request.eta,
     )
     state = DenoisingState(
         run,

@@ -4,6 +4,7 @@ text conditioning, and the result type.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -130,6 +131,9 @@ def new_scheduler(model: LoadedModel, request: GenerationRequest):
         name = f"the {request.sampler} sampler" if request.sampler else "this model's sampler"
         allowed = f"at least {least} for {name}" if least else f"a number {name} can take"
         raise InvalidRequest("steps", request.steps, allowed) from None
+    if request.eta and "eta" not in inspect.signature(scheduler.step).parameters:
+        name = request.sampler or f"this model's sampler ({type(scheduler).__name__})"
+        raise InvalidRequest("eta", request.eta, f"0 with {name}: eta is DDIM's (sampler ddim)")
     return scheduler
 
 

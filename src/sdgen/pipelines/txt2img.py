@@ -48,7 +48,12 @@ def start_txt2img(
     # 3. Seeded noise, one CPU generator per image, scaled to the scheduler's first sigma.
     generators = image_generators(request.seed, request.total_images)
     latents = noise_latents(model, request, generators, scheduler)  # (B, C, H/f, W/f)
-    run = prepare_run(scheduler, guidance_scale=request.guidance_scale, generators=generators)
+    run = prepare_run(
+        scheduler,
+        guidance_scale=request.guidance_scale,
+        generators=generators,
+        eta=request.eta,
+    )
     return PreparedRequest(request, DenoisingState(run, latents, embeddings, callback))
 
 

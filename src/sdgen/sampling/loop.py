@@ -94,6 +94,7 @@ def prepare_run(
     generators: list[torch.Generator],
     timesteps: torch.Tensor | None = None,
     steps: int | None = None,
+    eta: float = 0.0,
 ) -> DenoisingRun:
     """The fixed parts of one run.
 
@@ -104,13 +105,15 @@ def prepare_run(
         timesteps: the steps to run (img2img starts part-way); default all of the scheduler's.
         steps: how many steps ``timesteps`` make as the user counts them (default the
             scheduler's ``num_inference_steps``); the callback runs once per such step.
+        eta: DDIM's eta (its step's fresh noise is drawn from ``generators``); schedulers
+            without an eta take only 0 (``new_scheduler`` refuses the others).
     """
     timesteps = scheduler.timesteps if timesteps is None else timesteps
     return DenoisingRun(
         scheduler=scheduler,
         guidance_scale=guidance_scale,
         guided=uses_guidance(guidance_scale),
-        step_kwargs=_step_kwargs(scheduler, generators),
+        step_kwargs=_step_kwargs(scheduler, generators, eta),
         timesteps=timesteps,
         timestep_values=tuple(float(t) for t in timesteps.tolist()),
         reports=_reported_iterations(scheduler, len(timesteps), steps),
@@ -274,14 +277,14 @@ def _alpha_bar_at(t: float, log_sigmas: np.ndarray) -> float:
     return float(1.0 / (1.0 + np.exp(2.0 * log_sigma)))
 
 
-def _step_kwargs(scheduler, generators: list[torch.Generator]) -> dict:
-    """The generator (and eta=0, DDIM's deterministic default) for schedulers that take them."""
+def _step_kwargs(scheduler, generators: list[torch.Generator], eta: float) -> dict:
+    """The generators and eta for the schedulers that take them."""
     accepted = inspect.signature(scheduler.step).parameters
     kwargs = {}
     if "generator" in accepted:
         kwargs["generator"] = generators
     if "eta" in accepted:
-        kwargs["eta"] = 0.0
+        kwargs["eta"] = eta
     return kwargs
 
 

@@ -39,6 +39,7 @@ class JobCreate(BaseModel):
     mask: str | None = Field(None, description="base64 picture, white = repaint: inpainting")
     strength: float = _DEFAULTS["strength"]
     resize: bool = _DEFAULTS["resize"]
+    eta: float = Field(_DEFAULTS["eta"], description="DDIM's eta, 0..1 (0: deterministic)")
 
     def to_request(self, max_pixels: int) -> GenerationRequest:
         """The GenerationRequest (validated there); pictures decoded with a pixel bound."""

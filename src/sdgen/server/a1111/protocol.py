@@ -4,9 +4,10 @@ and their conversion to the one request type.
 A1111 clients send every field of A1111's processing classes. Fields that do not change the
 picture (saving, comments) are accepted and ignored; features sdgen does not have (hires fix,
 face restoration, tiling, variation seeds, scripts, styles, sampler settings other than the
-defaults: ``eta`` other than 0 or 1, ``s_churn``, ``s_noise``, ``s_tmin``, ``s_tmax``; img2img's
-``initial_noise_multiplier``, ``latent_mask``, ``include_init_images``) are refused with 422
-naming the field when they are switched on, rather than silently giving a different picture.
+defaults: Euler a's ``eta`` other than 1, ``s_churn``, ``s_noise``, ``s_tmin``, ``s_tmax``;
+img2img's ``initial_noise_multiplier``, ``latent_mask``, ``include_init_images``) are refused
+with 422 naming the field when they are switched on, rather than silently giving a different
+picture.
 So is a ``scheduler`` (schedule type) that sdgen does not have with the sampler asked for
 (``schedule_types``), where A1111 would fall back to Automatic.
 
@@ -14,8 +15,10 @@ One known difference is accepted, not refused: A1111's inpainting post-processin
 blurs the mask (``mask_blur``, 4 by default), inpaints only the masked area scaled up
 (``inpaint_full_res``, on by default) and can pre-fill it (``inpainting_fill``); sdgen inpaints
 the whole picture with the mask as sent, as diffusers does, and ignores these three. Refusing
-their defaults would refuse every A1111 inpainting client. Likewise DDIM with ``eta`` 1 (sent
-by webuiapi with every sampler) runs with DDIM's deterministic eta 0.
+their defaults would refuse every A1111 inpainting client.
+
+``eta`` is read as A1111 reads it: DDIM's eta (missing: 0, A1111's ``eta_ddim`` default), the
+ancestral samplers' (1 is all sdgen's Euler a has), and ignored by the other samplers.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdgen.errors import InvalidRequest
 from sdgen.params import GenerationRequest, InputPicture
+from sdgen.sampling.samplers import resolve_sampler
 
 from ..pictures import decode_picture
 from .schedule_types import sampler_with_schedule
@@ -127,7 +131,15 @@ class Txt2ImgRequest(BaseModel):
             "width": self.width,
             "height": self.height,
             "seed": None if self.seed == -1 else self.seed,  # -1: random
+            "eta": self._ddim_eta(),
         }
+
+    def _ddim_eta(self) -> float:
+        """The request's eta where the sampler is DDIM (A1111's default 0), else 0: A1111's
+        other samplers ignore it, or take it as an ancestral eta (``_switched_on``)."""
+        if self.eta is None or resolve_sampler(self.sampler_label()).name != "ddim":
+            return 0.0
+        return self.eta
 
     def sampler_label(self) -> str:
         """A1111's sampler and schedule type as one name sdgen's registry knows."""
@@ -147,19 +159,25 @@ class Txt2ImgRequest(BaseModel):
             "refiner_checkpoint": bool(self.refiner_checkpoint),
             "firstpass_image": bool(self.firstpass_image),
             # sampler settings: sdgen's samplers run with A1111's defaults for them
-            # 0 and 1 are the standard etas (DDIM's, ancestral samplers'); clients such as
-            # webuiapi send 1 with every sampler
-            "eta": self.eta not in (None, 0, 1),
+            # an ancestral sampler's eta: diffusers' Euler a has 1 only (A1111's default)
+            "eta": self.eta not in (None, 1) and self._ancestral(),
             "s_churn": self.s_churn not in (None, 0),
             "s_noise": self.s_noise not in (None, 1),
             "s_tmin": self.s_tmin not in (None, 0),
             "s_tmax": self.s_tmax not in (None, 0, float("inf")),
         }
 
+    def _ancestral(self) -> bool:
+        try:
+            return resolve_sampler(self.sampler_label()).name == "euler_a"
+        except InvalidRequest:
+            return False  # an unknown sampler is named by the request's conversion
+
     def _refuse_unsupported(self) -> None:
         for field, on in self._switched_on().items():
             if on:
-                raise InvalidRequest(field, getattr(self, field), "not supported by sdgen")
+                allowed = _ALLOWED.get(field, "not supported by sdgen")
+                raise InvalidRequest(field, getattr(self, field), allowed)
         for script, settings in self.alwayson_scripts.items():
             args = settings.get("args", []) if isinstance(settings, dict) else settings
             if args not in ([], [False], None):  # extensions send disabled ones this way
@@ -173,6 +191,10 @@ class Txt2ImgRequest(BaseModel):
                     self.override_settings[key],
                     "only sd_model_checkpoint can be overridden on sdgen",
                 )
+
+
+# What sdgen has of a refused setting, where it has some of it.
+_ALLOWED = {"eta": "1 or none with Euler a (diffusers' Euler a has eta 1 only)"}
 
 
 class Img2ImgRequest(Txt2ImgRequest):
