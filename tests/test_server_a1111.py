@@ -416,6 +416,7 @@ def test_progress_and_interrupt_stop_only_a1111_jobs(tmp_path):
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         idle = client.get("/sdapi/v1/progress").json()
         assert idle["progress"] == 0 and idle["state"]["job_count"] == 0
+        assert not idle["state"]["interrupted"] and not idle["state"]["skipped"]
         answer = {}
 
         def call():
@@ -440,6 +441,8 @@ def test_progress_and_interrupt_stop_only_a1111_jobs(tmp_path):
         response = answer["response"]
         assert response.status_code == 200 and response.json()["images"] == []
         assert json.loads(response.json()["info"])["status"] == "cancelled"
+        # A1111's state says so until its next job begins
+        assert client.get("/sdapi/v1/progress").json()["state"]["interrupted"] is True
         assert wait_for(client, native["id"])["status"] == "succeeded"  # not interrupted
         # Progress shows what interrupt would stop: a native job is not A1111's current job.
         native = client.post("/v1/jobs", json={"prompt": "x", "steps": 60, "seed": 1}).json()
@@ -490,6 +493,10 @@ def test_skip_ends_the_current_a1111_job_all_its_iterations(tmp_path):
         assert json.loads(response.json()["info"])["status"] == "cancelled"
         progress = client.get("/sdapi/v1/progress").json()
         assert progress["state"]["job"] == "" and progress["progress"] == 0
+        assert progress["state"]["skipped"] is True and progress["state"]["interrupted"] is False
+        small = {**WEBUIAPI_TXT2IMG, "batch_size": 1, "steps": 2}
+        assert client.post("/sdapi/v1/txt2img", json=small).status_code == 200
+        assert client.get("/sdapi/v1/progress").json()["state"]["skipped"] is False  # a new job
         # A native job is not A1111's to skip.
         native = client.post("/v1/jobs", json={"prompt": "x", "steps": 30, "seed": 1}).json()
         wait_until(lambda: client.get(f"/v1/jobs/{native['id']}").json()["status"] == "running")

@@ -45,6 +45,9 @@ ORIGIN = "a1111"
 class A1111Handler:
     def __init__(self, service: JobService, config: ServerConfig):
         self.service, self.config = service, config
+        # A1111's state.interrupted / state.skipped: set when interrupt / skip stopped a job,
+        # cleared when the next A1111 job is accepted (A1111 clears them as a job begins).
+        self.stopped = {"interrupted": False, "skipped": False}
 
     async def txt2img(self, body: Txt2ImgRequest) -> GenerationResponse:
         return await self._generate(body)
@@ -61,6 +64,7 @@ class A1111Handler:
             record = self.service.submit(request, origin=ORIGIN)
         except InvalidRequest as err:
             raise a1111_error(err) from err
+        self.stopped = {"interrupted": False, "skipped": False}
         record = await self.service.wait(record.id)
         return self._response(body, record)
 
@@ -137,9 +141,8 @@ class A1111Handler:
         queued = self.service.engine.queue_depth
         current = self.service.current(origin=ORIGIN)
         if current is None:
-            return ProgressResponse(
-                progress=0.0, eta_relative=0.0, state=ProgressState(job_count=queued)
-            )
+            state = ProgressState(job_count=queued, **self.stopped)
+            return ProgressResponse(progress=0.0, eta_relative=0.0, state=state)
         job_id, live = current
         fraction = live.step / live.total if live.total else 0.0
         elapsed = time.monotonic() - live.started
@@ -149,6 +152,7 @@ class A1111Handler:
             job_count=queued + len(self.service.engine.running()),
             sampling_step=live.step,
             sampling_steps=live.total,
+            **self.stopped,
         )
         return ProgressResponse(
             progress=fraction,
@@ -164,6 +168,7 @@ class A1111Handler:
             record = self.service.get(job_id)
             if record is not None and record.origin == ORIGIN:
                 self.service.cancel(job_id)
+                self.stopped["interrupted"] = True
         return {}
 
     def skip(self) -> None:
@@ -181,6 +186,7 @@ class A1111Handler:
         current = self.service.current(origin=ORIGIN)
         if current is not None:
             self.service.cancel(current[0])
+            self.stopped["skipped"] = True
 
     def png_info(self, image: str) -> PngInfoResponse:
         """A picture's text chunks and its parsed ``parameters``; the picture is only read."""
