@@ -103,6 +103,9 @@ def test_reproduce_refuses_weights_other_than_the_recorded_ones(capsys, tmp_path
     code, out, err = run(capsys, "generate", "x", *args, "--seed", "4", "--out", tmp_path / "a")
     assert code == 0, err
     picture = Path(out.strip())
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not loaded: safetensors is")
+    code, out, err = run(capsys, "reproduce", picture, "--out", tmp_path / "bin")
+    assert code == 0, err  # the hash is of the weights read, not of whatever sorts first
     (weights,) = (folder / "unet").glob("*.safetensors")
     save_file(load_file(weights), weights, metadata={"changed": "yes"})  # other bytes
     code, out, err = run(capsys, "reproduce", picture, "--out", tmp_path / "b")
@@ -296,7 +299,7 @@ def test_serve_refuses_impossible_settings(capsys, tmp_path, args):
     assert code == 2 and err.count("\n") == 1 and args[0] in err, err
 
 
-@pytest.mark.parametrize("layout", ["empty", "pickle-only"])
+@pytest.mark.parametrize("layout", ["empty", "pickle-only", "ckpt"])
 def test_serve_refuses_a_model_folder_that_cannot_load(capsys, tmp_path, tiny_sd1, layout):
     """Found before listening, by the loader's own checks (a server started without a usable
     model and answered every job with a 500)."""
@@ -306,6 +309,10 @@ def test_serve_refuses_a_model_folder_that_cannot_load(capsys, tmp_path, tiny_sd
     if layout == "empty":
         folder.mkdir()
         expected = "no model_index.json"
+    elif layout == "ckpt":  # a single pickle file: refused as such, not left to fail each job
+        folder = tmp_path / "model.ckpt"
+        torch.save({}, folder)
+        expected = "safetensors only"
     else:
         shutil.copytree(tiny_sd1, folder)
         for weights in (folder / "unet").glob("*.safetensors"):
@@ -314,6 +321,7 @@ def test_serve_refuses_a_model_folder_that_cannot_load(capsys, tmp_path, tiny_sd
         expected = "pickle"
     code, _, err = run(capsys, "serve", "--data-dir", tmp_path / "data", "--model", folder)
     assert code == 2 and err.count("\n") == 1 and expected in err, err
+    assert "--allow-pickle" not in err  # a flag serve does not have
 
 
 def test_intermediates_never_replace_another_runs_frames(capsys, tmp_path):

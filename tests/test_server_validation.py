@@ -144,7 +144,7 @@ def test_unknown_paths_and_methods_have_the_same_error_body(client):
     missing = client.get("/v1/nothing-here")
     assert missing.status_code == 404 and missing.json()["error"]["kind"] == "not_found"
     wrong = client.put("/v1/jobs")
-    assert wrong.status_code == 405 and wrong.json()["error"]["kind"] == "http_error"
+    assert wrong.status_code == 405 and wrong.json()["error"]["kind"] == "method_not_allowed"
     assert "POST" in wrong.headers["allow"]  # the framework's Allow header is kept
 
 

@@ -311,10 +311,12 @@ def _input(path: Path) -> InputPicture:
         (["--seed", 1, "--seeds", "0,1"], "seeds"),
         (["--guidance", "1,7", "--num-images", 2], "num_images"),
         (["--steps", "2,0"], "steps"),
+        # found by the sampler's scheduler, before the first cell is written
+        (["--sampler", "ddim,euler", "--eta", "0.5", "--steps", "2"], "eta"),
     ],
 )
 def test_sweep_mistakes_exit_2_with_one_line_naming_the_field(tmp_path, tiny_sd1, args, field):
     code, out, err = run("sweep", "a circle", *args, *tiny_args(tiny_sd1, tmp_path))
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"sdgen: error: {field}:"), err
-    assert not any(tmp_path.iterdir())  # refused before the model is loaded
+    assert not any(tmp_path.iterdir())  # refused before any picture is written

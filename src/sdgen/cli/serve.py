@@ -157,9 +157,16 @@ def _check_model(name: str) -> None:
     """Refuse at start a --model that cannot load: not bundled, no checkpoint file, not a
     diffusers folder (or one with pickle weights only: the server refuses pickles), nor a hub id.
     """
+    from sdgen.errors import PickleRefused
     from sdgen.models.loader import check_model_source
 
-    check_model_source(name)
+    try:
+        check_model_source(name)
+    except PickleRefused as err:  # its message names --allow-pickle, which serve does not have
+        raise SdgenError(
+            f"model: {name} holds pickle weights, which can run code when loaded; the server "
+            "loads safetensors only: convert them to .safetensors"
+        ) from err
 
 
 def _devices(text: str | None) -> list[str]:

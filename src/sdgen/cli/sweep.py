@@ -108,6 +108,7 @@ def sweep(prompt, init_image, resize, **kwargs) -> None:
         allow_pickle=kwargs["allow_pickle"],
         fast_path=for_one_off_command(kwargs["fast_path"]),
     )
+    _check_cells(model, cells)
     out: Path = kwargs["out"]
     pictures, paths = [], []
     for row in cells:
@@ -152,6 +153,16 @@ def _plan(
     given_order = {flag: index for index, flag in enumerate(order)}
     swept.sort(key=lambda axis: given_order.get(AXIS_FLAGS[axis], len(order)))
     return base, [(axis, values[axis]) for axis in swept]
+
+
+def _check_cells(model, cells: list[list[GenerationRequest]]) -> None:
+    """Refuse a cell the model cannot run (too few steps for PLMS, an eta with a sampler that
+    has none) before the first picture is written, rather than after the cells before it."""
+    from sdgen.pipelines.stages import new_scheduler, resolve_request
+
+    for row in cells:
+        for request in row:
+            new_scheduler(model, resolve_request(model, request))
 
 
 def _generate_cell(model, request: GenerationRequest, out: Path):

@@ -188,6 +188,7 @@ class Engine:
         except Exception as err:
             log.exception("loading %s failed", name)
             raise ModelUnavailable(name, f"{type(err).__name__}: {err}") from err
+        self._forget_load_errors()
         resolved = preflight(model, request.replace(model=name), self.limits)
         return resolved.replace(device="auto")  # the worker decides where it runs
 
@@ -272,6 +273,7 @@ class Engine:
         device = self.devices[index]
         try:
             model = self.models.get(self.models.default, device)
+            self._forget_load_errors()  # a replacement worker's load, say
             prepare_previews(model)
             if self.warmup and "compile" in model.fast_path:
                 warm_up(model, device, self._start, self._stopping, self._free_memory)
@@ -298,6 +300,14 @@ class Engine:
                 self._fail_slot(index, Failure(WORKER_DIED, message))
                 self._replace_worker(index)  # after its jobs are let go: the new one takes more
                 return
+
+    def _forget_load_errors(self) -> None:
+        """The default model loads now on the devices that hold it (its folder was fixed, its
+        hub id cached): their load errors are over."""
+        if self.load_errors:
+            for name, device in self.models.loaded():
+                if name == self.models.default:
+                    self.load_errors.pop(device, None)
 
     def _replace_worker(self, index: int) -> None:
         """The worker of slot ``index`` is ending: free memory and start a replacement unless
@@ -376,8 +386,7 @@ class Engine:
             with self._cond:
                 self._running.pop(first.id, None)
             return
-        if first.request.model == self.models.default:
-            self.load_errors.pop(device, None)  # it loads now (the folder was fixed, say)
+        self._forget_load_errors()
         batcher = Batcher(model, start=self._start)
         members: dict[int, tuple[_Job, float]] = {}  # id(prepared) -> job, its start time
         self._join(batcher, members, first, model, device)

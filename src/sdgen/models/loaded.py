@@ -68,7 +68,12 @@ class LoadedModel:
         """The file the hash is taken of: the checkpoint, or a folder's UNet weights."""
         if self.source.is_file():
             return self.source
-        files = sorted((self.source / "unet").glob("diffusion_pytorch_model*"))
+        # The file the loader reads: safetensors before pickles, plain weights before a variant
+        # such as fp16 (one dot in the name); a .bin beside them changes nothing.
+        files = sorted(
+            (self.source / "unet").glob("diffusion_pytorch_model*"),
+            key=lambda p: (p.suffix != ".safetensors", len(p.name.split(".")), p.name),
+        )
         return files[0] if files else self.source / "model_index.json"
 
     @property

@@ -100,6 +100,8 @@ def check_model_source(name: str, *, allow_pickle: bool = False) -> tuple[str, P
                 f"model: {path} is not a checkpoint; "
                 f"expected one of {', '.join(SINGLE_FILE_SUFFIXES)}"
             )
+        if not allow_pickle and is_pickle(path):
+            refuse_pickle(path)
         return "file", path
     if path.is_dir():
         _folder_variants(path, allow_pickle)

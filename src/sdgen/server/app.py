@@ -142,7 +142,11 @@ async def _model_unavailable(request: Request, err: ModelUnavailable) -> JSONRes
 
 # The framework's own errors, in the same body as sdgen's: an unknown path or method, and a body
 # the JSON parser gave up on (nested thousands deep: RecursionError, which FastAPI makes a 400).
-_HTTP_KINDS = {400: ("invalid_request", "body"), 404: ("not_found", None)}
+_HTTP_KINDS = {
+    400: ("invalid_request", "body"),
+    404: ("not_found", None),
+    405: ("method_not_allowed", None),
+}
 
 
 async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
