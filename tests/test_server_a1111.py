@@ -502,3 +502,20 @@ def test_skip_ends_the_current_a1111_job_all_its_iterations(tmp_path):
         wait_until(lambda: client.get(f"/v1/jobs/{native['id']}").json()["status"] == "running")
         assert client.post("/sdapi/v1/skip").status_code == 200
         assert wait_for(client, native["id"])["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"), [("invalid_request", 422), ("model_load", 503), ("out_of_memory", 500)]
+)
+def test_a_failed_job_answers_with_the_status_of_its_cause(kind, status):
+    """A job accepted, then failed on its worker: the txt2img call's status says why."""
+    from sdgen.server.a1111.protocol import Txt2ImgRequest
+    from sdgen.server.a1111.serving import A1111Handler
+    from sdgen.server.serving import ApiError
+    from sdgen.server.store import JobRecord
+
+    error = {"kind": kind, "field": None, "message": "it failed"}
+    record = JobRecord("j1", "a1111", "failed", {}, created_at=0.0, error=error)
+    with pytest.raises(ApiError) as raised:
+        A1111Handler(service=None, config=None)._response(Txt2ImgRequest(prompt="x"), record)
+    assert (raised.value.status, raised.value.kind) == (status, kind)

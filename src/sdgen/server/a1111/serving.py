@@ -71,7 +71,8 @@ class A1111Handler:
     def _response(self, body: Txt2ImgRequest, record: JobRecord) -> GenerationResponse:
         if record.status == "failed":
             error = record.error or {}
-            status = 422 if error.get("kind") == "invalid_request" else 500
+            # the request's fault 422, a model that cannot load 503 (as before accepting), else 500
+            status = {"invalid_request": 422, "model_load": 503}.get(error.get("kind"), 500)
             raise ApiError(
                 status, error.get("kind", "internal"), error.get("message", ""), error.get("field")
             )
