@@ -9,7 +9,7 @@ from helpers import max_pixel_diff
 from PIL import Image
 
 from sdgen.engine.batching import Batcher
-from sdgen.errors import GenerationCancelled, InvalidRequest
+from sdgen.errors import GenerationCancelled, GenerationStopped, InvalidRequest
 from sdgen.models.loader import load_model
 from sdgen.params import GenerationRequest, InputPicture
 from sdgen.pipelines.generate import generate
@@ -125,6 +125,36 @@ def test_a_cancelled_request_leaves_alone(sd1_model):
         assert max_pixel_diff(done[i].result.images[0], alone) <= 1
 
 
+def test_a_stopped_request_leaves_with_the_pictures_predicted_at_its_step(sd1_model):
+    """GenerationStopped (A1111's interrupt): the request ends after step 2 of 4 with the
+    decoded x0 of that step, alone or batched; the others go on to their own pictures."""
+    from sdgen.media.images import decode_latents
+    from sdgen.pipelines.generate import start
+    from sdgen.pipelines.stages import run_alone
+
+    denoised = {}
+
+    def stop_after_step_two(step):
+        if step.index == 1:
+            denoised["x0"] = step.denoised.clone()
+            raise GenerationStopped(step.index + 1, step.total, step.denoised)
+
+    requests = REQUESTS[:3]
+    done = run_batched(sd1_model, requests, [0, 0, 0], [None, stop_after_step_two, None])
+    stopped = done[1].result
+    assert done[1].error is None and stopped.stopped_at == (2, STEPS)
+    expected = decode_latents(sd1_model.vae, denoised["x0"])[0]
+    assert max_pixel_diff(stopped.images[0], expected) == 0
+    finished = txt2img(sd1_model, requests[1]).images[0]
+    assert max_pixel_diff(stopped.images[0], finished) > 10  # not the finished picture
+    for i in (0, 2):
+        alone = txt2img(sd1_model, requests[i]).images[0]
+        assert max_pixel_diff(done[i].result.images[0], alone) <= 1
+    alone = run_alone(sd1_model, start(sd1_model, requests[1], stop_after_step_two))
+    assert alone.stopped_at == (2, STEPS)
+    assert max_pixel_diff(alone.images[0], stopped.images[0]) <= 1
+
+
 def test_incompatible_requests_are_refused(sd1_model):
     batcher = Batcher(sd1_model)
     size = sd1_model.native_size
@@ -212,7 +242,7 @@ def test_a_request_whose_pictures_cannot_be_decoded_leaves_alone(sd1_model):
     tickets = {id(batcher.add(request)): i for i, request in enumerate(requests)}
     broken = batcher.active[0]
 
-    def failing_decode(model):
+    def failing_decode(model, stopped=None):
         raise RuntimeError("the VAE ran out of something")
 
     broken.result = failing_decode  # the first to finish, while the others still denoise

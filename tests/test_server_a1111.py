@@ -439,8 +439,12 @@ def test_progress_and_interrupt_stop_only_a1111_jobs(tmp_path):
         assert client.post("/sdapi/v1/interrupt").status_code == 200
         thread.join(60)
         response = answer["response"]
-        assert response.status_code == 200 and response.json()["images"] == []
-        assert json.loads(response.json()["info"])["status"] == "cancelled"
+        # As A1111: the picture predicted at the step it stopped at, which its metadata names.
+        assert response.status_code == 200 and len(response.json()["images"]) == 1
+        assert json.loads(response.json()["info"])["status"] == "succeeded"
+        fields = parse_parameters(decode_png(response.json()["images"][0]).text["parameters"])
+        done, total = map(int, fields["Stopped at step"].split("/"))
+        assert 1 < done < total == 150 and fields["Steps"] == "150"
         # A1111's state says so until its next job begins
         assert client.get("/sdapi/v1/progress").json()["state"]["interrupted"] is True
         assert wait_for(client, native["id"])["status"] == "succeeded"  # not interrupted
@@ -454,7 +458,8 @@ def test_progress_and_interrupt_stop_only_a1111_jobs(tmp_path):
 
 def test_skip_ends_the_current_a1111_job_all_its_iterations(tmp_path):
     """sdgen denoises an A1111 request's n_iter x batch_size pictures together: skip has no
-    next iteration to go on to, so it ends the job ``progress`` shows, as interrupt would."""
+    next iteration to go on to, so it ends the job ``progress`` shows with the pictures of its
+    last step, as interrupt would."""
     app = make_app(tmp_path, step_delay=0.05)
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         idle = client.post("/sdapi/v1/skip")
@@ -480,17 +485,18 @@ def test_skip_ends_the_current_a1111_job_all_its_iterations(tmp_path):
         assert skipped.status_code == 200 and skipped.json() is None
         second.join(60)
         response = answers["second"]
-        assert response.status_code == 200 and response.json()["images"] == []
-        assert json.loads(response.json()["info"])["status"] == "cancelled"
-        assert client.get(f"/v1/jobs/{second_id}").json()["status"] == "cancelled"
+        assert response.status_code == 200 and len(response.json()["images"]) == 1
+        assert json.loads(response.json()["info"])["status"] == "succeeded"
+        assert "Stopped at step: " in decode_png(response.json()["images"][0]).text["parameters"]
+        assert client.get(f"/v1/jobs/{second_id}").json()["status"] == "succeeded"
         assert client.get(f"/v1/jobs/{first_id}").json()["status"] == "running"
         assert wait_until(current_task) == first_id
         # The first job's two iterations are one batch: a skip ends both, none is left to run.
         assert client.post("/sdapi/v1/skip").json() is None
         first.join(60)
         response = answers["first"]
-        assert response.status_code == 200 and response.json()["images"] == []
-        assert json.loads(response.json()["info"])["status"] == "cancelled"
+        assert response.status_code == 200 and len(response.json()["images"]) == 2
+        assert json.loads(response.json()["info"])["status"] == "succeeded"
         progress = client.get("/sdapi/v1/progress").json()
         assert progress["state"]["job"] == "" and progress["progress"] == 0
         assert progress["state"]["skipped"] is True and progress["state"]["interrupted"] is False

@@ -25,6 +25,7 @@ _EXPORTS = {
     "ModelNotFound": "sdgen.errors",
     "PickleRefused": "sdgen.errors",
     "GenerationCancelled": "sdgen.errors",
+    "GenerationStopped": "sdgen.errors",
 }
 __all__ = sorted(_EXPORTS)
 

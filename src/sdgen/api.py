@@ -27,8 +27,16 @@ def image_record(
         model_name=model.display_name,
         model_hash=model.short_hash,
         version=f"sdgen {version('sdgen')}",
-        extra=extra or {},
+        extra={**_stopped_extra(result), **(extra or {})},
     )
+
+
+def _stopped_extra(result: GenerationResult) -> dict:
+    """A picture of a stopped generation says so: its settings are those of the whole run."""
+    if result.stopped_at is None:
+        return {}
+    done, total = result.stopped_at
+    return {"Stopped at step": f"{done}/{total}"}
 
 
 def save_result(

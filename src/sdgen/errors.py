@@ -25,3 +25,14 @@ class PickleRefused(SdgenError):
 
 class GenerationCancelled(Exception):
     """Raised by a step callback to stop a generation at the next step boundary."""
+
+
+class GenerationStopped(Exception):
+    """Raised by a step callback to end a generation after this step and keep its pictures:
+    the predicted clean latents of the step (what A1111 returns when interrupted)."""
+
+    def __init__(self, steps: int, total: int, denoised):
+        self.steps, self.total = steps, total  # steps done, of ``total``
+        self.denoised = denoised  # (B, C, h, w) x0 predicted at the last step done
+        super().__init__(f"stopped after step {steps} of {total}")
+

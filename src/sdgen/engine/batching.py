@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdgen.errors import InvalidRequest
+from sdgen.errors import GenerationStopped, InvalidRequest
 from sdgen.models.devices import empty_cuda_cache
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
@@ -108,6 +108,9 @@ class Batcher:
                     continue
                 try:
                     prepared.state.advance(noise_pred)
+                except GenerationStopped as stopped:  # ends now, with this step's pictures
+                    finished.append(self._finish(prepared, stopped))
+                    continue
                 except Exception as err:  # noqa: BLE001 - its own callback stops only this request
                     finished.append(Finished(prepared, error=err))
                     continue
@@ -124,10 +127,13 @@ class Batcher:
             finished.extend(self.step())
         return finished
 
-    def _finish(self, prepared: PreparedRequest) -> Finished:
-        """A request whose last step is done: its pictures, or why it could not be decoded."""
+    def _finish(
+        self, prepared: PreparedRequest, stopped: GenerationStopped | None = None
+    ) -> Finished:
+        """A request whose last step is done (or that was ``stopped``): its pictures, or why
+        they could not be decoded."""
         try:
-            return Finished(prepared, prepared.result(self.model))
+            return Finished(prepared, prepared.result(self.model, stopped))
         except Exception as err:  # noqa: BLE001 - e.g. out of memory in the VAE: this request only
             return Finished(prepared, error=_without_frames(err))
 

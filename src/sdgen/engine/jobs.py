@@ -66,6 +66,7 @@ class _Job:
     id: str
     request: GenerationRequest
     cancelled: threading.Event = field(default_factory=threading.Event)
+    finish: threading.Event = field(default_factory=threading.Event)  # end now, keep pictures
 
 
 class Engine:
@@ -245,6 +246,16 @@ class Engine:
         self._notify("job_cancelled", job_id)
         return "queued"
 
+    def finish(self, job_id: str) -> bool:
+        """End a running job at its next step with the pictures predicted there (as A1111's
+        interrupt does); False when the job is not running (a queued one is left queued)."""
+        with self._cond:
+            running = self._running.get(job_id)
+            if running is None:
+                return False
+            running[0].finish.set()
+            return True
+
     @property
     def queue_depth(self) -> int:
         """Jobs waiting for a worker."""
@@ -421,6 +432,7 @@ class Engine:
                 stop=lambda: job.cancelled.is_set() or self._stopping.is_set(),
                 started=started,
                 preview_interval=self.preview_interval,
+                finish=job.finish.is_set,
             )
             prepared = batcher.add(job.request, callback)
         except Exception as err:  # noqa: BLE001 - reported as the job's end

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from sdgen.engine.events import JobListener, Progress
-from sdgen.errors import GenerationCancelled
+from sdgen.errors import GenerationCancelled, GenerationStopped
 from sdgen.media.video import approximate_pictures, latent_rgb_map
 from sdgen.models.loaded import LoadedModel
 from sdgen.sampling.loop import Step, StepCallback
@@ -40,15 +40,19 @@ def job_step_callback(
     stop: Callable[[], bool],
     started: float,
     preview_interval: float,
+    finish: Callable[[], bool] = lambda: False,
 ) -> StepCallback:
     """A running job's step callback: stops it (``GenerationCancelled``) once ``stop()`` says
-    so, and tells ``listener`` its progress, with a preview every ``preview_interval`` s."""
+    so, ends it with this step's predicted pictures (``GenerationStopped``) once ``finish()``
+    says so, and tells ``listener`` its progress, with a preview every ``preview_interval`` s."""
     last_preview = float("-inf")
 
     def on_step(step: Step) -> None:
         nonlocal last_preview
         if stop():
             raise GenerationCancelled(job_id)
+        if finish() and step.index + 1 < step.total:  # at the last step: done anyway
+            raise GenerationStopped(step.index + 1, step.total, step.denoised)
         now = time.monotonic()
         preview = None
         final = step.index + 1 == step.total

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from sdgen.conditioning.prompts import encode_conditioning
-from sdgen.errors import InvalidRequest, SdgenError
+from sdgen.errors import GenerationStopped, InvalidRequest, SdgenError
 from sdgen.media.images import decode_latents
 from sdgen.models.devices import precision_name
 from sdgen.models.fast_path import GraphedUNet
@@ -28,6 +28,9 @@ class GenerationResult:
 
     request: GenerationRequest  # every default filled in: seed, size, sampler where known
     images: list[Image.Image]
+    # Stopped early (GenerationStopped): (steps done, of steps); the pictures are the clean
+    # ones predicted at that step, not the request's finished pictures.
+    stopped_at: tuple[int, int] | None = None
 
     @property
     def seeds(self) -> list[int]:
@@ -52,10 +55,14 @@ class PreparedRequest:
     request: GenerationRequest  # every default filled in
     state: DenoisingState
 
-    def result(self, model: LoadedModel) -> GenerationResult:
-        """The pictures of the denoised state; an error instead of black pictures when the
-        denoising overflowed (NaN or infinity: one check, one read from the device)."""
-        if not bool(torch.isfinite(self.state.latents).all()):
+    def result(
+        self, model: LoadedModel, stopped: GenerationStopped | None = None
+    ) -> GenerationResult:
+        """The pictures of the denoised state (of the clean latents predicted where it was
+        ``stopped``); an error instead of black pictures when the denoising overflowed (NaN or
+        infinity: one check, one read from the device)."""
+        latents = self.state.latents if stopped is None else stopped.denoised
+        if not bool(torch.isfinite(latents).all()):
             guidance = self.request.guidance_scale
             if abs(guidance) > OVERFLOW_GUIDANCE:
                 raise InvalidRequest(
@@ -67,12 +74,17 @@ class PreparedRequest:
                 f"the denoising overflowed (NaN or infinity) at precision "
                 f"{self.request.precision}; fp32 may not"
             )
-        return GenerationResult(self.request, decode_latents(model.vae, self.state.latents))
+        stopped_at = None if stopped is None else (stopped.steps, stopped.total)
+        return GenerationResult(self.request, decode_latents(model.vae, latents), stopped_at)
 
 
 def run_alone(model: LoadedModel, prepared: PreparedRequest) -> GenerationResult:
-    """Denoise ``prepared`` on its own (one UNet call per iteration) and decode it."""
-    denoise_state(denoising_unet(model), prepared.state)
+    """Denoise ``prepared`` on its own (one UNet call per iteration) and decode it; a callback
+    that raises GenerationStopped ends it with the pictures predicted at that step."""
+    try:
+        denoise_state(denoising_unet(model), prepared.state)
+    except GenerationStopped as stopped:
+        return prepared.result(model, stopped)
     return prepared.result(model)
 
 

@@ -124,6 +124,11 @@ class JobService:
             self._ended(job_id)  # stored but not in the engine (not yet handed over)
         return self.store.get(job_id)
 
+    def finish(self, job_id: str) -> bool:
+        """End a running job at its next step, keeping the pictures predicted there (A1111's
+        interrupt); it then succeeds with them. False when the job is not running."""
+        return self.engine.finish(job_id)
+
     def live(self, job_id: str) -> LiveProgress | None:
         with self._lock:
             return self._live.get(job_id)

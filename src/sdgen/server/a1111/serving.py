@@ -2,8 +2,8 @@
 
 A txt2img or img2img call becomes a job (``api: a1111``) and waits for it, then answers as
 A1111 does: base64 PNGs with the ``parameters`` chunk, the request echoed, and ``info`` as a
-JSON string. ``interrupt`` stops the running A1111 jobs (never a native API's job); ``skip``
-stops the one ``progress`` shows (A1111's "current job").
+JSON string. ``interrupt`` ends the running A1111 jobs with the pictures of their last step
+(never a native API's job); ``skip`` ends the one ``progress`` shows (A1111's "current job").
 """
 
 from __future__ import annotations
@@ -164,29 +164,28 @@ class A1111Handler:
         )
 
     def interrupt(self) -> dict:
-        """Stop the running jobs made through this API (A1111 has one current job)."""
+        """End the running jobs made through this API (A1111 has one current job) at their next
+        step, with the pictures predicted there: their txt2img/img2img calls answer with those
+        pictures, as A1111's do (it decodes the last step's predicted clean latents), and the
+        metadata says ``Stopped at step: k/n``. Queued and native jobs are left alone."""
         for job_id in self.service.engine.running():
             record = self.service.get(job_id)
-            if record is not None and record.origin == ORIGIN:
-                self.service.cancel(job_id)
+            if record is not None and record.origin == ORIGIN and self.service.finish(job_id):
                 self.stopped["interrupted"] = True
         return {}
 
     def skip(self) -> None:
-        """Stop the job ``progress`` shows, as ``interrupt`` would; other A1111 jobs go on.
+        """End the job ``progress`` shows, as ``interrupt`` would; other A1111 jobs go on.
 
-        A1111's skip stops the picture being made and goes on with the next iteration
+        A1111's skip ends the picture being made and goes on with the next iteration
         (``n_iter``). sdgen has no next iteration: it runs all of an A1111 request's pictures,
         ``batch_size`` x ``n_iter``, as one job denoised in one batch. So every skip here is
-        A1111's skip of the last iteration, which ends the job, the same as interrupt for it:
-        the job is cancelled within one step and its txt2img/img2img call answers 200 with no
-        pictures and ``info`` status ``cancelled`` (A1111 would decode the unfinished latents).
-        Running A1111 jobs batched beside it, and queued ones, are left alone. Returns None:
-        A1111 answers ``null``.
+        A1111's skip of the last iteration, which ends the job with the pictures of its last
+        step, the same as interrupt for it. Running A1111 jobs batched beside it, and queued
+        ones, are left alone. Returns None: A1111 answers ``null``.
         """
         current = self.service.current(origin=ORIGIN)
-        if current is not None:
-            self.service.cancel(current[0])
+        if current is not None and self.service.finish(current[0]):
             self.stopped["skipped"] = True
 
     def png_info(self, image: str) -> PngInfoResponse:
