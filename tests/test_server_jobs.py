@@ -206,7 +206,7 @@ def test_out_of_memory_fails_the_job_empties_the_cache_and_the_next_job_succeeds
     from sdgen.pipelines.generate import start
 
     emptied = []
-    monkeypatch.setattr("sdgen.engine.jobs.empty_cuda_cache", lambda: emptied.append(1))
+    monkeypatch.setattr("sdgen.engine.workers.empty_cuda_cache", lambda: emptied.append(1))
 
     def flaky(model, request, callback):
         if request.prompt == "too big":
