@@ -200,6 +200,29 @@ def test_cancel_a_queued_job_never_runs_and_a_running_one_stops_within_a_step(tm
         assert client.delete("/v1/jobs/" + "0" * 32).status_code == 404
 
 
+def test_stop_ends_a_running_job_with_the_pictures_of_its_step(tmp_path):
+    started, steps_done = threading.Event(), []
+    slow = _slow_start(started, steps_done)
+    with client_for(tmp_path, start=slow, step_delay=0.05, max_batch=1) as client:
+        running = client.post("/v1/jobs", json={**FAST, "steps": 100}).json()
+        queued = client.post("/v1/jobs", json=FAST).json()
+        assert started.wait(30)
+        refused = client.post(f"/v1/jobs/{queued['id']}/stop")  # nothing to keep yet
+        assert refused.status_code == 409 and refused.json()["error"]["kind"] == "not_running"
+        wait_until(lambda: len(steps_done) >= 2)
+        assert client.post(f"/v1/jobs/{running['id']}/stop").status_code == 200
+        job = wait_for(client, running["id"])
+        assert job["status"] == "succeeded" and len(job["results"]) == 1
+        fields = parse_parameters(job["results"][0]["parameters"])
+        done, total = map(int, fields["Stopped at step"].split("/"))
+        assert 2 <= done < total == 100 and len(steps_done) <= done + 1
+        assert client.get(job["results"][0]["url"]).status_code == 200
+        assert wait_for(client, queued["id"])["status"] == "succeeded"  # it ran, unstopped
+        again = client.post(f"/v1/jobs/{running['id']}/stop")
+        assert again.status_code == 409 and "succeeded" in again.json()["detail"]
+        assert client.post("/v1/jobs/" + "0" * 32 + "/stop").status_code == 404
+
+
 def test_out_of_memory_fails_the_job_empties_the_cache_and_the_next_job_succeeds(
     tmp_path, monkeypatch
 ):

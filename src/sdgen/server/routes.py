@@ -55,6 +55,18 @@ def cancel_job(job_id: str, request: Request) -> JobInfo:
     return jobs(request).cancel(job_id)
 
 
+@router.post(
+    "/v1/jobs/{job_id}/stop",
+    response_model=JobInfo,
+    responses={**_ERRORS, 409: {"model": ErrorResponse}},
+    tags=["jobs"],
+)
+def stop_job(job_id: str, request: Request) -> JobInfo:
+    """Stop a running job at its next step and keep the pictures predicted there: it succeeds
+    with them, their metadata saying ``Stopped at step: k/n``. 409 unless it is running."""
+    return jobs(request).stop(job_id)
+
+
 @router.get("/v1/jobs/{job_id}/events", responses=_ERRORS, tags=["jobs"])
 def job_events(job_id: str, request: Request) -> StreamingResponse:
     """Server-sent events: ``status`` (the current state, first), ``progress`` (step, total,

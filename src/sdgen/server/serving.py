@@ -49,7 +49,7 @@ def not_found(what: str, value: str) -> ApiError:
 
 
 class JobsHandler:
-    """Jobs: submit, read, list, cancel, follow; and their pictures."""
+    """Jobs: submit, read, list, cancel, stop, follow; and their pictures."""
 
     def __init__(self, service: JobService, config: ServerConfig):
         self.service, self.config = service, config
@@ -81,6 +81,21 @@ class JobsHandler:
         record = self.service.cancel(job_id)
         if record is None:
             raise not_found("job", job_id)
+        return self.info(record)
+
+    def stop(self, job_id: str) -> JobInfo:
+        """End a running job at its next step, keeping the pictures predicted there."""
+        record = self.service.get(job_id)
+        if record is None:
+            raise not_found("job", job_id)
+        if record.status != "running" or not self.service.finish(job_id):
+            raise ApiError(
+                409,
+                "not_running",
+                f"job {job_id!r} is {record.status}: only a running job stops with its pictures "
+                "(DELETE cancels a queued one)",
+                "job",
+            )
         return self.info(record)
 
     def image_file(self, image_id: str) -> Path:
