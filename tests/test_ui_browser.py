@@ -273,6 +273,32 @@ def test_cancel_marks_a_running_job_cancelled(browser, server):
         assert page.locator("#gallery .result").count() == 0
 
 
+def test_stop_keeps_the_pictures_of_a_running_job(browser, server):
+    with open_page(browser) as (page, _):
+        load(page, server.url)
+        fill_form(page, prompt="a blue square", steps=150, seed=4)  # 150 x 50 ms at least
+        generate(page)
+        job_id = newest_job_id(page)
+        selector = f'#jobs .job[data-job-id="{job_id}"]'
+        card = page.locator(selector)
+        page.wait_for_function(
+            "card => document.querySelector(card + ' .job-progress').value > 0", arg=selector
+        )
+        card.get_by_role("button", name="Stop").click()
+        try:
+            page.wait_for_selector(f'{selector}[data-status="succeeded"]')
+        except sync_api.TimeoutError:
+            status = server.api(f"/v1/jobs/{job_id}")["status"]
+            shown = card.text_content()
+            raise AssertionError(f"job {status}; card: {shown!r}; server: {server.tail}") from None
+        assert card.get_by_role("button", name="Stop").is_hidden()
+        assert card.get_by_role("button", name="Cancel").is_hidden()
+        (result,) = server.api(f"/v1/jobs/{job_id}")["results"]
+        assert "Stopped at step: " in result["parameters"]
+        page.wait_for_selector("#gallery .result")
+        assert page.locator("#gallery .result").count() == 1
+
+
 def test_an_invalid_width_shows_the_servers_message_next_to_the_width(browser, server):
     body = {"prompt": "a red circle", "steps": 2, "width": 65}
     expected = httpx.post(f"{server.url}/v1/jobs", json=body, timeout=10)

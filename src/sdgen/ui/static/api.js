@@ -58,6 +58,7 @@ export const listSamplers = () => send("GET", "/v1/samplers").then(json);
 export const createJob = (body) => send("POST", "/v1/jobs", { body }).then(json);
 export const getJob = (id) => send("GET", `/v1/jobs/${encodeURIComponent(id)}`).then(json);
 export const cancelJob = (id) => send("DELETE", `/v1/jobs/${encodeURIComponent(id)}`).then(json);
+export const stopJob = (id) => send("POST", `/v1/jobs/${encodeURIComponent(id)}/stop`).then(json);
 
 export function listJobs({ status = "", limit = 10, offset = 0 } = {}) {
   const query = new URLSearchParams({ limit: String(limit), offset: String(offset) });

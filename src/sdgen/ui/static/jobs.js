@@ -1,7 +1,8 @@
 // A submitted job as a card: status, a progress bar and the latest preview from its events,
-// and Cancel. When the job ends its pictures go to the gallery.
+// Stop (while it runs: end now, keep the pictures predicted so far) and Cancel. When the job
+// ends its pictures go to the gallery.
 
-import { cancelJob, followJob } from "./api.js";
+import { cancelJob, followJob, stopJob } from "./api.js";
 import { renderResult } from "./results.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "interrupted"]);
@@ -14,10 +15,12 @@ export async function trackJob(job, { onEnd } = {}) {
   const bar = card.querySelector(".job-progress");
   const preview = card.querySelector(".job-preview");
   const cancel = card.querySelector(".job-cancel");
+  const stop = card.querySelector(".job-stop");
   const prompt = [].concat(job.request.prompt).join(" | ");
   card.querySelector(".job-prompt").textContent = prompt ? `“${prompt}”` : "(no prompt)";
   bar.setAttribute("aria-label", `progress of “${prompt}”`);
   cancel.setAttribute("aria-label", `Cancel “${prompt}”`);
+  stop.setAttribute("aria-label", `Stop “${prompt}” and keep its pictures`);
   document.getElementById("jobs").prepend(card);
 
   const showProgress = (progress) => {
@@ -34,6 +37,7 @@ export async function trackJob(job, { onEnd } = {}) {
   const showJob = (current) => {
     status.textContent = current.status;
     card.dataset.status = current.status;
+    stop.hidden = current.status !== "running"; // a queued job has no pictures to keep yet
     if (current.status === "queued" && current.queue_position) {
       status.textContent = `queued (#${current.queue_position})`;
     }
@@ -51,6 +55,16 @@ export async function trackJob(job, { onEnd } = {}) {
     }
   });
 
+  stop.addEventListener("click", async () => {
+    stop.disabled = true;
+    try {
+      showJob(await stopJob(job.id));
+    } catch (error) {
+      card.querySelector(".job-error").textContent = error.message;
+      stop.disabled = false;
+    }
+  });
+
   let final = job;
   try {
     final = await followJob(job, (kind, data) => {
@@ -64,6 +78,7 @@ export async function trackJob(job, { onEnd } = {}) {
   showJob(final);
   if (TERMINAL.has(final.status)) {
     cancel.hidden = true;
+    stop.hidden = true;
     if (final.error) card.querySelector(".job-error").textContent = final.error.message;
     if (final.status === "succeeded") {
       bar.value = 1;
