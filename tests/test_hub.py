@@ -83,3 +83,15 @@ def test_an_unreachable_hub_fails_fast(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "'someone/not-here'" in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_serve_offline_refuses_a_hub_model_not_in_the_cache_before_listening(tmp_path):
+    """Offline, only the cache can have it: found at start (it started and failed every job)."""
+    done = _sdgen(
+        ["serve", "--model", "someone/not-here", "--data-dir", str(tmp_path / "data")],
+        HF_HOME=str(tmp_path / "hf"),
+        HF_HUB_OFFLINE="1",
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "'someone/not-here'" in done.stderr and "HF_HUB_OFFLINE" in done.stderr
+

@@ -155,18 +155,24 @@ def serve(
 
 def _check_model(name: str) -> None:
     """Refuse at start a --model that cannot load: not bundled, no checkpoint file, not a
-    diffusers folder (or one with pickle weights only: the server refuses pickles), nor a hub id.
+    diffusers folder (or one with pickle weights only: the server refuses pickles), nor a hub id
+    (offline: one in the Hugging Face cache; online, workers fetch it as they start).
     """
+    from huggingface_hub import constants
+
     from sdgen.errors import PickleRefused
+    from sdgen.models.hub import download_model
     from sdgen.models.loader import check_model_source
 
     try:
-        check_model_source(name)
+        kind, _ = check_model_source(name)
     except PickleRefused as err:  # its message names --allow-pickle, which serve does not have
         raise SdgenError(
             f"model: {name} holds pickle weights, which can run code when loaded; the server "
             "loads safetensors only: convert them to .safetensors"
         ) from err
+    if kind == "hub" and constants.HF_HUB_OFFLINE:  # only the cache can have it: look now
+        download_model(name, token=None, allow_pickle=False)
 
 
 def _devices(text: str | None) -> list[str]:
