@@ -7,6 +7,7 @@ request cannot make the server read a path (``../``, absolute, URL-encoded) of i
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from sdgen.errors import InvalidRequest
@@ -35,6 +36,8 @@ class ModelPool:
         self._load = load
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
+        # (name, device) -> when its last load failed, and why (read under the pair's lock)
+        self._failures: dict[tuple[str, str], tuple[float, Exception]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -51,8 +54,15 @@ class ModelPool:
         return name
 
     def get(self, name: str, device: str) -> LoadedModel:
-        """The model ``name`` on ``device``, loaded now if it is not yet (one load per pair)."""
+        """The model ``name`` on ``device``, loaded now if it is not yet (one load per pair).
+
+        Callers that waited while a load of the pair failed get that load's error without
+        trying again: a burst of requests for a model that cannot load (a hub the network
+        cannot reach, 10 s a try) fails at once instead of retrying one after another; a call
+        that comes later tries again (the model may have been fixed).
+        """
         key = (self.resolve_name(name), device)
+        arrived = time.monotonic()
         with self._lock:
             model = self._models.get(key)
             if model is not None:
@@ -60,9 +70,17 @@ class ModelPool:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # two callers for the same pair wait for one load; other pairs load freely
             if key not in self._models:
-                model = self._load(*key)
+                failed = self._failures.get(key)
+                if failed is not None and failed[0] >= arrived:  # failed while this call waited
+                    raise failed[1].with_traceback(None)
+                try:
+                    model = self._load(*key)
+                except Exception as err:
+                    self._failures[key] = (time.monotonic(), err)
+                    raise
                 with self._lock:
                     self._models[key] = model
+                self._failures.pop(key, None)
             return self._models[key]
 
     def any(self, name: str, fallback_device: str) -> LoadedModel:
