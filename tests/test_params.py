@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from PIL import Image
 
 from sdgen.errors import InvalidRequest
-from sdgen.params import GenerationRequest, check_size
+from sdgen.params import GenerationRequest, InputPicture, check_size
 from sdgen.sampling.samplers import SAMPLERS, resolve_sampler
 
 
@@ -85,3 +86,14 @@ def test_seed_is_drawn_once_and_prompt_lists_order_images():
 def test_unknown_fields_are_refused_when_read_back():
     with pytest.raises(InvalidRequest, match="cfg"):
         GenerationRequest.from_dict({"prompt": "x", "cfg": 7})
+
+
+def test_strength_defaults_to_diffusers_default_for_the_mode():
+    """img2img 0.8, inpainting 1.0 (diffusers' pipelines'): the CLI, API and library agree."""
+    picture = InputPicture.from_image(Image.new("RGB", (8, 8)))
+    mask = InputPicture.from_image(Image.new("L", (8, 8)))
+    assert GenerationRequest("x", init_image=picture).strength == 0.8
+    assert GenerationRequest("x", init_image=picture, mask=mask).strength == 1.0
+    assert GenerationRequest("x", init_image=picture, mask=mask, strength=0.5).strength == 0.5
+    assert GenerationRequest("x").to_dict()["strength"] == 0.8  # recorded as a number
+

@@ -87,6 +87,13 @@ def test_img2img_and_inpaint_jobs_take_base64_pictures(tmp_path):
             got = decode_png(client.get(done["results"][0]["url"]).content)
             assert _equal(got, expected)
         assert img2img["request"]["init_image"]["width"] == 64
+        # Without strength, each mode gets diffusers' default, as on the command line.
+        del body["strength"]
+        defaults = [
+            client.post("/v1/jobs", json=extra).json()["request"]["strength"]
+            for extra in (body, {**body, "mask": png_base64(mask)})
+        ]
+        assert defaults == [0.8, 1.0]
 
 
 def test_jobs_are_listed_newest_first_by_page_and_status(tmp_path):

@@ -21,6 +21,7 @@ FAST_PATH_MODES = ("auto", "on", "off")  # how a model is loaded: sdgen.models.f
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit value
 MAX_RANDOM_SEED = 2**32 - 1  # random seeds stay in A1111's range so they read well in metadata
 DEFAULT_STRENGTH = 0.8  # diffusers' StableDiffusionImg2ImgPipeline default
+INPAINT_STRENGTH = 1.0  # diffusers' StableDiffusionInpaintPipeline default
 PICTURE_FIELDS = ("init_image", "mask")
 
 
@@ -55,7 +56,8 @@ class GenerationRequest:
     ``sampler``, ``width`` and ``height`` (for img2img: the init picture's size), and "draw one at
     random" for ``seed``. An ``init_image`` makes it img2img; a ``mask`` as well, inpainting
     (white = repaint, black = keep). ``strength`` (0..1) is how much of the init picture is
-    noised away; ``resize`` allows the init picture and mask to be resized to the output size.
+    noised away (default diffusers': 0.8 for img2img, 1.0 for inpainting); ``resize`` allows
+    the init picture and mask to be resized to the output size.
     ``eta`` is DDIM's (0: deterministic, its default; 1: fresh noise from each picture's own
     generator at every step, like DDPM); samplers without one take only 0.
     """
@@ -74,7 +76,7 @@ class GenerationRequest:
     device: str = "auto"
     init_image: InputPicture | None = None
     mask: InputPicture | None = None
-    strength: float = DEFAULT_STRENGTH
+    strength: float | None = None  # None: diffusers' default for the mode (0.8, inpainting 1.0)
     resize: bool = False
     eta: float = 0.0
 
@@ -120,6 +122,9 @@ class GenerationRequest:
                 raise InvalidRequest(name, value, "a picture (InputPicture) or nothing")
         if self.mask is not None and self.init_image is None:
             raise InvalidRequest("mask", "given", "a mask needs an init_image to inpaint")
+        if self.strength is None:
+            default = INPAINT_STRENGTH if self.mask is not None else DEFAULT_STRENGTH
+            object.__setattr__(self, "strength", default)
         allowed = "a number from 0 to 1 (0 keeps the init picture, 1 replaces it)"
         if isinstance(self.strength, bool) or not isinstance(self.strength, int | float):
             raise InvalidRequest("strength", self.strength, allowed)

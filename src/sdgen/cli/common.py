@@ -44,7 +44,7 @@ def model_options(func):
         click.option(
             "--allow-pickle",
             is_flag=True,
-            help="load .ckpt/.bin checkpoints (through torch's weights-only loader)",
+            help="load pickle checkpoints: .ckpt/.pt/.pth/.bin (with torch's weights-only loader)",
         ),
         click.option(
             "--out",

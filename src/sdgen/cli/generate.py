@@ -14,7 +14,7 @@ import click
 
 from sdgen.cli.common import ProgressBar, cli, model_options, quiet_libraries
 from sdgen.errors import InvalidRequest
-from sdgen.params import DEFAULT_STRENGTH, GenerationRequest
+from sdgen.params import DEFAULT_STRENGTH, INPAINT_STRENGTH, GenerationRequest
 
 
 def request_options(func):
@@ -191,7 +191,7 @@ def img2img(prompt, init_image, strength, resize, **kwargs) -> None:
 
 @cli.command()
 @click.argument("prompt")
-@_init_options(1.0)
+@_init_options(INPAINT_STRENGTH)
 @click.option(
     "--mask",
     required=True,

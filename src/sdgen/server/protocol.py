@@ -37,7 +37,9 @@ class JobCreate(BaseModel):
     seed: int | None = Field(None, description="seed of the first picture; null: random")
     init_image: str | None = Field(None, description="base64 picture: makes the job img2img")
     mask: str | None = Field(None, description="base64 picture, white = repaint: inpainting")
-    strength: float = _DEFAULTS["strength"]
+    strength: float | None = Field(
+        None, description="default: 0.8 for img2img, 1.0 for inpainting (diffusers' defaults)"
+    )
     resize: bool = _DEFAULTS["resize"]
     eta: float = Field(_DEFAULTS["eta"], description="DDIM's eta, 0..1 (0: deterministic)")
 
