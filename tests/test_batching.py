@@ -155,6 +155,36 @@ def test_a_stopped_request_leaves_with_the_pictures_predicted_at_its_step(sd1_mo
     assert max_pixel_diff(alone.images[0], stopped.images[0]) <= 1
 
 
+def test_a_stopped_inpainting_keeps_the_init_picture_outside_the_mask(sd1_model):
+    """4-channel inpainting blends the init picture back after every step: a stopped run's
+    predicted picture is blended as after the last step, so the kept part is the init
+    picture's, as in the finished run (the prediction alone repaints it too)."""
+    from sdgen.media.images import decode_latents
+    from sdgen.pipelines.generate import start
+    from sdgen.pipelines.stages import run_alone
+
+    size = sd1_model.native_size
+    init, mask = _picture(size, 0), _picture(size, 0, "L")  # repaint the left half
+    request = REQUESTS[0].replace(steps=6, init_image=init, mask=mask, strength=0.7)
+    seen = {}
+
+    def stop_at_step_two(step):
+        if step.index == 1:
+            seen["x0"] = step.denoised.clone()
+            raise GenerationStopped(2, step.total, step.denoised)
+
+    stopped = run_alone(sd1_model, start(sd1_model, request, stop_at_step_two)).images[0]
+    finished = generate(sd1_model, request).images[0]
+    unblended = decode_latents(sd1_model.vae, seen["x0"])[0]
+
+    def kept_difference(picture) -> float:  # mean, over the right quarter (far from the edge)
+        a, b = (np.asarray(p, dtype=np.float32)[:, 3 * size // 4 :] for p in (picture, finished))
+        return float(np.abs(a - b).mean())
+
+    assert kept_difference(stopped) < 2
+    assert kept_difference(unblended) > 4 * max(kept_difference(stopped), 0.5)
+
+
 def test_incompatible_requests_are_refused(sd1_model):
     batcher = Batcher(sd1_model)
     size = sd1_model.native_size

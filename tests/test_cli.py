@@ -14,6 +14,7 @@ from PIL import Image
 
 from sdgen.cli import main
 from sdgen.media.metadata import parse_parameters, read_request
+from sdgen.params import GenerationRequest
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -373,3 +374,30 @@ def test_ddim_eta_is_recorded_and_reproduced_and_refused_elsewhere(capsys, tmp_p
     code, out, err = run(capsys, "generate", "x", "--sampler", "euler", "--eta", "0.5")
     assert code == 2 and "eta: 0.5" in err and "ddim" in err, err
 
+
+def test_reproduce_stops_where_a_stopped_picture_was_taken(capsys, tmp_path):
+    """A picture of a stopped run (A1111's interrupt, the server's stop) records the step; it
+    is remade by stopping there, not by finishing the run."""
+    from sdgen.api import save_result
+    from sdgen.errors import GenerationStopped
+    from sdgen.models.loader import load_model
+    from sdgen.pipelines.generate import generate
+
+    def stop_after_three(step):
+        if step.index == 2:
+            raise GenerationStopped(3, step.total, step.denoised)
+
+    model = load_model(None, device="cpu")
+    request = GenerationRequest("a red circle", steps=8, seed=5, width=64, height=64)
+    result = generate(model, request, callback=stop_after_three)
+    (picture,) = save_result(result, model, tmp_path / "a")
+    with Image.open(picture) as image:
+        assert parse_parameters(image.text["parameters"])["Stopped at step"] == "3/8"
+    code, out, err = run(capsys, "reproduce", picture, "--out", tmp_path / "b")
+    assert code == 0, err
+    again = Path(out.strip())
+    with Image.open(picture) as a, Image.open(again) as b:
+        assert max_pixel_diff(a, b) == 0 and b.text["parameters"] == a.text["parameters"]
+    finished = generate(model, request).images[0]
+    with Image.open(picture) as a:
+        assert max_pixel_diff(a, finished) > 10  # stopping made a difference

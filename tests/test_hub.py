@@ -94,4 +94,3 @@ def test_serve_offline_refuses_a_hub_model_not_in_the_cache_before_listening(tmp
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "'someone/not-here'" in done.stderr and "HF_HUB_OFFLINE" in done.stderr
-

@@ -88,12 +88,18 @@ def test_unknown_fields_are_refused_when_read_back():
         GenerationRequest.from_dict({"prompt": "x", "cfg": 7})
 
 
-def test_strength_defaults_to_diffusers_default_for_the_mode():
-    """img2img 0.8, inpainting 1.0 (diffusers' pipelines'): the CLI, API and library agree."""
-    picture = InputPicture.from_image(Image.new("RGB", (8, 8)))
-    mask = InputPicture.from_image(Image.new("L", (8, 8)))
-    assert GenerationRequest("x", init_image=picture).strength == 0.8
-    assert GenerationRequest("x", init_image=picture, mask=mask).strength == 1.0
-    assert GenerationRequest("x", init_image=picture, mask=mask, strength=0.5).strength == 0.5
-    assert GenerationRequest("x").to_dict()["strength"] == 0.8  # recorded as a number
+def test_strength_defaults_to_diffusers_default_for_the_mode(sd1_model):
+    """img2img 0.8, inpainting 1.0 (diffusers' pipelines'): the CLI, API and library agree.
+    The default is taken when the request is resolved, so a copy that changes the mode gets
+    its own mode's default."""
+    from sdgen.pipelines.stages import resolve_request
 
+    picture = InputPicture.from_image(Image.new("RGB", (32, 32)))
+    mask = InputPicture.from_image(Image.new("L", (32, 32)))
+    img2img = GenerationRequest("x", init_image=picture)
+    inpaint = img2img.replace(mask=mask)
+    assert img2img.strength is None and inpaint.default_strength == 1.0
+    assert resolve_request(sd1_model, img2img).strength == 0.8
+    assert resolve_request(sd1_model, inpaint).strength == 1.0
+    assert resolve_request(sd1_model, inpaint.replace(mask=None)).strength == 0.8
+    assert resolve_request(sd1_model, inpaint.replace(strength=0.5)).strength == 0.5

@@ -34,5 +34,7 @@ class GenerationStopped(Exception):
     def __init__(self, steps: int, total: int, denoised):
         self.steps, self.total = steps, total  # steps done, of ``total``
         self.denoised = denoised  # (B, C, h, w) x0 predicted at the last step done
-        super().__init__(f"stopped after step {steps} of {total}")
+        super().__init__(steps, total, denoised)
 
+    def __str__(self) -> str:
+        return f"stopped after step {self.steps} of {self.total}"

@@ -76,7 +76,7 @@ class GenerationRequest:
     device: str = "auto"
     init_image: InputPicture | None = None
     mask: InputPicture | None = None
-    strength: float | None = None  # None: diffusers' default for the mode (0.8, inpainting 1.0)
+    strength: float | None = None  # None: diffusers' for the mode, set when resolved
     resize: bool = False
     eta: float = 0.0
 
@@ -122,14 +122,12 @@ class GenerationRequest:
                 raise InvalidRequest(name, value, "a picture (InputPicture) or nothing")
         if self.mask is not None and self.init_image is None:
             raise InvalidRequest("mask", "given", "a mask needs an init_image to inpaint")
-        if self.strength is None:
-            default = INPAINT_STRENGTH if self.mask is not None else DEFAULT_STRENGTH
-            object.__setattr__(self, "strength", default)
         allowed = "a number from 0 to 1 (0 keeps the init picture, 1 replaces it)"
-        if isinstance(self.strength, bool) or not isinstance(self.strength, int | float):
-            raise InvalidRequest("strength", self.strength, allowed)
-        if not (math.isfinite(self.strength) and 0.0 <= self.strength <= 1.0):
-            raise InvalidRequest("strength", self.strength, allowed)
+        if self.strength is not None:
+            if isinstance(self.strength, bool) or not isinstance(self.strength, int | float):
+                raise InvalidRequest("strength", self.strength, allowed)
+            if not (math.isfinite(self.strength) and 0.0 <= self.strength <= 1.0):
+                raise InvalidRequest("strength", self.strength, allowed)
         if not isinstance(self.resize, bool):
             raise InvalidRequest("resize", self.resize, "true or false")
         allowed = "a number from 0 to 1 (DDIM's eta: 0 is deterministic)"
@@ -137,6 +135,11 @@ class GenerationRequest:
             raise InvalidRequest("eta", self.eta, allowed)
         if not (math.isfinite(self.eta) and 0.0 <= self.eta <= 1.0):
             raise InvalidRequest("eta", self.eta, allowed)
+
+    @property
+    def default_strength(self) -> float:
+        """The strength a request without one runs with: diffusers' for its mode."""
+        return INPAINT_STRENGTH if self.mask is not None else DEFAULT_STRENGTH
 
     @property
     def mode(self) -> str:

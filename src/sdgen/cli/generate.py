@@ -105,6 +105,7 @@ class RunOptions:
     safety_checker: str | None = None
     fast_path: str = "auto"
     model_hash: str | None = None  # reproduce: the loaded model must have this ``Model hash``
+    stop_at: int | None = None  # reproduce: end after this step, with its predicted pictures
 
     @classmethod
     def from_kwargs(cls, kwargs: dict) -> RunOptions:
@@ -230,7 +231,7 @@ def inpaint(prompt, init_image, mask, strength, resize, **kwargs) -> None:
 def reproduce(image, model, init_image, mask, device, precision, **kwargs) -> None:
     """Generate IMAGE again from the request recorded in its metadata."""
     from sdgen.media.images import read_picture
-    from sdgen.media.metadata import read_model_hash, read_request
+    from sdgen.media.metadata import read_model_hash, read_request, read_stopped_at
 
     pictures = {}
     if init_image is not None:
@@ -243,7 +244,10 @@ def reproduce(image, model, init_image, mask, device, precision, **kwargs) -> No
     # The recorded model's weights must be the ones loaded (a folder or hub id may have changed
     # since); --model chooses another model on purpose.
     expected = None if model else read_model_hash(image)
-    _run(request, RunOptions.from_kwargs({**kwargs, "model_hash": expected}))
+    # A picture of a stopped generation (A1111's interrupt, the server's stop) is remade by
+    # stopping at the same step.
+    stop_at = read_stopped_at(image)
+    _run(request, RunOptions.from_kwargs({**kwargs, "model_hash": expected, "stop_at": stop_at}))
 
 
 def _run(request: GenerationRequest, options: RunOptions) -> None:
@@ -260,8 +264,11 @@ def _run(request: GenerationRequest, options: RunOptions) -> None:
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
     recorders = _step_recorders(options)
+    callbacks = [*recorders.values()]
+    if options.stop_at is not None:
+        callbacks.append(_stop_after(options.stop_at))
     with ProgressBar() as progress:
-        result, model = _generate(request, options, callbacks=[progress, *recorders.values()])
+        result, model = _generate(request, options, callbacks=[progress, *callbacks])
     extras: dict[int, dict] = {i: {} for i in range(len(result.images))}
     if checker is not None:
         result = _check_safety(checker, result, extras)
@@ -340,6 +347,17 @@ def _generate(request: GenerationRequest, options: RunOptions, callbacks: list):
     model = load(request.device)
     _check_model_hash(model, options.model_hash)
     return generate(model, request, callback=callback), model
+
+
+def _stop_after(steps: int):
+    """A step callback that ends the run after ``steps`` steps, with their predicted pictures."""
+    from sdgen.errors import GenerationStopped
+
+    def stop(step) -> None:
+        if step.index + 1 == steps:
+            raise GenerationStopped(steps, step.total, step.denoised)
+
+    return stop
 
 
 def _check_model_hash(model, expected: str | None) -> None:

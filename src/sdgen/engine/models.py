@@ -6,11 +6,12 @@ request cannot make the server read a path (``../``, absolute, URL-encoded) of i
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable, Sequence
 
-from sdgen.errors import InvalidRequest
+from sdgen.errors import InvalidRequest, SdgenError
 from sdgen.models.loaded import LoadedModel
 
 Loader = Callable[[str, str], LoadedModel]  # (configured name, device) -> model
@@ -72,11 +73,13 @@ class ModelPool:
             if key not in self._models:
                 failed = self._failures.get(key)
                 if failed is not None and failed[0] >= arrived:  # failed while this call waited
-                    raise failed[1].with_traceback(None)
+                    raise _frameless(failed[1])
                 try:
                     model = self._load(*key)
                 except Exception as err:
-                    self._failures[key] = (time.monotonic(), err)
+                    # A copy without the traceback: the failed load's frames (tensors of a load
+                    # that ran out of memory) are not kept, and each waiter raises its own.
+                    self._failures[key] = (time.monotonic(), _frameless(err))
                     raise
                 with self._lock:
                     self._models[key] = model
@@ -96,3 +99,13 @@ class ModelPool:
         """(name, device) of every loaded model."""
         with self._lock:
             return sorted(self._models)
+
+
+def _frameless(error: Exception) -> Exception:
+    """A new exception like ``error``, with no traceback: its type where it can be rebuilt from
+    its message, else an SdgenError with the message."""
+    try:
+        copied = copy.copy(error)
+    except Exception:  # noqa: BLE001 - a type whose __init__ takes other arguments
+        copied = SdgenError(f"{type(error).__name__}: {error}")
+    return copied.with_traceback(None)

@@ -100,6 +100,19 @@ def read_model_hash(path: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def read_stopped_at(path: Path) -> int | None:
+    """The step a stopped generation's picture was taken at (``Stopped at step: k/n``), or
+    None for a finished picture."""
+    extra = _recorded(path).get("extra")
+    value = extra.get("Stopped at step") if isinstance(extra, dict) else None
+    if value is None:
+        return None
+    done, _, total = str(value).partition("/")
+    if not (done.isdigit() and total.isdigit() and 0 < int(done) < int(total)):
+        raise SdgenError(f"image: {path} has unreadable sdgen metadata (Stopped at step {value!r})")
+    return int(done)
+
+
 def _recorded(path: Path) -> dict:
     """The sdgen JSON chunk of a PNG, checked to hold a request object."""
     try:

@@ -61,7 +61,12 @@ class PreparedRequest:
         """The pictures of the denoised state (of the clean latents predicted where it was
         ``stopped``); an error instead of black pictures when the denoising overflowed (NaN or
         infinity: one check, one read from the device)."""
-        latents = self.state.latents if stopped is None else stopped.denoised
+        latents = self.state.latents
+        if stopped is not None:
+            latents = stopped.denoised
+            if self.state.after_step is not None:  # e.g. inpainting's blending: as after the
+                # last step, the kept part is the init picture's clean latents
+                latents = self.state.after_step(len(self.state.run.timesteps) - 1, latents)
         if not bool(torch.isfinite(latents).all()):
             guidance = self.request.guidance_scale
             if abs(guidance) > OVERFLOW_GUIDANCE:
@@ -89,7 +94,8 @@ def run_alone(model: LoadedModel, prepared: PreparedRequest) -> GenerationResult
 
 
 def resolve_request(model: LoadedModel, request: GenerationRequest) -> GenerationRequest:
-    """Fill in the model's defaults (size, own sampler) and a seed; check the size."""
+    """Fill in the model's defaults (size, own sampler), the mode's strength and a seed; check
+    the size."""
     own_sampler = sampler_for_config(model.scheduler_config)
     width, height = _output_size(model, request)
     request = request.with_seed().replace(
@@ -97,6 +103,7 @@ def resolve_request(model: LoadedModel, request: GenerationRequest) -> Generatio
         height=height,
         sampler=request.sampler or (own_sampler.name if own_sampler else None),
         model=request.model or model.name,
+        strength=request.default_strength if request.strength is None else request.strength,
         precision=precision_name(model.dtype),  # "auto" resolved: the picture depends on it
     )
     check_size(request.width, request.height, model.vae_scale_factor)

@@ -126,7 +126,11 @@ class JobService:
 
     def finish(self, job_id: str) -> bool:
         """End a running job at its next step, keeping the pictures predicted there (A1111's
-        interrupt); it then succeeds with them. False when the job is not running."""
+        interrupt); it then succeeds with them. True too for a job whose pictures are being
+        written (it has ended with them); False when the job is not running."""
+        with self._lock:
+            if job_id in self._finishing:
+                return True
         return self.engine.finish(job_id)
 
     def live(self, job_id: str) -> LiveProgress | None:
