@@ -297,6 +297,9 @@ def test_stop_keeps_the_pictures_of_a_running_job(browser, server):
         assert "Stopped at step: " in result["parameters"]
         page.wait_for_selector("#gallery .result")
         assert page.locator("#gallery .result").count() == 1
+        done = result["parameters"].split("Stopped at step: ")[1].split(",")[0]
+        settings = page.locator("#gallery .result .result-settings").text_content()
+        assert f"stopped at step {done}" in settings, settings
 
 
 def test_an_invalid_width_shows_the_servers_message_next_to_the_width(browser, server):

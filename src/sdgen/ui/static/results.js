@@ -15,6 +15,9 @@ export function settingsText(request, image) {
   if (request.sampler) parts.push(request.sampler);
   if (request.model) parts.push(request.model);
   if (request.init_image) parts.push(`img2img, strength ${request.strength}`);
+  // A stopped job's picture is the prediction at that step (its metadata says which).
+  const stopped = /Stopped at step: (\d+\/\d+)/.exec(image.parameters || "");
+  if (stopped) parts.push(`stopped at step ${stopped[1]}`);
   return parts.filter(Boolean).join(" · ");
 }
 
