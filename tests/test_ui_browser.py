@@ -273,6 +273,39 @@ def test_cancel_marks_a_running_job_cancelled(browser, server):
         assert page.locator("#gallery .result").count() == 0
 
 
+def test_a_late_answer_to_cancel_does_not_bring_an_ended_job_back(browser, server):
+    """DELETE answers "running" (the job stops at its next step); when that answer arrives after
+    the job's end event, the card stays cancelled (it went back to running, with Stop shown)."""
+    with open_page(browser) as (page, _):
+        load(page, server.url)
+        held = []
+
+        def hold_cancel_answers(route):
+            if route.request.method != "DELETE":
+                route.continue_()
+                return
+            held.append((route, route.fetch()))  # answered by the server now, delivered later
+
+        page.route("**/v1/jobs/*", hold_cancel_answers)
+        fill_form(page, prompt="a pink star", steps=150, seed=5)
+        generate(page)
+        job_id = newest_job_id(page)
+        selector = f'#jobs .job[data-job-id="{job_id}"]'
+        card = page.locator(selector)
+        page.wait_for_function(
+            "card => document.querySelector(card + ' .job-progress').value > 0", arg=selector
+        )
+        card.get_by_role("button", name="Cancel").click()
+        page.wait_for_selector(f'{selector}[data-status="cancelled"]')  # from the end event
+        ((route, answer),) = held
+        assert answer.json()["status"] == "running"
+        route.fulfill(response=answer)
+        page.wait_for_timeout(500)
+        assert card.get_attribute("data-status") == "cancelled"
+        assert card.locator(".job-status").text_content() == "cancelled"
+        assert card.get_by_role("button", name="Stop").is_hidden()
+
+
 def test_stop_keeps_the_pictures_of_a_running_job(browser, server):
     with open_page(browser) as (page, _):
         load(page, server.url)

@@ -35,6 +35,9 @@ export async function trackJob(job, { onEnd } = {}) {
     }
   };
   const showJob = (current) => {
+    // An answer to Cancel or Stop, made while the job still ran, can arrive after the job's
+    // end event: an ended job never goes back to an earlier state.
+    if (TERMINAL.has(card.dataset.status) && !TERMINAL.has(current.status)) return;
     status.textContent = current.status;
     card.dataset.status = current.status;
     stop.hidden = current.status !== "running"; // a queued job has no pictures to keep yet
