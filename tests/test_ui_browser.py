@@ -249,24 +249,35 @@ def test_use_as_init_picture_runs_img2img_and_shows_its_result(browser, server):
         assert "img2img, strength 0.5" in newest.locator("figcaption").text_content()
 
 
+def start_long_job(page, prompt: str, seed: int):
+    """Submit a 150-step job (150 x 50 ms at least) and wait until it runs: (id, card selector,
+    card)."""
+    fill_form(page, prompt=prompt, steps=150, seed=seed)
+    generate(page)
+    job_id = newest_job_id(page)
+    selector = f'#jobs .job[data-job-id="{job_id}"]'
+    page.wait_for_function(
+        "card => document.querySelector(card + ' .job-progress').value > 0", arg=selector
+    )
+    return job_id, selector, page.locator(selector)
+
+
+def wait_for_card_status(page, server, job_id: str, selector: str, status: str) -> None:
+    """Wait until the card says ``status``; on a timeout, say what the server and card said."""
+    try:
+        page.wait_for_selector(f'{selector}[data-status="{status}"]')
+    except sync_api.TimeoutError:
+        stored = server.api(f"/v1/jobs/{job_id}")["status"]
+        shown = page.locator(selector).text_content()
+        raise AssertionError(f"job {stored}; card: {shown!r}; server: {server.tail}") from None
+
+
 def test_cancel_marks_a_running_job_cancelled(browser, server):
     with open_page(browser) as (page, _):
         load(page, server.url)
-        fill_form(page, prompt="a green triangle", steps=150, seed=3)  # 150 x 50 ms at least
-        generate(page)
-        job_id = newest_job_id(page)
-        card = page.locator(f'#jobs .job[data-job-id="{job_id}"]')
-        page.wait_for_function(
-            "card => document.querySelector(card + ' .job-progress').value > 0",
-            arg=f'#jobs .job[data-job-id="{job_id}"]',
-        )
+        job_id, selector, card = start_long_job(page, "a green triangle", seed=3)
         card.get_by_role("button", name="Cancel").click()
-        try:
-            page.wait_for_selector(f'#jobs .job[data-job-id="{job_id}"][data-status="cancelled"]')
-        except sync_api.TimeoutError:
-            status = server.api(f"/v1/jobs/{job_id}")["status"]
-            shown = card.text_content()
-            raise AssertionError(f"job {status}; card: {shown!r}; server: {server.tail}") from None
+        wait_for_card_status(page, server, job_id, selector, "cancelled")
         assert card.locator(".job-status").text_content() == "cancelled"
         assert card.get_by_role("button", name="Cancel").is_hidden()
         assert server.api(f"/v1/jobs/{job_id}")["status"] == "cancelled"
@@ -287,14 +298,7 @@ def test_a_late_answer_to_cancel_does_not_bring_an_ended_job_back(browser, serve
             held.append((route, route.fetch()))  # answered by the server now, delivered later
 
         page.route("**/v1/jobs/*", hold_cancel_answers)
-        fill_form(page, prompt="a pink star", steps=150, seed=5)
-        generate(page)
-        job_id = newest_job_id(page)
-        selector = f'#jobs .job[data-job-id="{job_id}"]'
-        card = page.locator(selector)
-        page.wait_for_function(
-            "card => document.querySelector(card + ' .job-progress').value > 0", arg=selector
-        )
+        _, selector, card = start_long_job(page, "a pink star", seed=5)
         card.get_by_role("button", name="Cancel").click()
         page.wait_for_selector(f'{selector}[data-status="cancelled"]')  # from the end event
         ((route, answer),) = held
@@ -309,21 +313,9 @@ def test_a_late_answer_to_cancel_does_not_bring_an_ended_job_back(browser, serve
 def test_stop_keeps_the_pictures_of_a_running_job(browser, server):
     with open_page(browser) as (page, _):
         load(page, server.url)
-        fill_form(page, prompt="a blue square", steps=150, seed=4)  # 150 x 50 ms at least
-        generate(page)
-        job_id = newest_job_id(page)
-        selector = f'#jobs .job[data-job-id="{job_id}"]'
-        card = page.locator(selector)
-        page.wait_for_function(
-            "card => document.querySelector(card + ' .job-progress').value > 0", arg=selector
-        )
+        job_id, selector, card = start_long_job(page, "a blue square", seed=4)
         card.get_by_role("button", name="Stop").click()
-        try:
-            page.wait_for_selector(f'{selector}[data-status="succeeded"]')
-        except sync_api.TimeoutError:
-            status = server.api(f"/v1/jobs/{job_id}")["status"]
-            shown = card.text_content()
-            raise AssertionError(f"job {status}; card: {shown!r}; server: {server.tail}") from None
+        wait_for_card_status(page, server, job_id, selector, "succeeded")
         assert card.get_by_role("button", name="Stop").is_hidden()
         assert card.get_by_role("button", name="Cancel").is_hidden()
         (result,) = server.api(f"/v1/jobs/{job_id}")["results"]

@@ -201,20 +201,22 @@ def inpaint(prompt, init_image, mask, strength, resize, **kwargs) -> None:
 def reproduce(image, model, init_image, mask, device, precision, **kwargs) -> None:
     """Generate IMAGE again from the request recorded in its metadata."""
     from sdgen.media.images import read_picture
-    from sdgen.media.metadata import read_model_hash, read_request, read_stopped_at
+    from sdgen.media.metadata import read_recorded
 
     pictures = {}
     if init_image is not None:
         pictures["init_image"] = read_picture(init_image, "init_image")
     if mask is not None:
         pictures["mask"] = read_picture(mask, "mask", mode="L")
-    request = read_request(image, pictures)
+    recorded = read_recorded(image, pictures)
     overrides = {"model": model, "precision": precision}
-    request = request.replace(device=device, **{k: v for k, v in overrides.items() if v})
-    # The recorded model's weights must be the ones loaded (a folder or hub id may have changed
-    # since); --model chooses another model on purpose.
-    expected = None if model else read_model_hash(image)
-    # A picture of a stopped generation (A1111's interrupt, the server's stop) is remade by
-    # stopping at the same step.
-    stop_at = read_stopped_at(image)
-    run(request, RunOptions.from_kwargs({**kwargs, "model_hash": expected, "stop_at": stop_at}))
+    request = recorded.request.replace(device=device, **{k: v for k, v in overrides.items() if v})
+    options = {
+        # The recorded model's weights must be the ones loaded (a folder or hub id may have
+        # changed since); --model chooses another model on purpose.
+        "model_hash": None if model else recorded.model_hash,
+        # A picture of a stopped generation (A1111's interrupt, the server's stop) is remade by
+        # stopping at the same step.
+        "stop_at": recorded.stopped_at,
+    }
+    run(request, RunOptions.from_kwargs({**kwargs, **options}))

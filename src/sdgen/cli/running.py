@@ -83,14 +83,17 @@ def _check_options(request: GenerationRequest, options: RunOptions) -> None:
         raise InvalidRequest(
             "best_of", options.best_of, f"from 1 to the number of pictures ({request.total_images})"
         )
-    for flag, given, needs in (  # an option for an output that is not asked for does nothing
-        ("every", options.every, options.save_steps),
-        ("preview", options.preview, options.save_steps or options.save_intermediates),
-        ("clip_model", options.clip_model, options.best_of),
+    for flag, given, needs, wanted in (  # an option for an output not asked for does nothing
+        ("every", options.every, options.save_steps, "--save-steps"),
+        (
+            "preview",
+            options.preview,
+            options.save_steps or options.save_intermediates,
+            "--save-steps or --save-intermediates",
+        ),
+        ("clip_model", options.clip_model, options.best_of, "--best-of"),
     ):
         if given is not None and needs is None:
-            wanted = {"every": "--save-steps", "clip_model": "--best-of"}.get(flag)
-            wanted = wanted or "--save-steps or --save-intermediates"
             raise InvalidRequest(flag, given, f"given only with {wanted}, which it applies to")
     if options.every is not None and options.every < 1:
         raise InvalidRequest("every", options.every, "a whole number of steps, 1 or more")

@@ -91,22 +91,34 @@ def read_request(path: Path, pictures: dict[str, InputPicture] | None = None) ->
     An img2img or inpainting request records only its input pictures' hashes: give the pictures
     in ``pictures`` (``init_image``, ``mask``); they must be the ones recorded.
     """
-    return GenerationRequest.from_dict(_recorded(path)["request"], pictures)
+    return read_recorded(path, pictures).request
 
 
-def read_model_hash(path: Path) -> str | None:
-    """The ``Model hash`` recorded in a PNG written by sdgen (None if it has none)."""
-    value = _recorded(path).get("model_hash")
-    return value if isinstance(value, str) else None
+@dataclass(frozen=True)
+class Recorded:
+    """What a PNG written by sdgen records for ``sdgen reproduce``."""
+
+    request: GenerationRequest
+    model_hash: str | None  # A1111's Model hash of the weights it was made with
+    stopped_at: int | None  # the step a stopped generation's picture was taken at
 
 
-def read_stopped_at(path: Path) -> int | None:
-    """The step a stopped generation's picture was taken at (``Stopped at step: k/n``), or
-    None for a finished picture."""
-    extra = _recorded(path).get("extra")
-    value = extra.get("Stopped at step") if isinstance(extra, dict) else None
-    if value is None:
-        return None
+def read_recorded(path: Path, pictures: dict[str, InputPicture] | None = None) -> Recorded:
+    """The request, model hash and stopping step recorded in a PNG written by sdgen (one read);
+    ``pictures`` as for ``read_request``."""
+    recorded = _recorded(path)
+    model_hash = recorded.get("model_hash")
+    extra = recorded.get("extra")
+    stopped = extra.get("Stopped at step") if isinstance(extra, dict) else None
+    return Recorded(
+        request=GenerationRequest.from_dict(recorded["request"], pictures),
+        model_hash=model_hash if isinstance(model_hash, str) else None,
+        stopped_at=None if stopped is None else _stopped_step(path, stopped),
+    )
+
+
+def _stopped_step(path: Path, value: object) -> int:
+    """k of a ``Stopped at step: k/n`` record."""
     done, _, total = str(value).partition("/")
     if not (done.isdigit() and total.isdigit() and 0 < int(done) < int(total)):
         raise SdgenError(f"image: {path} has unreadable sdgen metadata (Stopped at step {value!r})")

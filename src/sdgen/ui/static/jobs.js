@@ -48,25 +48,19 @@ export async function trackJob(job, { onEnd } = {}) {
   };
   showJob(job);
 
-  cancel.addEventListener("click", async () => {
-    cancel.disabled = true;
-    try {
-      showJob(await cancelJob(job.id));
-    } catch (error) {
-      card.querySelector(".job-error").textContent = error.message;
-      cancel.disabled = false;
-    }
-  });
-
-  stop.addEventListener("click", async () => {
-    stop.disabled = true;
-    try {
-      showJob(await stopJob(job.id));
-    } catch (error) {
-      card.querySelector(".job-error").textContent = error.message;
-      stop.disabled = false;
-    }
-  });
+  // Cancel and Stop: ask the server, show the job as it answers, or the error.
+  const onClick = (button, ask) =>
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        showJob(await ask(job.id));
+      } catch (error) {
+        card.querySelector(".job-error").textContent = error.message;
+        button.disabled = false;
+      }
+    });
+  onClick(cancel, cancelJob);
+  onClick(stop, stopJob);
 
   let final = job;
   try {
