@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random SD 1.x and SD 2.x models, built once per test session."""
+"""Shared fixtures: tiny random SD 1.x (also inpainting) and SD 2.x models, built once per test
+session."""
 
 from __future__ import annotations
 
@@ -38,6 +39,15 @@ def tiny_sd2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd2", family="sd2")
+
+
+@pytest.fixture(scope="session")
+def inpaint_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD 1.x whose UNet is an inpainting one (9 input channels)."""
+    from tiny_models import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-inpainting"
+    return build_tiny_model(folder, family="sd1", seed=1, unet_in_channels=9)
 
 
 @pytest.fixture(scope="session")

@@ -54,14 +54,6 @@ def img2img_pipe(tiny_sd1):
     return _load(diffusers.StableDiffusionImg2ImgPipeline, tiny_sd1)
 
 
-@pytest.fixture(scope="module")
-def inpaint_folder(tmp_path_factory):
-    from tiny_models import build_tiny_model
-
-    folder = tmp_path_factory.mktemp("models") / "tiny-inpainting"
-    return build_tiny_model(folder, family="sd1", seed=1, unet_in_channels=9)
-
-
 def _request(**changes) -> GenerationRequest:
     base = GenerationRequest(
         prompt=PROMPT,

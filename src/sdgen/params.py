@@ -23,6 +23,10 @@ MAX_RANDOM_SEED = 2**32 - 1  # random seeds stay in A1111's range so they read w
 DEFAULT_STRENGTH = 0.8  # diffusers' StableDiffusionImg2ImgPipeline default
 INPAINT_STRENGTH = 1.0  # diffusers' StableDiffusionInpaintPipeline default
 PICTURE_FIELDS = ("init_image", "mask")
+# What the masked part of the init picture holds before it is noised (A1111's "Masked content"):
+# the picture as it is, A1111's blurred fill from the colours around it, random latents, zeros.
+MASKED_CONTENTS = ("original", "fill", "latent_noise", "latent_nothing")
+MAX_MASK_BLUR = 256  # pixels (A1111's UI goes to 64)
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,15 @@ class GenerationRequest:
     the init picture and mask to be resized to the output size.
     ``eta`` is DDIM's (0: deterministic, its default; 1: fresh noise from each picture's own
     generator at every step, like DDPM); samplers without one take only 0.
+
+    Inpainting's mask processing, as A1111 does it (all off by default, as in diffusers):
+    ``mask_blur`` blurs the mask's edge by that many pixels (a Gaussian's standard deviation);
+    ``padding_mask_crop`` repaints only the mask's bounding box, grown by that many pixels and
+    to the output's aspect ratio, at width x height, and pastes it back into the init picture
+    (diffusers' ``padding_mask_crop``, A1111's "Only masked"; the pictures have the init
+    picture's size); ``masked_content`` is what the masked part starts from
+    (``MASKED_CONTENTS``); ``overlay`` pastes the init picture back over the result where the
+    mask keeps it, its blurred edge blending the two (always done with ``padding_mask_crop``).
     """
 
     prompt: str | tuple[str, ...]
@@ -79,6 +92,10 @@ class GenerationRequest:
     strength: float | None = None  # None: diffusers' for the mode, set when resolved
     resize: bool = False
     eta: float = 0.0
+    mask_blur: int = 0
+    padding_mask_crop: int | None = None
+    masked_content: str = "original"
+    overlay: bool = False
 
     def __post_init__(self) -> None:
         # Lists become tuples so the request stays hashable and immutable.
@@ -135,6 +152,29 @@ class GenerationRequest:
             raise InvalidRequest("eta", self.eta, allowed)
         if not (math.isfinite(self.eta) and 0.0 <= self.eta <= 1.0):
             raise InvalidRequest("eta", self.eta, allowed)
+        self._check_mask_processing()
+
+    def _check_mask_processing(self) -> None:
+        _check_int("mask_blur", self.mask_blur, 0, MAX_MASK_BLUR)
+        if self.padding_mask_crop is not None:
+            _check_int("padding_mask_crop", self.padding_mask_crop, 0, 65_536)
+        if self.masked_content not in MASKED_CONTENTS:
+            raise InvalidRequest(
+                "masked_content", self.masked_content, f"one of {', '.join(MASKED_CONTENTS)}"
+            )
+        if not isinstance(self.overlay, bool):
+            raise InvalidRequest("overlay", self.overlay, "true or false")
+        if self.mask is None:  # each of them does something to the mask only
+            asked = {
+                "mask_blur": self.mask_blur != 0,
+                "padding_mask_crop": self.padding_mask_crop is not None,
+                "masked_content": self.masked_content != "original",
+                "overlay": self.overlay,
+            }
+            for name, on in asked.items():
+                if on:
+                    allowed = "a mask to work on (inpainting)"
+                    raise InvalidRequest(name, getattr(self, name), allowed)
 
     @property
     def default_strength(self) -> float:

@@ -73,7 +73,8 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
     re-queued after a restart makes the same pictures (its random seed is drawn here, once).
     """
     # Imported here: the pipelines pull in diffusers; the engine's callers may not need them.
-    from sdgen.pipelines.init_images import mask_tensor, picture_tensor, strength_timesteps
+    from sdgen.pipelines.init_images import picture_tensor, strength_timesteps
+    from sdgen.pipelines.masking import inpaint_pictures
     from sdgen.pipelines.stages import new_scheduler, resolve_request
 
     limits.check(request)
@@ -83,8 +84,9 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
     limits.check(resolved, size_field="init_image" if from_picture else "width")
     scheduler = new_scheduler(model, resolved)  # steps the sampler can take; eta DDIM's only
     if resolved.init_image is not None:
-        picture_tensor(resolved)  # the init picture must have the output size, or resize
-        if resolved.mask is not None:
-            mask_tensor(resolved)
+        if resolved.mask is not None:  # sizes, and a mask to crop to
+            inpaint_pictures(resolved)
+        else:
+            picture_tensor(resolved)  # the init picture must have the output size, or resize
         strength_timesteps(scheduler, resolved.steps, resolved.strength)
     return resolved

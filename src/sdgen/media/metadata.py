@@ -22,6 +22,12 @@ PARAMETERS_KEY = "parameters"
 # A1111's infotext parser (modules/infotext_utils.py), used to read the parameters line back,
 # with keys of at most 64 characters: A1111's unbounded key makes the scan quadratic in a line's
 # length (a 900,000-character line from an uploaded PNG would take hours); its keys are short.
+# params.MASKED_CONTENTS -> A1111's "Masked content" (it writes none for "original").
+_MASKED_CONTENT_LABELS = {
+    "fill": "fill",
+    "latent_noise": "latent noise",
+    "latent_nothing": "latent nothing",
+}
 _PARAM_RE = re.compile(r'\s*(\w[\w \-/]{1,63}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 
@@ -55,6 +61,7 @@ class ImageRecord:
             "Init image hash": r.init_image.sha256[:12] if r.init_image is not None else None,
             "Mask hash": r.mask.sha256[:12] if r.mask is not None else None,
             "Eta DDIM": f"{r.eta:g}" if r.eta else None,  # A1111 writes it when not 0
+            **_mask_processing(r),
             **self.extra,
             "Version": self.version,
         }
@@ -73,6 +80,17 @@ class ImageRecord:
                 "extra": self.extra,
             }
         )
+
+
+def _mask_processing(r: GenerationRequest) -> dict[str, object]:
+    """Inpainting's mask settings under A1111's infotext keys, where they are not the defaults
+    (A1111 has no key for the overlay: it always pastes the init picture back)."""
+    return {
+        "Mask blur": r.mask_blur or None,
+        "Inpaint area": "Only masked" if r.padding_mask_crop is not None else None,
+        "Masked area padding": r.padding_mask_crop,
+        "Masked content": _MASKED_CONTENT_LABELS.get(r.masked_content),
+    }
 
 
 def save_png(image: Image.Image, path: Path, record: ImageRecord, *, metadata: bool = True) -> Path:

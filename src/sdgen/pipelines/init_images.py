@@ -9,47 +9,39 @@ import torch
 from PIL import Image
 
 from sdgen.errors import InvalidRequest
-from sdgen.params import GenerationRequest, InputPicture
+from sdgen.params import GenerationRequest
 
 
 def picture_tensor(request: GenerationRequest) -> torch.Tensor:
     """The init picture as (1, 3, H, W) in [-1, 1], at the request's (resolved) size."""
-    image = _sized(request.init_image, request, "init_image")
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+    return pixels_tensor(sized_picture(request.init_image.image, request, "init_image"))
+
+
+def pixels_tensor(picture: Image.Image) -> torch.Tensor:
+    """A picture as (1, 3, H, W) in [-1, 1], as diffusers' image processor makes it."""
+    array = np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
     return torch.from_numpy(array).permute(2, 0, 1)[None] * 2.0 - 1.0
 
 
-def mask_tensor(request: GenerationRequest) -> torch.Tensor:
-    """The mask as (1, 1, H, W): 1 where the picture is repainted, 0 where it is kept.
-
-    Binarised at one half, as diffusers' mask processor does. It must have the init picture's
-    size, unless ``resize`` is asked for: then both are resized to the output size, as diffusers'
-    processors resize each to the pipeline's size.
-    """
-    if request.mask.size != request.init_image.size and not request.resize:
-        width, height = request.init_image.size
-        raise InvalidRequest(
-            "mask",
-            "{}x{}".format(*request.mask.size),
-            f"a mask of the init picture's size ({width}x{height}), or resize=True (--resize)",
-        )
-    image = _sized(request.mask, request, "mask")
-    array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0  # (H, W)
+def mask_tensor(mask: Image.Image) -> torch.Tensor:
+    """A mask as (1, 1, H, W): 1 where the picture is repainted, 0 where it is kept; binarised
+    at one half, as diffusers' mask processor does."""
+    array = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0  # (H, W)
     return (torch.from_numpy(array) >= 0.5).to(torch.float32)[None, None]
 
 
-def _sized(picture: InputPicture, request: GenerationRequest, field: str) -> Image.Image:
-    """The picture at the output size: resized (Lanczos, as diffusers) only when asked to."""
+def sized_picture(picture: Image.Image, request: GenerationRequest, field: str) -> Image.Image:
+    """``picture`` at the output size: resized (Lanczos, as diffusers) only when asked to."""
     size = (request.width, request.height)
     if picture.size == size:
-        return picture.image
+        return picture
     if not request.resize:
         raise InvalidRequest(
             field,
             "{}x{}".format(*picture.size),
             f"a {size[0]}x{size[1]} picture (the output size), or resize=True (--resize)",
         )
-    return picture.image.resize(size, Image.Resampling.LANCZOS)
+    return picture.resize(size, Image.Resampling.LANCZOS)
 
 
 def latent_samples(vae, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:

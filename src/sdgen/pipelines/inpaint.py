@@ -18,9 +18,10 @@ from sdgen.params import GenerationRequest
 from sdgen.pipelines.init_images import (
     latent_samples,
     mask_tensor,
-    picture_tensor,
+    pixels_tensor,
     strength_timesteps,
 )
+from sdgen.pipelines.masking import inpaint_pictures
 from sdgen.pipelines.stages import (
     GenerationResult,
     PreparedRequest,
@@ -73,9 +74,11 @@ def start_inpaint(
     timesteps, steps = strength_timesteps(scheduler, request.steps, request.strength)
     # 2. Text conditioning.
     embeddings = text_conditioning(model, request)  # (2B or B, 77, D)
-    # 3. Pictures: init (1, 3, H, W), mask (1, 1, H, W), both on the model's device and dtype.
-    pixels = picture_tensor(request).to(model.device, model.dtype)
-    mask = mask_tensor(request).to(model.device, model.dtype)
+    # 3. Pictures as the mask options make them (blurred, cropped, filled): init (1, 3, H, W),
+    # mask (1, 1, H, W), both on the model's device and dtype.
+    pictures = inpaint_pictures(request)
+    pixels = pixels_tensor(pictures.picture).to(model.device, model.dtype)
+    mask = mask_tensor(pictures.mask).to(model.device, model.dtype)
     generators = image_generators(request.seed, request.total_images)
     latents, extra, blend = _prepare(model, request, scheduler, timesteps, generators, pixels, mask)
     run = prepare_run(
@@ -94,7 +97,7 @@ def start_inpaint(
         extra_channels=extra if inpainting_unet else None,
         after_step=None if inpainting_unet else blend,
     )
-    return PreparedRequest(request, state)
+    return PreparedRequest(request, state, finish=pictures.finish)
 
 
 class _Blend:
@@ -131,11 +134,12 @@ def _prepare(model, request, scheduler, timesteps, generators, pixels, mask):
         # diffusers samples the masked picture's latents for 4-channel UNets too, and ignores
         # them; the same draw, without the VAE encode, keeps later sampler draws equal to its.
         initial_latents(generators, shape, device=torch.device("cpu"), dtype=model.dtype)
+    latent_mask = torch.nn.functional.interpolate(mask, size=shape[1:]).repeat(count, 1, 1, 1)
     if from_noise:
         latents = noise * scheduler.init_noise_sigma
     else:
-        latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(count))
-    latent_mask = torch.nn.functional.interpolate(mask, size=shape[1:]).repeat(count, 1, 1, 1)
+        start = _masked_content(request, image_latents, latent_mask, generators, model)
+        latents = scheduler.add_noise(start, noise, timesteps[:1].repeat(count))
     extra = None
     if inpainting_unet:
         extra = torch.cat([latent_mask, masked_latents], dim=1)  # (B, 5, h, w)
@@ -143,3 +147,16 @@ def _prepare(model, request, scheduler, timesteps, generators, pixels, mask):
             extra = torch.cat([extra, extra])  # the same for [uncond; text]
     blend = _Blend(scheduler, timesteps, image_latents, noise, latent_mask)
     return latents, extra, blend
+
+
+def _masked_content(request, image_latents, latent_mask, generators, model) -> torch.Tensor:
+    """The latents denoising starts from before noise: A1111's "latent noise" puts random
+    latents (each picture's own draw, after diffusers') in the masked part, "latent nothing"
+    zeros; "original" and "fill" (done to the picture) keep the init picture's."""
+    if request.masked_content == "latent_nothing":
+        return image_latents * (1 - latent_mask)
+    if request.masked_content == "latent_noise":
+        shape = image_latents.shape[1:]
+        random = initial_latents(generators, shape, device=model.device, dtype=model.dtype)
+        return image_latents * (1 - latent_mask) + random * latent_mask
+    return image_latents

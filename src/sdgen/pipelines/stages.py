@@ -5,6 +5,7 @@ text conditioning, and the result type.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,9 @@ class PreparedRequest:
 
     request: GenerationRequest  # every default filled in
     state: DenoisingState
+    # The decoded pictures -> the request's output (inpainting pastes them back into the init
+    # picture where its mask options ask).
+    finish: Callable[[list[Image.Image]], list[Image.Image]] | None = None
 
     def result(
         self, model: LoadedModel, stopped: GenerationStopped | None = None
@@ -80,7 +84,10 @@ class PreparedRequest:
                 f"{self.request.precision}; fp32 may not"
             )
         stopped_at = None if stopped is None else (stopped.steps, stopped.total)
-        return GenerationResult(self.request, decode_latents(model.vae, latents), stopped_at)
+        pictures = decode_latents(model.vae, latents)
+        if self.finish is not None:
+            pictures = self.finish(pictures)
+        return GenerationResult(self.request, pictures, stopped_at)
 
 
 def run_alone(model: LoadedModel, prepared: PreparedRequest) -> GenerationResult:
@@ -111,12 +118,13 @@ def resolve_request(model: LoadedModel, request: GenerationRequest) -> Generatio
 
 
 def _output_size(model: LoadedModel, request: GenerationRequest) -> tuple[int, int]:
-    """The requested size; else the init picture's (img2img) or the model's native size.
+    """The requested size; else the init picture's (img2img) or the model's native size (also
+    where only the masked area is repainted: ``padding_mask_crop``, as diffusers).
 
     An init picture whose sides are not multiples of the latent factor is refused unless
     ``resize`` asks for the nearest valid size: nothing is rounded silently.
     """
-    if request.init_image is None:
+    if request.init_image is None or request.padding_mask_crop is not None:
         return request.width or model.native_size, request.height or model.native_size
     factor = model.vae_scale_factor
     picture_width, picture_height = request.init_image.size
