@@ -69,7 +69,10 @@ def check_equal_to_alone(model, requests, joins) -> int:
         assert done.result.request == alone.request
         worst = max(worst, max_pixel_diff(done.result.images[0], alone.images[0]))
         assert recorders[i].steps == alone_steps.steps, f"request {i}"
-        runs = request.steps if request.mode == "txt2img" else int(request.steps * request.strength)
+        resolved = alone.request  # strength filled in
+        runs = (
+            request.steps if request.mode == "txt2img" else int(request.steps * resolved.strength)
+        )
         assert [index for index, _, _ in recorders[i].steps] == list(range(runs))
     print(f"max pixel difference batched vs alone: {worst}/255")
     return worst
@@ -224,12 +227,29 @@ def test_txt2img_img2img_and_inpainting_share_steps(sd1_model):
     assert check_equal_to_alone(sd1_model, requests, [0, 0, 1, 2, 2]) <= 1
 
 
-@pytest.fixture(scope="module")
-def inpainting_model(tmp_path_factory):
-    from tiny_models import build_tiny_model
+def test_inpainting_with_mask_processing_shares_steps(sd1_model):
+    """Blur, only the masked area (its own output size), fill and overlay: each request's
+    pictures are still those it gets alone."""
+    size = sd1_model.native_size
+    init, mask = _picture(size + 8, 0), _picture(size + 8, 0, "L")
+    requests = [
+        REQUESTS[0].replace(steps=4),
+        REQUESTS[1].replace(
+            steps=4, init_image=init, mask=mask, strength=0.75, mask_blur=2, padding_mask_crop=1
+        ),
+        REQUESTS[2].replace(
+            steps=4, init_image=init, mask=mask, masked_content="fill", overlay=True, resize=True
+        ),
+    ]
+    requests[2] = requests[2].replace(width=size, height=size)
+    batched = run_batched(sd1_model, requests, [0, 0, 1])
+    assert batched[1].result.images[0].size == (size + 8, size + 8)  # pasted back
+    assert check_equal_to_alone(sd1_model, requests, [0, 0, 1]) <= 1
 
-    folder = tmp_path_factory.mktemp("models") / "tiny-inpainting"
-    return load_model(str(build_tiny_model(folder, family="sd1", seed=1, unet_in_channels=9)))
+
+@pytest.fixture(scope="module")
+def inpainting_model(inpaint_folder):
+    return load_model(inpaint_folder)
 
 
 def test_a_nine_channel_inpainting_model_batches_its_requests(inpainting_model):

@@ -191,3 +191,58 @@ def test_resize_resizes_a_mask_of_another_size_as_it_resizes_the_init_picture(
         pictures.append(Image.open(path))
     assert pictures[0].size == (64, 64)
     assert max_pixel_diff(pictures[0], pictures[1]) == 0
+
+
+@pytest.fixture
+def middle_mask(tmp_path) -> Path:
+    path = tmp_path / "middle-mask.png"
+    array = np.zeros((64, 64), dtype=np.uint8)
+    array[16:48, 16:48] = 255
+    Image.fromarray(array, mode="L").save(path)
+    return path
+
+
+def test_inpaint_mask_processing_flags_reach_the_request(
+    capsys, monkeypatch, tmp_path, red_square, middle_mask
+):
+    seen = []
+    monkeypatch.setattr("sdgen.cli.generate.run", lambda request, options: seen.append(request))
+    base = ["inpaint", "x", "--init-image", red_square, "--mask", middle_mask, *COMMON]
+    _run(capsys, *base)
+    asked = ["--mask-blur", 4, "--padding-mask-crop", 8, "--masked-content", "latent_noise"]
+    _run(capsys, *base, *asked, "--overlay")
+    processing = [(r.mask_blur, r.padding_mask_crop, r.masked_content, r.overlay) for r in seen]
+    assert processing == [(0, None, "original", False), (4, 8, "latent_noise", True)]
+
+
+def test_bad_mask_processing_flags_exit_2_naming_them(capsys, tmp_path, red_square, middle_mask):
+    base = ["inpaint", "x", "--init-image", red_square, "--mask", middle_mask, *COMMON]
+    err = _fails(capsys, *base, "--masked-content", "bogus", "--out", tmp_path)
+    assert "--masked-content" in err and "original" in err and "latent_nothing" in err
+    for flag, value, field in (
+        ("--mask-blur", -1, "mask_blur"),
+        ("--mask-blur", 257, "mask_blur"),
+        ("--padding-mask-crop", -1, "padding_mask_crop"),
+    ):
+        err = _fails(capsys, *base, flag, value, "--out", tmp_path)
+        assert err.startswith(f"sdgen: error: {field}:"), err
+    # img2img has no mask to process.
+    err = _fails(capsys, "img2img", "x", "--init-image", red_square, "--mask-blur", 4, *COMMON)
+    assert "--mask-blur" in err
+
+
+def test_inpaint_with_mask_processing_records_it_and_reproduces(
+    capsys, tmp_path, red_square, middle_mask
+):
+    asked = ["--mask-blur", 4, "--padding-mask-crop", 8, "--masked-content", "fill", "--overlay"]
+    args = ["--init-image", red_square, "--mask", middle_mask, "--seed", 5, *asked, *COMMON]
+    (path,) = _run(capsys, "inpaint", "a blue square", *args, "--out", tmp_path / "out")
+    with Image.open(path) as picture:
+        assert picture.size == (64, 64)
+        record = json.loads(picture.text["sdgen"])["request"]
+    processing = {"mask_blur": 4, "padding_mask_crop": 8, "masked_content": "fill", "overlay": True}
+    assert {name: record[name] for name in processing} == processing
+    again_args = [path, "--init-image", red_square, "--mask", middle_mask, "--device", "cpu"]
+    (again,) = _run(capsys, "reproduce", *again_args, "--out", tmp_path / "again")
+    with Image.open(path) as first, Image.open(again) as second:
+        assert max_pixel_diff(first.convert("RGB"), second.convert("RGB")) == 0

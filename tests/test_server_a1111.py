@@ -76,6 +76,7 @@ WEBUIAPI_TXT2IMG = {
 INIT = Image.new("RGB", (64, 64), (30, 60, 220))
 MASK = Image.new("L", (64, 64), 0)
 MASK.paste(255, (0, 0, 32, 64))
+MASK_BASE64 = "data:image/png;base64," + png_base64(MASK)
 # webuiapi's img2img(images=[INIT], ...): the txt2img fields less hires fix, plus these.
 WEBUIAPI_IMG2IMG = {
     **{k: v for k, v in WEBUIAPI_TXT2IMG.items() if not k.startswith(("hr_", "first"))},
@@ -153,9 +154,11 @@ def test_a1111_defaults_seed_minus_one_and_a_bare_request(client):
 
 
 def test_img2img_and_inpainting_as_webuiapi_sends_them(client):
-    for extra, pictures in (
-        ({}, {"init_image": INIT}),
-        ({"mask": "data:image/png;base64," + png_base64(MASK)}, {"init_image": INIT, "mask": MASK}),
+    # webuiapi's inpainting settings: blur 4, "fill", only masked with no padding, overlay.
+    inpainting = {"mask_blur": 4, "padding_mask_crop": 0, "masked_content": "fill", "overlay": True}
+    for extra, pictures, processing in (
+        ({}, {"init_image": INIT}, {}),
+        ({"mask": MASK_BASE64}, {"init_image": INIT, "mask": MASK}, inpainting),
     ):
         response = client.post("/sdapi/v1/img2img", json={**WEBUIAPI_IMG2IMG, **extra})
         assert response.status_code == 200, response.text
@@ -171,6 +174,7 @@ def test_img2img_and_inpainting_as_webuiapi_sends_them(client):
                 strength=0.75,
                 resize=True,
                 **{k: InputPicture.from_image(v) for k, v in pictures.items()},
+                **processing,
             )
         )
         assert _same(decode_png(response.json()["images"][0]), expected[0])
@@ -259,12 +263,63 @@ def test_invalid_a1111_requests_are_422_naming_a1111_fields(client, change, fiel
         ({"initial_noise_multiplier": 0.5}, "initial_noise_multiplier"),
         ({"latent_mask": "abc"}, "latent_mask"),
         ({"include_init_images": True}, "include_init_images"),
+        # inpainting's mask processing, named as A1111 clients send it
+        ({"mask": MASK_BASE64, "inpainting_fill": 4}, "inpainting_fill"),
+        ({"mask": MASK_BASE64, "mask_blur": None, "mask_blur_y": 8}, "mask_blur_y"),
+        ({"mask": MASK_BASE64, "mask_blur": -1}, "mask_blur"),
+        (
+            {"mask": MASK_BASE64, "mask_blur": None, "mask_blur_x": 300, "mask_blur_y": 300},
+            "mask_blur_x",  # it is mask_blur_x's blur when mask_blur is not sent
+        ),
+        ({"mask": MASK_BASE64, "inpaint_full_res_padding": -1}, "inpaint_full_res_padding"),
+        ({"mask": MASK_BASE64, "mask_round": False}, "mask_round"),
     ],
 )
 def test_invalid_img2img_inputs_are_422(client, change, field):
     response = client.post("/sdapi/v1/img2img", json={**WEBUIAPI_IMG2IMG, **change})
     assert response.status_code == 422, response.text
     assert response.json()["error"]["field"] == field
+
+
+def _inpainting_request(**fields) -> GenerationRequest:
+    """An A1111 img2img body (A1111's defaults but for these) as sdgen's request."""
+    from sdgen.server.a1111.protocol import Img2ImgRequest
+
+    body = {"init_images": [png_base64(INIT)], "width": 64, "height": 64, **fields}
+    return Img2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20)
+
+
+def _processing(request: GenerationRequest) -> tuple:
+    return request.mask_blur, request.padding_mask_crop, request.masked_content, request.overlay
+
+
+def test_a1111_inpainting_settings_become_sdgens_mask_processing():
+    """A1111's defaults with a mask: blur 4, only masked with no padding, fill, the init
+    picture pasted back; each setting maps to its sdgen field."""
+    assert _processing(_inpainting_request(mask=MASK_BASE64)) == (4, 0, "fill", True)
+    whole = _inpainting_request(
+        mask=MASK_BASE64, inpaint_full_res=False, inpaint_full_res_padding=8
+    )
+    assert whole.padding_mask_crop is None
+    padded = _inpainting_request(mask=MASK_BASE64, inpaint_full_res_padding=32)
+    assert padded.padding_mask_crop == 32
+    fills = {0: "fill", 1: "original", 2: "latent_noise", 3: "latent_nothing"}
+    for fill, content in fills.items():
+        request = _inpainting_request(mask=MASK_BASE64, inpainting_fill=fill)
+        assert request.masked_content == content, fill
+    # mask_blur sets both radii, as A1111's setter does; without it, x and y equal are one blur
+    assert _inpainting_request(mask=MASK_BASE64, mask_blur=9, mask_blur_y=2).mask_blur == 9
+    assert _inpainting_request(mask=MASK_BASE64, mask_blur_x=6, mask_blur_y=6).mask_blur == 6
+    assert _inpainting_request(mask=MASK_BASE64, mask_blur=0).mask_blur == 0
+
+
+def test_a1111_inpainting_settings_without_a_mask_are_ignored():
+    """A1111 clients send the inpainting settings with every img2img call: without a mask they
+    do nothing there, and nothing here (not even the ones refused with a mask)."""
+    request = _inpainting_request()
+    assert request.mask is None and _processing(request) == (0, None, "original", False)
+    odd = _inpainting_request(mask_blur_y=8, inpainting_fill=7, mask_round=False, mask_blur=-1)
+    assert _processing(odd) == (0, None, "original", False)
 
 
 def test_png_info_reads_the_parameters_and_never_trusts_them(client):

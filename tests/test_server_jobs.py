@@ -96,6 +96,45 @@ def test_img2img_and_inpaint_jobs_take_base64_pictures(tmp_path):
         assert defaults == [0.8, 1.0]
 
 
+def test_inpaint_jobs_take_the_mask_processing_fields(tmp_path):
+    init = Image.new("RGB", (64, 64), (220, 40, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 40, 40))
+    processing = {"mask_blur": 4, "padding_mask_crop": 8, "masked_content": "fill", "overlay": True}
+    pictures = {"init_image": png_base64(init), "mask": png_base64(mask)}
+    with client_for(tmp_path) as client:
+        response = client.post("/v1/jobs", json={**FAST, **pictures, **processing})
+        assert response.status_code == 202, response.text
+        job = response.json()
+        assert {name: job["request"][name] for name in processing} == processing
+        done = wait_for(client, job["id"])
+        assert done["status"] == "succeeded", done["error"]
+        expected = serial_picture(
+            GenerationRequest(
+                "a red circle",
+                steps=3,
+                seed=7,
+                init_image=InputPicture.from_image(init),
+                mask=InputPicture.from_image(mask),
+                **processing,
+            )
+        )
+        assert _equal(decode_png(client.get(done["results"][0]["url"]).content), expected)
+        for body, field in (
+            ({**pictures, "masked_content": "bogus"}, "masked_content"),
+            ({**pictures, "mask_blur": 300}, "mask_blur"),
+            ({**pictures, "padding_mask_crop": -1}, "padding_mask_crop"),
+            ({**pictures, "overlay": 1}, "overlay"),  # strict: 1 is not true
+            ({"mask_blur": 4}, "mask_blur"),  # each needs a mask to work on
+            ({"init_image": pictures["init_image"], "overlay": True}, "overlay"),
+            ({"init_image": pictures["init_image"], "masked_content": "fill"}, "masked_content"),
+            ({"padding_mask_crop": 0}, "padding_mask_crop"),
+        ):
+            refused = client.post("/v1/jobs", json={**FAST, **body})
+            assert refused.status_code == 422, (body, refused.text)
+            assert refused.json()["error"]["field"] == field, body
+
+
 def test_jobs_are_listed_newest_first_by_page_and_status(tmp_path):
     with client_for(tmp_path) as client:
         ids = [client.post("/v1/jobs", json=FAST).json()["id"] for _ in range(3)]

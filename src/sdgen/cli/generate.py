@@ -12,7 +12,7 @@ import click
 
 from sdgen.cli.common import cli, model_options
 from sdgen.cli.running import RunOptions, run
-from sdgen.params import DEFAULT_STRENGTH, INPAINT_STRENGTH, GenerationRequest
+from sdgen.params import DEFAULT_STRENGTH, INPAINT_STRENGTH, MASKED_CONTENTS, GenerationRequest
 
 
 def request_options(func):
@@ -160,15 +160,53 @@ def img2img(prompt, init_image, strength, resize, **kwargs) -> None:
     run(request, RunOptions.from_kwargs(kwargs))
 
 
+def _mask_options(func):
+    """--mask and how it is processed (A1111's inpainting settings; all off by default)."""
+    options = [
+        click.option(
+            "--mask",
+            required=True,
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="white where the picture is repainted, black where it is kept",
+        ),
+        click.option(
+            "--mask-blur",
+            type=int,
+            default=0,
+            show_default=True,
+            metavar="PIXELS",
+            help="blur the mask's edge by this many pixels (A1111's default: 4)",
+        ),
+        click.option(
+            "--padding-mask-crop",
+            type=int,
+            metavar="PIXELS",
+            help="repaint only the mask's bounding box grown by PIXELS, at --width x --height, "
+            "and paste it back into the init picture (A1111's Only masked)",
+        ),
+        click.option(
+            "--masked-content",
+            type=click.Choice(MASKED_CONTENTS),
+            default="original",
+            show_default=True,
+            help="what the masked part starts from: the picture, A1111's fill from the colours "
+            "around it, random latents or zeros",
+        ),
+        click.option(
+            "--overlay",
+            is_flag=True,
+            help="paste the init picture back where the mask keeps it (A1111 always does)",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @cli.command()
 @click.argument("prompt")
 @_init_options(INPAINT_STRENGTH)
-@click.option(
-    "--mask",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="white where the picture is repainted, black where it is kept",
-)
+@_mask_options
 @request_options
 @model_options
 @output_options
@@ -180,7 +218,9 @@ def inpaint(prompt, init_image, mask, strength, resize, **kwargs) -> None:
         "init_image": read_picture(init_image, "init_image"),
         "mask": read_picture(mask, "mask", mode="L"),
     }
-    request = _request(prompt, kwargs, strength=strength, resize=resize, **pictures)
+    names = ("mask_blur", "padding_mask_crop", "masked_content", "overlay")
+    processing = {name: kwargs[name] for name in names}
+    request = _request(prompt, kwargs, strength=strength, resize=resize, **pictures, **processing)
     run(request, RunOptions.from_kwargs(kwargs))
 
 

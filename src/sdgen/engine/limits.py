@@ -80,6 +80,7 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
     limits.check(request)
     resolved = resolve_request(model, request)
     from_picture = request.width is None and request.init_image is not None
+    from_picture = from_picture and request.padding_mask_crop is None  # else the model's size
     # the size that comes from the model or the init picture
     limits.check(resolved, size_field="init_image" if from_picture else "width")
     scheduler = new_scheduler(model, resolved)  # steps the sampler can take; eta DDIM's only

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdgen.params import GenerationRequest
+from sdgen.params import MASKED_CONTENTS, GenerationRequest
 
 from .pictures import decode_picture
 from .store import STATUSES, JobRecord
@@ -42,6 +42,23 @@ class JobCreate(BaseModel):
     )
     resize: bool = _DEFAULTS["resize"]
     eta: float = Field(_DEFAULTS["eta"], description="DDIM's eta, 0..1 (0: deterministic)")
+    # Inpainting's mask processing (A1111's); each needs a mask.
+    mask_blur: int = Field(
+        _DEFAULTS["mask_blur"], description="inpainting: blur the mask's edge by this many pixels"
+    )
+    padding_mask_crop: int | None = Field(
+        _DEFAULTS["padding_mask_crop"],
+        description="inpainting: repaint only the mask's bounding box grown by this many pixels, "
+        "at width x height, and paste it back (A1111's Only masked); null: the whole picture",
+    )
+    masked_content: str = Field(
+        _DEFAULTS["masked_content"],
+        description=f"inpainting: what the masked part starts from: {', '.join(MASKED_CONTENTS)}",
+    )
+    overlay: bool = Field(
+        _DEFAULTS["overlay"],
+        description="inpainting: paste the init picture back where the mask keeps it",
+    )
 
     def to_request(self, max_pixels: int) -> GenerationRequest:
         """The GenerationRequest (validated there); pictures decoded with a pixel bound."""

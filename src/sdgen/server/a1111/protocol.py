@@ -11,11 +11,15 @@ picture.
 So is a ``scheduler`` (schedule type) that sdgen does not have with the sampler asked for
 (``schedule_types``), where A1111 would fall back to Automatic.
 
-One known difference is accepted, not refused: A1111's inpainting post-processing. Its API
-blurs the mask (``mask_blur``, 4 by default), inpaints only the masked area scaled up
-(``inpaint_full_res``, on by default) and can pre-fill it (``inpainting_fill``); sdgen inpaints
-the whole picture with the mask as sent, as diffusers does, and ignores these three. Refusing
-their defaults would refuse every A1111 inpainting client.
+A1111's inpainting mask processing is reproduced, defaults included: the mask's edge blurred
+(``mask_blur``, or ``mask_blur_x`` and ``mask_blur_y`` when equal; 4 by default) with diffusers'
+``VaeImageProcessor.blur``, PIL's Gaussian blur where A1111 uses OpenCV's, so edges differ
+slightly; "Only masked" (``inpaint_full_res``, on by default, with
+``inpaint_full_res_padding``) with diffusers' ``get_crop_region`` and ``apply_overlay``, which
+follow A1111's; the masked content (``inpainting_fill``): A1111's blurred fill, the original,
+latent noise (drawn from each picture's own generator, not from A1111's seeds) or latent
+nothing; and the init picture pasted back outside the mask, as A1111 always does. An unrounded
+latent mask (``mask_round`` false) is refused: sdgen's is rounded, A1111's default.
 
 ``eta`` is read as A1111 reads it: DDIM's eta (missing: 0, A1111's ``eta_ddim`` default), the
 ancestral samplers' (1 is all sdgen's Euler a has), and ignored by the other samplers.
@@ -43,7 +47,11 @@ A1111_FIELDS = {
     "init_image": "init_images",
     "strength": "denoising_strength",
     "model": "override_settings.sd_model_checkpoint",
+    "masked_content": "inpainting_fill",
+    "padding_mask_crop": "inpaint_full_res_padding",
 }
+# A1111's inpainting_fill (its "Masked content" choices, in order) -> sdgen's masked_content.
+INPAINTING_FILLS = {0: "fill", 1: "original", 2: "latent_noise", 3: "latent_nothing"}
 
 
 class Txt2ImgRequest(BaseModel):
@@ -194,7 +202,10 @@ class Txt2ImgRequest(BaseModel):
 
 
 # What sdgen has of a refused setting, where it has some of it.
-_ALLOWED = {"eta": "1 or none with Euler a (diffusers' Euler a has eta 1 only)"}
+_ALLOWED = {
+    "eta": "1 or none with Euler a (diffusers' Euler a has eta 1 only)",
+    "mask_round": "true on sdgen (its latent mask is rounded, A1111's default)",
+}
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -223,7 +234,17 @@ class Img2ImgRequest(Txt2ImgRequest):
             "initial_noise_multiplier": self.initial_noise_multiplier not in (None, 1),
             "latent_mask": self.latent_mask is not None,
             "include_init_images": self.include_init_images,
+            "mask_round": self.mask is not None and not self.mask_round,
         }
+
+    def to_request(self, model: str | None, max_pixels: int) -> GenerationRequest:
+        """As txt2img's; a blur refused is named as sent: ``mask_blur`` or ``mask_blur_x``."""
+        try:
+            return super().to_request(model, max_pixels)
+        except InvalidRequest as err:
+            if err.field == "mask_blur" and self.mask_blur is None:  # it came from mask_blur_x
+                raise InvalidRequest("mask_blur_x", err.value, err.allowed) from err
+            raise
 
     def _fields(self, model: str | None, max_pixels: int) -> dict[str, Any]:
         fields = super()._fields(model, max_pixels)
@@ -243,9 +264,29 @@ class Img2ImgRequest(Txt2ImgRequest):
             if self.inpainting_mask_invert:
                 mask = InputPicture.from_image(ImageOps.invert(mask.image))
             fields["mask"] = mask
+            fields.update(self._mask_processing())
         fields["strength"] = self.denoising_strength
         fields["resize"] = True  # A1111 resizes the init picture (and mask) to width x height
         return fields
+
+    def _mask_processing(self) -> dict[str, Any]:
+        """The request's mask processing, as A1111 processes the mask (with a mask only)."""
+        if self.mask_blur is None and self.mask_blur_x != self.mask_blur_y:
+            raise InvalidRequest(
+                "mask_blur_y", self.mask_blur_y, "equal to mask_blur_x on sdgen (one blur radius)"
+            )
+        if self.inpainting_fill not in INPAINTING_FILLS:
+            raise InvalidRequest(
+                "inpainting_fill",
+                self.inpainting_fill,
+                "0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing)",
+            )
+        return {
+            "mask_blur": self.mask_blur_x if self.mask_blur is None else self.mask_blur,
+            "padding_mask_crop": self.inpaint_full_res_padding if self.inpaint_full_res else None,
+            "masked_content": INPAINTING_FILLS[self.inpainting_fill],
+            "overlay": True,  # A1111 always pastes the init picture back outside the mask
+        }
 
 
 def a1111_error(err: InvalidRequest) -> InvalidRequest:
