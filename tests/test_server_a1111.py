@@ -580,3 +580,27 @@ def test_a_failed_job_answers_with_the_status_of_its_cause(kind, status):
     with pytest.raises(ApiError) as raised:
         A1111Handler(service=None, config=None)._response(Txt2ImgRequest(prompt="x"), record)
     assert (raised.value.status, raised.value.kind) == (status, kind)
+
+
+def test_a_call_being_checked_does_not_hold_up_progress(tmp_path, monkeypatch):
+    """Decoding and checking an A1111 call (pictures, mask processing, a first model load) runs
+    off the event loop: progress is answered meanwhile."""
+    from sdgen.server.a1111.protocol import Txt2ImgRequest
+
+    to_request = Txt2ImgRequest.to_request
+
+    def slow_to_request(self, *args, **kwargs):
+        time.sleep(1.5)  # as a large picture's decoding, or a model's first load
+        return to_request(self, *args, **kwargs)
+
+    monkeypatch.setattr(Txt2ImgRequest, "to_request", slow_to_request)
+    app = make_app(tmp_path)
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        body = {**WEBUIAPI_TXT2IMG, "batch_size": 1, "steps": 2}
+        thread = threading.Thread(target=lambda: client.post("/sdapi/v1/txt2img", json=body))
+        thread.start()
+        time.sleep(0.3)  # the call is being checked
+        started = time.monotonic()
+        assert client.get("/sdapi/v1/progress").status_code == 200
+        assert time.monotonic() - started < 0.8
+        thread.join(60)

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
 from sdgen.errors import InvalidRequest
 from sdgen.media.metadata import parse_parameters
@@ -59,14 +60,19 @@ class A1111Handler:
         model = self._model_name((body.override_settings or {}).get("sd_model_checkpoint"))
         if body.batch_size >= 1 and body.n_iter >= 1:  # below 1: to_request names the field
             self.config.limits.check_counts(body.steps, body.batch_size * body.n_iter, "batch_size")
-        request = body.to_request(model, max_pixels=self.config.max_input_pixels)
-        try:
-            record = self.service.submit(request, origin=ORIGIN)
-        except InvalidRequest as err:
-            raise a1111_error(err) from err
+        # Off the event loop: decoding the pictures, the mask processing's checks and a first
+        # model load take from milliseconds to seconds, while progress calls must be answered.
+        record = await run_in_threadpool(self._submit, body, model)
         self.stopped = {"interrupted": False, "skipped": False}
         record = await self.service.wait(record.id)
         return self._response(body, record)
+
+    def _submit(self, body: Txt2ImgRequest, model: str | None) -> JobRecord:
+        request = body.to_request(model, max_pixels=self.config.max_input_pixels)
+        try:
+            return self.service.submit(request, origin=ORIGIN)
+        except InvalidRequest as err:
+            raise a1111_error(err) from err
 
     def _response(self, body: Txt2ImgRequest, record: JobRecord) -> GenerationResponse:
         if record.status == "failed":
