@@ -139,6 +139,52 @@ def test_strength_sets_how_far_the_picture_moves():
     assert distances[0] < distances[1] < distances[2], distances
 
 
+@pytest.mark.parametrize("mode", ["crop", "fill"])
+def test_a_resize_mode_equals_resizing_the_picture_first_as_diffusers_does(sd1_model, mode):
+    """resize_mode crops or fills as diffusers' VaeImageProcessor.resize does (A1111's crop
+    and resize, resize and fill), the mask alike; the pictures equal those of the init picture
+    and mask resized beforehand."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    wide, wide_mask = _picture(width=96, height=32), _mask(width=96, height=32)
+    wide.paste((0, 200, 0), (0, 12, 96, 20))  # a band across: where fill puts it shows
+    processor = VaeImageProcessor()
+    before = [processor.resize(p, HEIGHT, WIDTH, resize_mode=mode) for p in (wide, wide_mask)]
+    for mask in (None, wide_mask):
+        request = _request(
+            init_image=InputPicture.from_image(wide),
+            mask=None if mask is None else InputPicture.from_image(mask),
+            width=WIDTH,
+            height=HEIGHT,
+            resize=True,
+            resize_mode=mode,
+        )
+        resized = generate(sd1_model, request).images[0]
+        first = request.replace(
+            init_image=InputPicture.from_image(before[0]),
+            mask=None if mask is None else InputPicture.from_image(before[1].convert("L")),
+            resize=False,
+            resize_mode="stretch",
+        )
+        assert np.array_equal(np.asarray(resized), np.asarray(generate(sd1_model, first).images[0]))
+    # crop keeps the middle at full height; fill keeps all of it, scaled to fit
+    stretched = np.asarray(wide.resize((WIDTH, HEIGHT), Image.Resampling.LANCZOS), np.int16)
+    middle = np.asarray(wide.crop((24, 0, 72, 32)), np.int16)
+    cropped = np.asarray(before[0], np.int16)
+    if mode == "crop":
+        assert np.array_equal(cropped, middle)
+    else:
+        assert np.abs(cropped - stretched).mean() > 10 and np.abs(cropped - middle).mean() > 10
+
+
+def test_resize_modes_need_resize():
+    picture = InputPicture.from_image(_picture())
+    with pytest.raises(InvalidRequest, match="resize_mode.*crop.*resize=True"):
+        GenerationRequest(prompt="x", init_image=picture, resize_mode="crop")
+    with pytest.raises(InvalidRequest, match="resize_mode.*stretch, crop, fill"):
+        GenerationRequest(prompt="x", init_image=picture, resize=True, resize_mode="zoom")
+
+
 def test_sizes_and_masks_are_checked(sd1_model):
     odd = InputPicture.from_image(_picture(width=47))
     with pytest.raises(InvalidRequest, match="init_image.*resize"):

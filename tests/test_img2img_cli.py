@@ -125,6 +125,15 @@ def test_bad_pictures_sizes_and_masks_exit_2(capsys, tmp_path, red_square):
         *COMMON,
     )
     assert Image.open(resized[0]).size == (64, 64)
+    err = _fails(
+        capsys, "img2img", "x", "--init-image", odd, "--resize-mode", "crop", "--out", tmp_path
+    )
+    assert err.startswith("sdgen: error: resize_mode:") and "--resize" in err
+    args = ["--init-image", odd, "--resize", "--resize-mode", "crop", "--out", tmp_path / "crop"]
+    cropped = _run(capsys, "img2img", "x", *args, *COMMON)
+    with Image.open(cropped[0]) as picture:
+        assert picture.size == (64, 64)
+        assert json.loads(picture.text["sdgen"])["request"]["resize_mode"] == "crop"
     text = tmp_path / "notes.png"
     text.write_text("not a picture")
     err = _fails(capsys, "img2img", "x", "--init-image", text, "--out", tmp_path, *COMMON)

@@ -258,7 +258,7 @@ def test_invalid_a1111_requests_are_422_naming_a1111_fields(client, change, fiel
         ({"init_images": [base64.b64encode(b"GIF89a nonsense").decode()]}, "init_images"),
         ({"init_images": []}, "init_images"),
         ({"mask": "not-a-picture"}, "mask"),
-        ({"resize_mode": 2}, "resize_mode"),
+        ({"resize_mode": 3}, "resize_mode"),  # latent upscale
         ({"denoising_strength": 2.0}, "denoising_strength"),
         ({"initial_noise_multiplier": 0.5}, "initial_noise_multiplier"),
         ({"latent_mask": "abc"}, "latent_mask"),
@@ -291,6 +291,11 @@ def _inpainting_request(**fields) -> GenerationRequest:
 
 def _processing(request: GenerationRequest) -> tuple:
     return request.mask_blur, request.padding_mask_crop, request.masked_content, request.overlay
+
+
+def test_a1111_resize_modes_become_sdgens():
+    modes = [_inpainting_request(resize_mode=m).resize_mode for m in (0, 1, 2)]
+    assert modes == ["stretch", "crop", "fill"]
 
 
 def test_a1111_inpainting_settings_become_sdgens_mask_processing():

@@ -26,6 +26,10 @@ PICTURE_FIELDS = ("init_image", "mask")
 # What the masked part of the init picture holds before it is noised (A1111's "Masked content"):
 # the picture as it is, A1111's blurred fill from the colours around it, random latents, zeros.
 MASKED_CONTENTS = ("original", "fill", "latent_noise", "latent_nothing")
+# How resize brings a picture to the output size: stretched to it, scaled to cover it and
+# centre-cropped, or scaled to fit and the rest filled from its edges (A1111's resize modes
+# 0, 1, 2; diffusers' VaeImageProcessor resize modes "default", "crop", "fill").
+RESIZE_MODES = ("stretch", "crop", "fill")
 MAX_MASK_BLUR = 256  # pixels (A1111's UI goes to 64)
 
 
@@ -61,7 +65,8 @@ class GenerationRequest:
     random" for ``seed``. An ``init_image`` makes it img2img; a ``mask`` as well, inpainting
     (white = repaint, black = keep). ``strength`` (0..1) is how much of the init picture is
     noised away (default diffusers': 0.8 for img2img, 1.0 for inpainting); ``resize`` allows
-    the init picture and mask to be resized to the output size.
+    the init picture and mask to be resized to the output size, as ``resize_mode`` says
+    (``RESIZE_MODES``).
     ``eta`` is DDIM's (0: deterministic, its default; 1: fresh noise from each picture's own
     generator at every step, like DDPM); samplers without one take only 0.
 
@@ -91,6 +96,7 @@ class GenerationRequest:
     mask: InputPicture | None = None
     strength: float | None = None  # None: diffusers' for the mode, set when resolved
     resize: bool = False
+    resize_mode: str = "stretch"
     eta: float = 0.0
     mask_blur: int = 0
     padding_mask_crop: int | None = None
@@ -147,6 +153,16 @@ class GenerationRequest:
                 raise InvalidRequest("strength", self.strength, allowed)
         if not isinstance(self.resize, bool):
             raise InvalidRequest("resize", self.resize, "true or false")
+        if self.resize_mode not in RESIZE_MODES:
+            raise InvalidRequest(
+                "resize_mode", self.resize_mode, f"one of {', '.join(RESIZE_MODES)}"
+            )
+        if self.resize_mode != "stretch" and not (self.resize and self.init_image is not None):
+            raise InvalidRequest(
+                "resize_mode",
+                self.resize_mode,
+                "stretch, unless an init picture is resized (resize=True, --resize)",
+            )
         allowed = "a number from 0 to 1 (DDIM's eta: 0 is deterministic)"
         if isinstance(self.eta, bool) or not isinstance(self.eta, int | float):
             raise InvalidRequest("eta", self.eta, allowed)

@@ -12,7 +12,13 @@ import click
 
 from sdgen.cli.common import cli, model_options
 from sdgen.cli.running import RunOptions, run
-from sdgen.params import DEFAULT_STRENGTH, INPAINT_STRENGTH, MASKED_CONTENTS, GenerationRequest
+from sdgen.params import (
+    DEFAULT_STRENGTH,
+    INPAINT_STRENGTH,
+    MASKED_CONTENTS,
+    RESIZE_MODES,
+    GenerationRequest,
+)
 
 
 def request_options(func):
@@ -115,7 +121,7 @@ def generate(prompt, **kwargs) -> None:
 
 
 def _init_options(default_strength: float):
-    """--init-image, --strength (default: diffusers' for the pipeline) and --resize."""
+    """--init-image, --strength (default: diffusers' for the pipeline), --resize and how."""
     options = [
         click.option(
             "--init-image",
@@ -135,6 +141,14 @@ def _init_options(default_strength: float):
             is_flag=True,
             help="resize the init picture (and mask) to the output size, or the nearest valid one",
         ),
+        click.option(
+            "--resize-mode",
+            type=click.Choice(RESIZE_MODES),
+            default="stretch",
+            show_default=True,
+            help="with --resize: stretch to the size, scale to cover it and crop the middle, or "
+            "scale to fit it and fill the rest from the edges",
+        ),
     ]
 
     def decorate(func):
@@ -151,12 +165,13 @@ def _init_options(default_strength: float):
 @request_options
 @model_options
 @output_options
-def img2img(prompt, init_image, strength, resize, **kwargs) -> None:
+def img2img(prompt, init_image, strength, resize, resize_mode, **kwargs) -> None:
     """Generate pictures from PROMPT, starting from --init-image."""
     from sdgen.media.images import read_picture
 
     pictures = {"init_image": read_picture(init_image, "init_image")}
-    request = _request(prompt, kwargs, strength=strength, resize=resize, **pictures)
+    sizing = {"resize": resize, "resize_mode": resize_mode}
+    request = _request(prompt, kwargs, strength=strength, **sizing, **pictures)
     run(request, RunOptions.from_kwargs(kwargs))
 
 
@@ -210,7 +225,7 @@ def _mask_options(func):
 @request_options
 @model_options
 @output_options
-def inpaint(prompt, init_image, mask, strength, resize, **kwargs) -> None:
+def inpaint(prompt, init_image, mask, strength, resize, resize_mode, **kwargs) -> None:
     """Repaint the masked part of --init-image following PROMPT."""
     from sdgen.media.images import read_picture
 
@@ -220,7 +235,8 @@ def inpaint(prompt, init_image, mask, strength, resize, **kwargs) -> None:
     }
     names = ("mask_blur", "padding_mask_crop", "masked_content", "overlay")
     processing = {name: kwargs[name] for name in names}
-    request = _request(prompt, kwargs, strength=strength, resize=resize, **pictures, **processing)
+    sizing = {"resize": resize, "resize_mode": resize_mode}
+    request = _request(prompt, kwargs, strength=strength, **sizing, **pictures, **processing)
     run(request, RunOptions.from_kwargs(kwargs))
 
 

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from sdgen.errors import InvalidRequest
 from sdgen.params import GenerationRequest
+
+PROCESSOR = VaeImageProcessor()  # Lanczos, as diffusers' pipelines resize their pictures
+# params.RESIZE_MODES -> VaeImageProcessor's resize modes
+_RESIZE_MODES = {"stretch": "default", "crop": "crop", "fill": "fill"}
 
 
 def picture_tensor(request: GenerationRequest) -> torch.Tensor:
@@ -31,7 +36,8 @@ def mask_tensor(mask: Image.Image) -> torch.Tensor:
 
 
 def sized_picture(picture: Image.Image, request: GenerationRequest, field: str) -> Image.Image:
-    """``picture`` at the output size: resized (Lanczos, as diffusers) only when asked to."""
+    """``picture`` at the output size: resized only when asked to, as ``resize_mode`` says
+    (diffusers' VaeImageProcessor.resize: Lanczos)."""
     size = (request.width, request.height)
     if picture.size == size:
         return picture
@@ -41,7 +47,8 @@ def sized_picture(picture: Image.Image, request: GenerationRequest, field: str) 
             "{}x{}".format(*picture.size),
             f"a {size[0]}x{size[1]} picture (the output size), or resize=True (--resize)",
         )
-    return picture.resize(size, Image.Resampling.LANCZOS)
+    mode = _RESIZE_MODES[request.resize_mode]
+    return PROCESSOR.resize(picture, size[1], size[0], resize_mode=mode).convert(picture.mode)
 
 
 def latent_samples(vae, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:

@@ -14,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from diffusers.image_processor import VaeImageProcessor
 from PIL import Image, ImageFilter, ImageOps
 
 from sdgen.errors import InvalidRequest
 from sdgen.params import GenerationRequest
-from sdgen.pipelines.init_images import sized_picture
+from sdgen.pipelines.init_images import PROCESSOR, sized_picture
 
 # A1111's fill (modules/masking.py): the kept colours blurred into the masked part, widest first.
 FILL_BLURS = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1))  # (radius, times laid over)
@@ -50,10 +49,7 @@ class _Overlay:
     crop: tuple[int, int, int, int] | None  # where a repainted crop goes back: x1, y1, x2, y2
 
     def apply(self, picture: Image.Image) -> Image.Image:
-        return _PROCESSOR.apply_overlay(self.mask, self.init, picture, self.crop)
-
-
-_PROCESSOR = VaeImageProcessor()  # Lanczos, as diffusers' inpainting pipeline resizes
+        return PROCESSOR.apply_overlay(self.mask, self.init, picture, self.crop)
 
 
 def inpaint_pictures(request: GenerationRequest) -> InpaintPictures:
@@ -68,14 +64,14 @@ def inpaint_pictures(request: GenerationRequest) -> InpaintPictures:
             "(--resize)",
         )
     if request.mask_blur:  # A1111: binarised, then blurred at the mask's own size
-        mask = _PROCESSOR.blur(_binarised(mask), request.mask_blur)
+        mask = PROCESSOR.blur(_binarised(mask), request.mask_blur)
     size = (request.width, request.height)
     if request.padding_mask_crop is not None:
         if mask.size != init.size:
             mask = mask.resize(init.size, Image.Resampling.LANCZOS)
         crop = _crop_region(mask, request)
-        picture = _PROCESSOR.resize(init.crop(crop), size[1], size[0], resize_mode="fill")
-        processed_mask = _PROCESSOR.resize(mask.crop(crop), size[1], size[0], resize_mode="fill")
+        picture = PROCESSOR.resize(init.crop(crop), size[1], size[0], resize_mode="fill")
+        processed_mask = PROCESSOR.resize(mask.crop(crop), size[1], size[0], resize_mode="fill")
         processed_mask = processed_mask.convert("L")  # "fill" makes an RGB picture
         overlay = _Overlay(init, mask, crop)
     else:
@@ -116,6 +112,6 @@ def _crop_region(mask: Image.Image, request: GenerationRequest) -> tuple[int, in
             "empty (all black)",
             "a mask with some white to crop to (padding_mask_crop repaints only the masked area)",
         )
-    return _PROCESSOR.get_crop_region(
+    return PROCESSOR.get_crop_region(
         mask, request.width, request.height, pad=request.padding_mask_crop
     )

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdgen.params import MASKED_CONTENTS, GenerationRequest
+from sdgen.params import MASKED_CONTENTS, RESIZE_MODES, GenerationRequest
 
 from .pictures import decode_picture
 from .store import STATUSES, JobRecord
@@ -41,6 +41,11 @@ class JobCreate(BaseModel):
         None, description="default: 0.8 for img2img, 1.0 for inpainting (diffusers' defaults)"
     )
     resize: bool = _DEFAULTS["resize"]
+    resize_mode: str = Field(
+        _DEFAULTS["resize_mode"],
+        description=f"with resize: {', '.join(RESIZE_MODES)} (stretched, centre-cropped, or "
+        "fitted and filled from the edges)",
+    )
     eta: float = Field(_DEFAULTS["eta"], description="DDIM's eta, 0..1 (0: deterministic)")
     # Inpainting's mask processing (A1111's); each needs a mask.
     mask_blur: int = Field(

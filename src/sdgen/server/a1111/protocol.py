@@ -50,6 +50,8 @@ A1111_FIELDS = {
     "masked_content": "inpainting_fill",
     "padding_mask_crop": "inpaint_full_res_padding",
 }
+# A1111's resize_mode -> sdgen's (3, "Just resize (latent upscale)", it does not have).
+RESIZE_MODES = {0: "stretch", 1: "crop", 2: "fill"}
 # A1111's inpainting_fill (its "Masked content" choices, in order) -> sdgen's masked_content.
 INPAINTING_FILLS = {0: "fill", 1: "original", 2: "latent_noise", 3: "latent_nothing"}
 
@@ -254,8 +256,12 @@ class Img2ImgRequest(Txt2ImgRequest):
             raise InvalidRequest(
                 "init_images", f"{len(self.init_images)} pictures", "one picture on sdgen"
             )
-        if self.resize_mode != 0:  # 0 = "Just resize": to width x height
-            raise InvalidRequest("resize_mode", self.resize_mode, "0 (just resize) on sdgen")
+        if self.resize_mode not in RESIZE_MODES:
+            raise InvalidRequest(
+                "resize_mode",
+                self.resize_mode,
+                "0 (just resize), 1 (crop and resize) or 2 (resize and fill) on sdgen",
+            )
         fields["init_image"] = decode_picture(
             self.init_images[0], "init_images", mode="RGB", max_pixels=max_pixels
         )
@@ -267,6 +273,7 @@ class Img2ImgRequest(Txt2ImgRequest):
             fields.update(self._mask_processing())
         fields["strength"] = self.denoising_strength
         fields["resize"] = True  # A1111 resizes the init picture (and mask) to width x height
+        fields["resize_mode"] = RESIZE_MODES[self.resize_mode]
         return fields
 
     def _mask_processing(self) -> dict[str, Any]:
