@@ -229,3 +229,30 @@ def test_no_warm_up_without_compiling_or_when_turned_off(fast_path, options):
     engine.start(wait_ready=True)
     engine.stop()
     assert started == []
+
+
+def test_a_job_asked_to_stop_as_the_engine_stops_ends_with_its_pictures():
+    """Stop (keep the pictures) asked for just before the engine stops: the job ends with the
+    pictures of its step, as asked, instead of going back to the queue to run in full."""
+    recorder, gate = Recorder(), threading.Event()
+    engine = _engine(recorder, gate)
+    stopping = []
+
+    def stop_at_step_2(job_id, progress):
+        if progress.step == 2 and not stopping:
+            assert engine.finish(job_id)
+            stopping.append(threading.Thread(target=engine.stop))
+            stopping[0].start()
+            time.sleep(0.3)  # the engine is stopping before the next step's check
+
+    recorder.on_progress = stop_at_step_2
+    try:
+        _submit(engine, [GenerationRequest("a red circle", steps=30, seed=1)])
+        gate.set()
+        wait_until(lambda: "job0" in recorder.ended, timeout=60)
+    finally:
+        engine.stop()
+        stopping[0].join(30)
+    status, result = recorder.ended["job0"]
+    assert status == "succeeded", status
+    assert result.stopped_at == (3, 30) and len(result.images) == 1  # at the next step

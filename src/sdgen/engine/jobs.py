@@ -10,7 +10,8 @@ keeps nothing once a job has ended: persistence is the listener's business.
   ``GenerationCancelled`` raised by the step callback. ``finish`` ends a running job at its next
   step with the pictures predicted there (``GenerationStopped``; A1111's interrupt).
 - Stop: running jobs are stopped within one step and handed back (``job_returned``), not
-  cancelled, so a restarted server runs them again.
+  cancelled, so a restarted server runs them again; those ``finish`` was asked of end with
+  their pictures, as asked.
 """
 
 from __future__ import annotations

@@ -208,7 +208,10 @@ class WorkerLoop:
                 model,
                 self.listener,
                 job.id,
-                stop=lambda: job.cancelled.is_set() or self._stopping.is_set(),
+                # stopping hands the job back, unless it was asked to end with its pictures
+                stop=lambda: (
+                    job.cancelled.is_set() or (self._stopping.is_set() and not job.finish.is_set())
+                ),
                 started=started,
                 preview_interval=self.preview_interval,
                 finish=job.finish.is_set,
