@@ -1,7 +1,7 @@
 """The web page in a real headless browser (Debian's chromium, driven by Playwright) against a
 real ``sdgen serve``: generate with a live progress bar and preview, the gallery, reuse seed,
-img2img from a result, cancel, the server's validation message next to its field, history, and
-the API key asked for and sent.
+img2img from a result, inpainting with a mask painted on the page, cancel, the server's
+validation message next to its field, history, and the API key asked for and sent.
 
 Skipped, saying why, where /usr/bin/chromium or the playwright package is missing or the browser
 cannot start (``apt-get install chromium``; Playwright's own browser download is never used).
@@ -10,15 +10,19 @@ cannot start (``apt-get install chromium``; Playwright's own browser download is
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
-from test_server_support import free_port, wait_until
+from PIL import Image
+from test_server_support import decode_png, free_port, png_base64, wait_until
 
 CHROMIUM = os.environ.get("SDGEN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [  # without the networking flags Chromium keeps calling outside hosts
@@ -372,3 +376,129 @@ def test_with_an_api_key_the_page_asks_for_it_and_sends_it(browser, keyed_server
         status = page.locator(f'#jobs .job[data-job-id="{job_id}"]').get_attribute("data-status")
         assert status == "succeeded"
         assert keyed_server.api(f"/v1/jobs/{job_id}")["results"][0]["seed"] == 5
+
+
+def write_init_picture(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A 64x64 PNG (the default model's size) of smooth gradients: (its path, its pixels)."""
+    y, x = np.mgrid[0:64, 0:64]
+    pixels = np.stack([x * 4, y * 4, 255 - (x + y) * 2], axis=-1).astype(np.uint8)
+    path = tmp_path / "init.png"
+    Image.fromarray(pixels).save(path)
+    return path, pixels
+
+
+def choose_init_picture(page, path: Path) -> None:
+    page.get_by_label("Picture file", exact=True).set_input_files(path)
+    page.locator("#mask-canvas").wait_for()  # shown once the picture is decoded
+
+
+def paint(page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """One stroke with the mouse, in CSS pixels from the mask canvas's top left corner."""
+    box = page.locator("#mask-canvas").bounding_box()
+    page.mouse.move(box["x"] + start[0], box["y"] + start[1])
+    page.mouse.down()
+    page.mouse.move(box["x"] + end[0], box["y"] + end[1], steps=8)
+    page.mouse.up()
+
+
+def mask_sent(body: dict) -> np.ndarray:
+    """The mask of a job body, a PNG data URL, as grey levels (H, W)."""
+    header, data = body["mask"].split(",", 1)
+    assert header == "data:image/png;base64"
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("L"))
+
+
+def generate_and_read_body(page) -> dict:
+    """Generate; the body of the POST /v1/jobs the page sent."""
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/v1/jobs")) as sent:
+        generate(page)
+    return sent.value.post_data_json
+
+
+def test_a_painted_mask_runs_inpainting_with_its_options(browser, server, tmp_path):
+    init_path, init = write_init_picture(tmp_path)
+    with open_page(browser) as (page, _):
+        load(page, server.url)
+        fill_form(page, prompt="a red square", steps=4, seed=21)
+        choose_init_picture(page, init_path)
+        assert page.locator("#mask-options").is_hidden()  # no mask yet: img2img
+        canvas = page.locator("#mask-canvas").bounding_box()
+        assert (canvas["width"], canvas["height"]) == (256, 256)  # 64x64 shown at 256x256
+
+        # A stroke along y = 150 of 256 (37.5 of 64), x 140..240 (35..60), 24 wide (6).
+        paint(page, (140, 150), (240, 150))
+        page.get_by_label("Mask blur", exact=True).fill("2")
+        assert page.get_by_label("Padding", exact=True).is_disabled()
+        page.get_by_label("Only masked", exact=True).check()
+        page.get_by_label("Padding", exact=True).fill("4")
+        page.get_by_label("Keep the rest of the picture", exact=True).check()
+        sent = generate_and_read_body(page)
+        # The mask sent: a PNG of the init picture's size, white under the stroke only.
+        mask = mask_sent(sent)
+        assert mask.shape == (64, 64)
+        assert mask[37, 36:60].min() == 255 and mask[:30].max() == 0 and mask[45:].max() == 0
+        wait_gallery_loaded(page, 1)
+
+        job_id = newest_job_id(page)
+        job = server.api(f"/v1/jobs/{job_id}")
+        assert job["status"] == "succeeded"
+        request = job["request"]
+        assert request["mask"]["width"] == 64 and request["mask"]["height"] == 64
+        assert len(request["mask"]["sha256"]) == 64
+        assert request["mask_blur"] == 2 and request["padding_mask_crop"] == 4
+        assert request["overlay"] is True and request["masked_content"] == "original"
+        caption = page.locator("#gallery .result").first.locator("figcaption").text_content()
+        assert "inpainting, strength 0.8" in caption
+
+        response = httpx.get(f"{server.url}{job['results'][0]['url']}", headers=server.headers)
+        picture = np.asarray(decode_png(response.content).convert("RGB"))
+        assert picture.shape == init.shape
+        # Far from the stroke (beyond its blur and padding) the init picture is pasted back.
+        assert np.array_equal(picture[:24], init[:24])
+        assert np.array_equal(picture[:, :24], init[:, :24])
+        assert (picture[36:40, 40:56] != init[36:40, 40:56]).any()  # repainted under the stroke
+
+
+def test_a_cleared_mask_sends_no_mask_and_a_mask_fields_error_shows_next_to_it(
+    browser, server, tmp_path
+):
+    init_path, init = write_init_picture(tmp_path)
+    picture = png_base64(Image.fromarray(init))
+    mask = png_base64(Image.new("L", (64, 64), 255))
+    body = {"prompt": "a red circle", "steps": 2, "init_image": picture, "mask": mask}
+    expected = httpx.post(f"{server.url}/v1/jobs", json={**body, "mask_blur": 300}, timeout=10)
+    assert expected.status_code == 422 and expected.json()["error"]["field"] == "mask_blur"
+    with open_page(browser) as (page, _):
+        load(page, server.url)
+        fill_form(page, prompt="a blue square", steps=2, seed=8)
+        choose_init_picture(page, init_path)
+        clear = page.get_by_role("button", name="Clear mask")
+        assert clear.is_disabled()
+        page.locator("#mask-canvas").click(position={"x": 128, "y": 128})  # a dot is a mask too
+        assert clear.is_enabled() and page.locator("#mask-options").is_visible()
+
+        blur = page.get_by_label("Mask blur", exact=True)
+        blur.fill("300")
+        mask = mask_sent(generate_and_read_body(page))
+        assert mask[32, 32] == 255 and mask[:24].max() == 0  # a 6-pixel dot at (32, 32)
+        page.wait_for_selector("#mask_blur-error:not(:empty)")
+        message = expected.json()["error"]["message"]
+        assert page.locator("#mask_blur-error").text_content() == message
+        assert blur.get_attribute("aria-invalid") == "true"
+        assert page.locator("#jobs .job").count() == 0
+
+        clear.click()  # no mask: the options are hidden and not sent, the job is img2img
+        assert page.locator("#mask-options").is_hidden() and clear.is_disabled()
+        sent = generate_and_read_body(page)
+        wait_gallery_loaded(page, 1)
+        assert not {"mask", "mask_blur", "overlay"} & set(sent)
+        request = server.api(f"/v1/jobs/{newest_job_id(page)}")["request"]
+        assert request["init_image"]["width"] == 64 and request["mask"] is None
+        assert request["mask_blur"] == 0  # the server's default, not the 300 typed
+
+        # A new init picture starts without a mask.
+        paint(page, (40, 40), (200, 200))
+        page.get_by_role("button", name="Remove init picture").click()
+        choose_init_picture(page, init_path)
+        assert page.locator("#mask-options").is_hidden() and clear.is_disabled()
+        assert page.evaluate(UNLABELLED) == []

@@ -63,12 +63,32 @@ def test_every_control_in_the_html_has_a_label():
         assert control_id in labelled, f"<{tag} id={control_id}> has no label"
 
 
+def test_every_named_control_of_the_job_form_is_an_api_field_with_an_error_slot():
+    """A control's ``name`` is the field of ``POST /v1/jobs`` it fills, and the server's message
+    about that field shows in ``<p id="NAME-error">`` (so its id is the name too). Controls
+    without a name (the file input, the brush, "Only masked") are the page's own."""
+    from sdgen.server.protocol import JobCreate
+
+    html = INDEX_HTML.read_text()
+    form = html[html.index('<form id="job-form"') : html.index("</form>", html.index("job-form"))]
+    controls = re.findall(r"<(?:input|select|textarea)\b[^>]*>", form)
+    named = [c for c in controls if " name=" in c]
+    assert len(named) >= 15  # the mask options included
+    for control in named:
+        name = re.search(r'\bname="([\w-]+)"', control)[1]
+        assert name in JobCreate.model_fields, f"{name} is not a field of POST /v1/jobs"
+        assert f'id="{name}"' in control, control
+        assert f'<p class="error" id="{name}-error"' in form, f"{name} has no error slot"
+    for field in ("mask", "init_image"):  # pictures: no control of their own, a slot all the same
+        assert f'<p class="error" id="{field}-error"' in form
+
+
 def test_the_static_files_are_in_the_package():
     """Found through the package's resources, and matched by pyproject's package-data (so a
     wheel ships them, not only this editable checkout)."""
     static = resources.files("sdgen.ui") / "static"
     names = {entry.name for entry in static.iterdir()}
-    assert {"index.html", "style.css", "app.js", "api.js"} <= names
+    assert {"index.html", "style.css", "app.js", "api.js", "form.js", "mask.js"} <= names
     if sys.version_info < (3, 11):
         pytest.skip("tomllib: Python 3.11+")
     import tomllib

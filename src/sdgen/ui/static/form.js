@@ -1,6 +1,9 @@
-// The generation form: its values as a POST /v1/jobs body, the init picture (img2img), and the
-// server's validation errors shown next to the field they name. Empty fields are left out of the
-// body, so the server's own defaults apply (they are never copied here).
+// The generation form: its values as a POST /v1/jobs body, the init picture (img2img) and its
+// painted mask (inpainting), and the server's validation errors shown next to the field they
+// name. Empty fields are left out of the body, so the server's own defaults apply (they are
+// never copied here).
+
+import { clearMask, maskPicture, resetMask, setupMaskPainter } from "./mask.js";
 
 const TEXT_FIELDS = ["prompt", "negative_prompt"];
 const NUMBER_FIELDS = ["width", "height", "steps", "guidance_scale", "seed", "num_images"];
@@ -18,21 +21,47 @@ export function jobBody() {
     if ($(name).value) body[name] = $(name).value;
   }
   for (const name of NUMBER_FIELDS) {
-    const input = $(name);
-    const text = input.value.trim();
-    if (text === "") {
-      if (input.validity.badInput) throw fieldError(name, `${labelOf(name)}: not a number`);
-      continue;
-    }
-    const value = Number(text);
-    if (!Number.isFinite(value)) throw fieldError(name, `${labelOf(name)}: not a number`);
-    body[name] = value; // sent as typed: the server says what it allows (65 is not rounded)
+    const value = numberOf(name);
+    if (value !== undefined) body[name] = value;
   }
   if (initPicture) {
     body.init_image = initPicture;
     body.strength = Number($("strength").value);
+    const mask = maskPicture();
+    if (mask) Object.assign(body, { mask }, maskOptions());
   }
   return body;
+}
+
+// The number typed in field `name`, or undefined when it is empty. Sent as typed: the server says
+// what it allows (a width of 65 is not rounded).
+function numberOf(name) {
+  const input = $(name);
+  const text = input.value.trim();
+  if (text === "") {
+    if (input.validity.badInput) throw fieldError(name, `${labelOf(name)}: not a number`);
+    return undefined;
+  }
+  const value = Number(text);
+  if (!Number.isFinite(value)) throw fieldError(name, `${labelOf(name)}: not a number`);
+  return value;
+}
+
+// Inpainting's options, sent with a painted mask only (the server refuses them without one).
+function maskOptions() {
+  const options = { overlay: $("overlay").checked };
+  const blur = numberOf("mask_blur");
+  if (blur !== undefined) options.mask_blur = blur;
+  if ($("only-masked").checked) {
+    // Left out, padding_mask_crop would mean the whole picture: the box asks for a number.
+    const padding = numberOf("padding_mask_crop");
+    if (padding === undefined) {
+      throw fieldError("padding_mask_crop", "Padding: the pixels around the mask, for Only masked");
+    }
+    options.padding_mask_crop = padding;
+  }
+  if ($("masked_content").value) options.masked_content = $("masked_content").value;
+  return options;
 }
 
 function fieldError(field, message) {
@@ -80,22 +109,41 @@ export function fillChoices(select, options, selected) {
   }
 }
 
-// Makes `blob` (a picture) the init picture of the next job: the job becomes img2img.
+let loads = 0; // counts useInitPicture calls: only the latest one shows its picture
+
+// Makes `blob` (a picture) the init picture of the next job: the job becomes img2img, or
+// inpainting once a mask is painted on it. A new picture starts with no mask.
 export async function useInitPicture(blob) {
-  initPicture = await new Promise((resolve, reject) => {
+  const load = ++loads;
+  const picture = await new Promise((resolve, reject) => {
     const reader = new FileReader();
     reader.onload = () => resolve(reader.result);
     reader.onerror = () => reject(reader.error);
     reader.readAsDataURL(blob);
   });
-  $("init-preview").src = initPicture;
+  if (load !== loads) return;
+  initPicture = picture;
+  clearMask(); // the old mask never goes with the new picture, even for a moment
+  const preview = $("init-preview");
+  preview.src = picture;
+  let decoded = true;
+  try {
+    await preview.decode();
+  } catch {
+    decoded = false; // not a picture the browser reads: sent anyway, the server says why not
+  }
+  if (load !== loads) return;
+  resetMask(decoded ? preview : null); // a mask of the picture's own size
+  $("mask-painter").hidden = $("mask-tools").hidden = !decoded;
   $("init-chosen").hidden = false;
   $("strength").disabled = false;
   $("init").classList.add("active");
 }
 
 export function clearInitPicture() {
+  loads++;
   initPicture = null;
+  resetMask(null);
   $("init-preview").removeAttribute("src");
   $("init-chosen").hidden = true;
   $("strength").disabled = true;
@@ -113,6 +161,7 @@ export function setupForm() {
     if (file) await useInitPicture(file);
   });
   $("init-clear").addEventListener("click", clearInitPicture);
+  setupMaskPainter();
   // An edited field loses its error: the message described the value that was sent.
   $("job-form").addEventListener("input", (event) => {
     const slot = event.target.id && $(`${event.target.id}-error`);

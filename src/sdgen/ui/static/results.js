@@ -4,7 +4,7 @@
 import { fetchImage } from "./api.js";
 import { setSeed, useInitPicture } from "./form.js";
 
-// "a red circle · seed 7 · 64×64 · 20 steps · guidance 7.5 · euler · strength 0.5"
+// "a red circle · seed 7 · 64×64 · 20 steps · guidance 7.5 · euler · img2img, strength 0.5"
 export function settingsText(request, image) {
   const parts = [request.prompt && `“${[].concat(request.prompt).join(" | ")}”`];
   if (request.negative_prompt && String(request.negative_prompt)) {
@@ -14,7 +14,9 @@ export function settingsText(request, image) {
   parts.push(`${request.steps} steps`, `guidance ${request.guidance_scale}`);
   if (request.sampler) parts.push(request.sampler);
   if (request.model) parts.push(request.model);
-  if (request.init_image) parts.push(`img2img, strength ${request.strength}`);
+  if (request.init_image) {
+    parts.push(`${request.mask ? "inpainting" : "img2img"}, strength ${request.strength}`);
+  }
   // A stopped job's picture is the prediction at that step (its metadata says which).
   const stopped = /Stopped at step: (\d+\/\d+)/.exec(image.parameters || "");
   if (stopped) parts.push(`stopped at step ${stopped[1]}`);
