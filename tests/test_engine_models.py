@@ -52,3 +52,29 @@ def test_only_configured_names_are_loaded():
     with pytest.raises(InvalidRequest) as raised:
         pool.get("../c", "cpu")
     assert raised.value.field == "model" and "a, b" in raised.value.allowed
+
+
+def test_models_loaded_from_several_threads_at_once_all_load(tiny_sd1, tiny_sd2):
+    """A server loads from several threads (a worker per device, requests naming another model).
+    diffusers and transformers build networks on the meta device by patching torch
+    process-wide; without sdgen's build lock, three loads at once failed every round here
+    ("Cannot copy out of meta tensor")."""
+    from sdgen.models.bundled import MINIATURE_MODEL
+
+    names = [str(tiny_sd1), str(tiny_sd2), MINIATURE_MODEL]
+    for _ in range(3):
+        pool, errors = ModelPool(names), []
+
+        def load(name, pool=pool, errors=errors):
+            try:
+                pool.get(name, "cpu")
+            except Exception as err:  # noqa: BLE001 - collected for the assertion
+                errors.append(f"{name}: {err!r}")
+
+        threads = [threading.Thread(target=load, args=(name,)) for name in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors
+        assert len(pool.loaded()) == 3

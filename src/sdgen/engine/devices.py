@@ -61,8 +61,8 @@ def split_images(count: int, parts: int) -> list[range]:
 def load_on_devices(devices: list[str], load: Callable[[str], LoadedModel]) -> list[LoadedModel]:
     """One copy of the model per device (a repeated device gets its own copy).
 
-    Loaded one after another: diffusers builds models on torch's meta device by patching torch
-    globally for the duration of a load, which is not safe across threads.
+    Loaded one after another: networks are built one at a time in a process anyway
+    (``sdgen.models.building``).
     """
     return [load(device) for device in devices]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from sdgen.errors import ModelNotFound
+from sdgen.models.building import BUILD_LOCK
 from sdgen.models.bundled import BUNDLED_MODELS, MINIATURE_MODEL
 from sdgen.models.devices import resolve_device, resolve_dtype
 from sdgen.models.fast_path import apply_fast_path, fast_path_parts
@@ -67,16 +68,17 @@ def load_model(
     dtype = resolve_dtype(precision, target)
     fast = fast_path_parts(fast_path, target)  # checked before anything is loaded
     kind, path = check_model_source(name, allow_pickle=allow_pickle)
-    if kind == "file":
-        from sdgen.models.single_file import load_single_file
+    if kind == "hub":
+        from sdgen.models.hub import download_model
 
-        components = load_single_file(path, dtype=dtype, allow_pickle=allow_pickle)
-    else:
-        if kind == "hub":
-            from sdgen.models.hub import download_model
+        path = download_model(name, token=token, allow_pickle=allow_pickle)
+    with BUILD_LOCK:  # not two threads at once: sdgen.models.building
+        if kind == "file":
+            from sdgen.models.single_file import load_single_file
 
-            path = download_model(name, token=token, allow_pickle=allow_pickle)
-        components = load_folder(path, dtype=dtype, allow_pickle=allow_pickle)
+            components = load_single_file(path, dtype=dtype, allow_pickle=allow_pickle)
+        else:
+            components = load_folder(path, dtype=dtype, allow_pickle=allow_pickle)
     for network in NETWORKS:
         components[network].to(target).eval().requires_grad_(False)
     apply_fast_path(components["unet"], components["vae"], fast)

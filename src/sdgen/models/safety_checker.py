@@ -108,10 +108,13 @@ def load_safety_checker(
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPImageProcessor
 
+    from sdgen.models.building import BUILD_LOCK
+
     try:
-        model = StableDiffusionSafetyChecker.from_pretrained(
-            checker_folder, use_safetensors=True, dtype=torch.float32
-        )
+        with BUILD_LOCK:  # not two threads at once: sdgen.models.building
+            model = StableDiffusionSafetyChecker.from_pretrained(
+                checker_folder, use_safetensors=True, dtype=torch.float32
+            )
         processor = CLIPImageProcessor.from_pretrained(processor_folder)
     except (OSError, ValueError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0]  # the message stays one line

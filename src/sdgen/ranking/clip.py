@@ -130,8 +130,11 @@ def load_ranker(
     _check_folder(folder)
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
+    from sdgen.models.building import BUILD_LOCK
+
     try:
-        model = CLIPModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
+        with BUILD_LOCK:  # not two threads at once: sdgen.models.building
+            model = CLIPModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
         tokenizer = CLIPTokenizer.from_pretrained(folder)
         processor = CLIPImageProcessor.from_pretrained(folder)
     except (OSError, ValueError) as err:
