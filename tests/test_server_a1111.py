@@ -370,14 +370,15 @@ def test_samplers_models_options_and_scripts(client):
     assert {"Euler a", "DPM++ 2M Karras", "DDIM"} <= set(samplers)
     assert samplers["Euler a"]["aliases"] == ["euler_a"]
     [model] = client.get("/sdapi/v1/sd-models").json()
-    assert model["model_name"] == "sdgen-miniature" and model["title"].startswith(
-        "sdgen-miniature ["
-    )
-    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == model["title"]
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    assert model["model_name"] == "sdgen-miniature"
     chosen = {**WEBUIAPI_TXT2IMG, "batch_size": 1, "override_settings": {}}
     chosen["override_settings"]["sd_model_checkpoint"] = model["title"]
     assert client.post("/sdapi/v1/txt2img", json=chosen).status_code == 200
+    # once loaded (by this call or an earlier test's), the title carries the hash, as A1111's
+    [model] = client.get("/sdapi/v1/sd-models").json()
+    assert model["title"].startswith("sdgen-miniature [")
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == model["title"]
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
 
 
 # A1111 v1.10's schedule types (modules/sd_schedulers.py): name -> label.
@@ -609,3 +610,35 @@ def test_a_call_being_checked_does_not_hold_up_progress(tmp_path, monkeypatch):
         assert client.get("/sdapi/v1/progress").status_code == 200
         assert time.monotonic() - started < 0.8
         thread.join(60)
+
+
+def test_options_switch_the_model_a1111_calls_use(tmp_path, tiny_sd1):
+    """webuiapi's util_set_model: POST /sdapi/v1/options with sd_model_checkpoint (a title or a
+    name); later calls without override_settings use it; other settings only as they are."""
+    from sdgen.models.bundled import MINIATURE_MODEL
+    from sdgen.server.a1111.serving import A1111Handler
+
+    with client_for(tmp_path, models=(MINIATURE_MODEL, str(tiny_sd1))) as client:
+        handler: A1111Handler = client.app.state.a1111_handler
+        served = handler.service.engine.models.names
+        first = client.get("/sdapi/v1/options").json()["sd_model_checkpoint"]
+        assert first.split(" [")[0] == served[0]
+        answer = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": first})
+        assert answer.status_code == 200 and answer.json() is None  # as A1111
+        assert handler.checkpoint == served[0]
+        unknown = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "nope"})
+        assert unknown.status_code == 422
+        assert unknown.json()["error"]["field"] == "sd_model_checkpoint"
+        assert "nope" in unknown.json()["error"]["message"]
+        same = client.post("/sdapi/v1/options", json={"samples_format": "png"})
+        assert same.status_code == 200
+        other = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2})
+        assert other.status_code == 422
+        assert other.json()["error"]["field"] == "CLIP_stop_at_last_layers"
+        assert handler.checkpoint == served[0]  # a refused call changes nothing
+        body = {**WEBUIAPI_TXT2IMG, "batch_size": 1, "steps": 2}
+        for name in served[::-1]:
+            assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": name}).is_success
+            assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(name)
+            info = json.loads(client.post("/sdapi/v1/txt2img", json=body).json()["info"])
+            assert name.endswith(info["sd_model_name"])  # a folder: its last part

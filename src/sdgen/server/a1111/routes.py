@@ -77,6 +77,12 @@ def options(request: Request) -> dict:
     return handler(request).options()
 
 
+@router.post("/options")
+def set_options(options: dict, request: Request) -> None:
+    """Switch the model A1111 calls use (``sd_model_checkpoint``), as A1111 clients do."""
+    handler(request).set_options(options)
+
+
 @router.get("/scripts")
 def scripts(request: Request) -> dict:
     """No scripts: A1111 clients look here for extensions (ControlNet, ADetailer)."""

@@ -49,6 +49,9 @@ class A1111Handler:
         # A1111's state.interrupted / state.skipped: set when interrupt / skip stopped a job,
         # cleared when the next A1111 job is accepted (A1111 clears them as a job begins).
         self.stopped = {"interrupted": False, "skipped": False}
+        # A1111's current checkpoint, set by POST /sdapi/v1/options (kept in memory: a restart
+        # goes back to the server's first model); None: the server's first model.
+        self.checkpoint: str | None = None
 
     async def txt2img(self, body: Txt2ImgRequest) -> GenerationResponse:
         return await self._generate(body)
@@ -57,7 +60,9 @@ class A1111Handler:
         return await self._generate(body)
 
     async def _generate(self, body: Txt2ImgRequest) -> GenerationResponse:
-        model = self._model_name((body.override_settings or {}).get("sd_model_checkpoint"))
+        override = (body.override_settings or {}).get("sd_model_checkpoint")
+        model = self._model_name(override, "override_settings.sd_model_checkpoint")
+        model = model or self.checkpoint
         if body.batch_size >= 1 and body.n_iter >= 1:  # below 1: to_request names the field
             self.config.limits.check_counts(body.steps, body.batch_size * body.n_iter, "batch_size")
         # Off the event loop: decoding the pictures, the mask processing's checks and a first
@@ -254,23 +259,31 @@ class A1111Handler:
         return items
 
     def options(self) -> dict:
-        default = self.sd_models()[0]
-        return {"sd_model_checkpoint": default.title, "samples_format": "png"}
+        models = self.sd_models()
+        current = next((m for m in models if m.model_name == self.checkpoint), models[0])
+        return {"sd_model_checkpoint": current.title, "samples_format": "png"}
 
-    def _model_name(self, checkpoint: Any) -> str | None:
+    def set_options(self, options: dict[str, Any]) -> None:
+        """``POST /sdapi/v1/options``: the checkpoint A1111 calls use from now on; any other
+        setting only as it already is (sdgen has none of A1111's settings to change)."""
+        current = self.options()
+        for key, value in options.items():
+            if key != "sd_model_checkpoint" and (key not in current or current[key] != value):
+                raise InvalidRequest(
+                    key, value, "only sd_model_checkpoint can be set on sdgen (GET /options)"
+                )
+        if "sd_model_checkpoint" in options:
+            name = self._model_name(options["sd_model_checkpoint"], "sd_model_checkpoint")
+            self.checkpoint = name
+
+    def _model_name(self, checkpoint: Any, field: str) -> str | None:
         """A1111 names checkpoints by title, "name [hash]"; a served model's name is its own."""
         if checkpoint is None:
             return None
         if not isinstance(checkpoint, str):
-            raise InvalidRequest(
-                "override_settings.sd_model_checkpoint", checkpoint, "a model's name"
-            )
+            raise InvalidRequest(field, checkpoint, "a model's name")
         names = self.service.engine.models.names
         bare = checkpoint.rsplit(" [", 1)[0] if checkpoint.endswith("]") else checkpoint
         if bare in names:
             return bare
-        raise InvalidRequest(
-            "override_settings.sd_model_checkpoint",
-            checkpoint,
-            f"one of the served models: {', '.join(names)}",
-        )
+        raise InvalidRequest(field, checkpoint, f"one of the served models: {', '.join(names)}")
