@@ -238,7 +238,13 @@ def test_inpainting_with_mask_processing_shares_steps(sd1_model):
             steps=4, init_image=init, mask=mask, strength=0.75, mask_blur=2, padding_mask_crop=1
         ),
         REQUESTS[2].replace(
-            steps=4, init_image=init, mask=mask, masked_content="fill", overlay=True, resize=True
+            steps=4,
+            init_image=init,
+            mask=mask,
+            masked_content="fill",
+            overlay=True,
+            resize=True,
+            strength=0.75,
         ),
     ]
     requests[2] = requests[2].replace(width=size, height=size)

@@ -219,6 +219,7 @@ def test_inpaint_mask_processing_flags_reach_the_request(
     base = ["inpaint", "x", "--init-image", red_square, "--mask", middle_mask, *COMMON]
     _run(capsys, *base)
     asked = ["--mask-blur", 4, "--padding-mask-crop", 8, "--masked-content", "latent_noise"]
+    asked += ["--strength", 0.6]  # at 1 the masked part starts from noise: content is refused
     _run(capsys, *base, *asked, "--overlay")
     processing = [(r.mask_blur, r.padding_mask_crop, r.masked_content, r.overlay) for r in seen]
     assert processing == [(0, None, "original", False), (4, 8, "latent_noise", True)]
@@ -244,6 +245,7 @@ def test_inpaint_with_mask_processing_records_it_and_reproduces(
     capsys, tmp_path, red_square, middle_mask
 ):
     asked = ["--mask-blur", 4, "--padding-mask-crop", 8, "--masked-content", "fill", "--overlay"]
+    asked += ["--strength", 0.6]
     args = ["--init-image", red_square, "--mask", middle_mask, "--seed", 5, *asked, *COMMON]
     (path,) = _run(capsys, "inpaint", "a blue square", *args, "--out", tmp_path / "out")
     with Image.open(path) as picture:

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from helpers import TOLERANCE, max_pixel_diff
-from PIL import Image
+from PIL import Image, ImageFilter, ImageOps
 from test_img2img import NEGATIVE, PROMPT, SEED, STEPS, _load, _picture, _with_scheduler
 
-from sdgen.errors import InvalidRequest
+from sdgen.errors import GenerationStopped, InvalidRequest
 from sdgen.media.metadata import ImageRecord, parse_parameters
 from sdgen.params import GenerationRequest, InputPicture
 from sdgen.pipelines.generate import generate
@@ -136,8 +136,98 @@ def test_masked_content_changes_the_start_and_keeps_seeds_per_picture(sd1_model,
     alone = generate(sd1_model, request.replace(masked_content=content, seed=SEED + 1))
     assert max_pixel_diff(batch.images[1], alone.images[0]) <= TOLERANCE
     assert max_pixel_diff(batch.images[0], original) > TOLERANCE  # a different start
-    again = generate(sd1_model, request.replace(masked_content=content)).images[0]
-    assert np.array_equal(np.asarray(again), np.asarray(batch.images[0]))
+    again = generate(sd1_model, request.replace(masked_content=content, seed=SEED + 1))
+    assert np.array_equal(np.asarray(again.images[0]), np.asarray(alone.images[0]))
+
+
+def test_the_overlay_is_a1111s_blurred_mask_doubled_over_the_result(sd1_model, monkeypatch):
+    """Whole-picture overlay, built by hand as A1111 builds it: the mask binarised, blurred at
+    its own size, resized to the output size, doubled; the init picture laid over the result
+    where it is below one half. A grey patch (below one half) and a half-size mask check the
+    order (binarise, blur, resize)."""
+    from sdgen.pipelines import masking
+
+    mask = np.asarray(_box_mask(36, 28, box=(20, 6, 30, 14)), np.uint8).copy()
+    mask[20:26, 2:10] = 100  # grey: binarised away before the blur
+    init = _picture(72, 56)
+    request = _request(
+        init_image=InputPicture.from_image(init),
+        mask=InputPicture.from_image(Image.fromarray(mask, mode="L")),
+        resize=True,
+        mask_blur=2,
+        overlay=True,
+    )
+    seen = []
+    apply = masking._Overlay.apply
+    monkeypatch.setattr(masking._Overlay, "apply", lambda self, p: seen.append(p) or apply(self, p))
+    result = generate(sd1_model, request).images[0]
+    binary = Image.fromarray(np.where(mask >= 128, 255, 0).astype(np.uint8), mode="L")
+    blurred = binary.filter(ImageFilter.GaussianBlur(2)).resize((72, 56), Image.LANCZOS)
+    doubled = blurred.point(lambda v: min(255, 2 * v))
+    layer = Image.new("RGBa", (72, 56))
+    layer.paste(init.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(doubled))
+    expected = seen[0].convert("RGBA")
+    expected.alpha_composite(layer.convert("RGBA"))
+    assert np.array_equal(np.asarray(result), np.asarray(expected.convert("RGB")))
+    far = np.asarray(doubled) == 0  # away from the box (and the grey patch): the init picture
+    assert np.array_equal(np.asarray(result)[far], np.asarray(init)[far])
+
+
+def test_a_stopped_crop_is_pasted_back(sd1_model):
+    def stop_at_2(step):
+        if step.index == 1:
+            raise GenerationStopped(2, step.total, step.denoised)
+
+    request = _request(padding_mask_crop=2, width=WIDTH, height=HEIGHT)
+    result = generate(sd1_model, request, stop_at_2)
+    assert result.stopped_at is not None and result.images[0].size == (INIT_WIDTH, INIT_HEIGHT)
+    outside = np.asarray(_box_mask()) == 0
+    init = np.asarray(_picture(INIT_WIDTH, INIT_HEIGHT))
+    assert np.array_equal(np.asarray(result.images[0])[outside], init[outside])
+
+
+def test_options_that_would_change_nothing_are_refused():
+    with pytest.raises(InvalidRequest, match="masked_content.*strength below 1"):
+        _request(masked_content="fill", strength=1.0)
+    with pytest.raises(InvalidRequest, match="masked_content.*strength below 1"):
+        _request(masked_content="latent_noise", strength=None)  # inpainting's default: 1
+    with pytest.raises(InvalidRequest, match="mask_blur.*overlay, padding_mask_crop"):
+        _request(mask_blur=4)
+    for enough in ({"overlay": True}, {"padding_mask_crop": 0}, {"masked_content": "fill"}):
+        assert _request(mask_blur=4, **enough).mask_blur == 4
+    with pytest.raises(InvalidRequest, match="resize_mode.*stretch with padding_mask_crop"):
+        _request(padding_mask_crop=4, resize=True, resize_mode="crop")
+
+
+@pytest.mark.parametrize(
+    ("size", "changes", "message"),
+    [
+        ((262144, 16), {"resize_mode": "crop"}, "nearer the output's shape.*cover"),
+        ((2000, 2), {"resize_mode": "fill"}, "nearer the output's shape.*0 pixels"),
+        ((1, 1000), {"padding_mask_crop": 0}, "0 pixels"),
+    ],
+)
+def test_degenerate_resizes_are_refused_naming_the_init_picture(sd1_model, size, changes, message):
+    """A resize that would go through a huge picture (crop) or make a side of 0 (fill, or the
+    masked area of a 1-pixel-wide picture) is refused before anything is resized."""
+    from sdgen.engine.limits import Limits, preflight
+
+    picture = InputPicture.from_image(Image.new("RGB", size, "red"))
+    mask = InputPicture.from_image(Image.new("L", size, 255))
+    request = GenerationRequest(
+        prompt="x", init_image=picture, mask=mask, width=64, height=64, resize=True, **changes
+    )
+    with pytest.raises(InvalidRequest, match=f"init_image.*{message}"):
+        preflight(sd1_model, request, Limits())
+
+
+def test_the_pasted_back_picture_is_held_to_the_servers_size_limit(sd1_model):
+    from sdgen.engine.limits import Limits, preflight
+
+    request = _request(padding_mask_crop=4, width=WIDTH, height=HEIGHT)
+    assert preflight(sd1_model, request, Limits()).padding_mask_crop == 4
+    with pytest.raises(InvalidRequest, match="init_image.*72x60.*at most 4096 pixels"):
+        preflight(sd1_model, request, Limits(max_pixels=64 * 64))
 
 
 def test_the_options_need_a_mask_and_valid_values():

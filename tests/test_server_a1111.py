@@ -316,6 +316,24 @@ def test_a1111_inpainting_settings_become_sdgens_mask_processing():
     assert _inpainting_request(mask=MASK_BASE64, mask_blur=9, mask_blur_y=2).mask_blur == 9
     assert _inpainting_request(mask=MASK_BASE64, mask_blur_x=6, mask_blur_y=6).mask_blur == 6
     assert _inpainting_request(mask=MASK_BASE64, mask_blur=0).mask_blur == 0
+    # at denoising strength 1 sdgen starts the masked part from noise: every content is alike
+    full = _inpainting_request(mask=MASK_BASE64, denoising_strength=1.0, inpainting_fill=2)
+    assert full.masked_content == "original" and full.strength == 1.0
+    # "Only masked" ignores the resize mode (the masked area is resized to fit), as A1111
+    cropped = _inpainting_request(mask=MASK_BASE64, resize_mode=1)
+    assert cropped.padding_mask_crop == 0 and cropped.resize_mode == "stretch"
+    assert _inpainting_request(resize_mode=1).resize_mode == "crop"  # img2img keeps it
+
+
+def test_a1111_only_masked_with_nothing_masked_is_img2img():
+    """A1111 runs plain img2img when "Only masked" finds no masked pixel (a JPEG's faint noise
+    below one half counts as none); without "Only masked" the mask is kept."""
+    black = Image.new("L", (64, 64), 3)
+    blank = "data:image/png;base64," + png_base64(black)
+    request = _inpainting_request(mask=blank)
+    assert request.mode == "img2img" and request.mask_blur == 0 and not request.overlay
+    kept = _inpainting_request(mask=blank, inpaint_full_res=False)
+    assert kept.mode == "inpaint"
 
 
 def test_a1111_inpainting_settings_without_a_mask_are_ignored():

@@ -101,6 +101,7 @@ def test_inpaint_jobs_take_the_mask_processing_fields(tmp_path):
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 40, 40))
     processing = {"mask_blur": 4, "padding_mask_crop": 8, "masked_content": "fill", "overlay": True}
+    processing["strength"] = 0.6  # at 1 the masked part starts from noise: content is refused
     pictures = {"init_image": png_base64(init), "mask": png_base64(mask)}
     with client_for(tmp_path) as client:
         response = client.post("/v1/jobs", json={**FAST, **pictures, **processing})

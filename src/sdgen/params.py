@@ -31,6 +31,7 @@ MASKED_CONTENTS = ("original", "fill", "latent_noise", "latent_nothing")
 # 0, 1, 2; diffusers' VaeImageProcessor resize modes "default", "crop", "fill").
 RESIZE_MODES = ("stretch", "crop", "fill")
 MAX_MASK_BLUR = 256  # pixels (A1111's UI goes to 64)
+MAX_SIDE = 65_536  # pixels: the most a size (or a padding around a mask) can be
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class GenerationRequest:
         _check_guidance(self.guidance_scale)
         for name in ("width", "height"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1, 65_536)
+                _check_int(name, getattr(self, name), 1, MAX_SIDE)
         if self.seed is not None:  # picture i takes seed + i: the last must be a seed too
             _check_int("seed", self.seed, 0, MAX_SEED - 10_000 - (self.total_images - 1))
         if self.precision not in PRECISIONS:
@@ -173,7 +174,7 @@ class GenerationRequest:
     def _check_mask_processing(self) -> None:
         _check_int("mask_blur", self.mask_blur, 0, MAX_MASK_BLUR)
         if self.padding_mask_crop is not None:
-            _check_int("padding_mask_crop", self.padding_mask_crop, 0, 65_536)
+            _check_int("padding_mask_crop", self.padding_mask_crop, 0, MAX_SIDE)
         if self.masked_content not in MASKED_CONTENTS:
             raise InvalidRequest(
                 "masked_content", self.masked_content, f"one of {', '.join(MASKED_CONTENTS)}"
@@ -191,6 +192,34 @@ class GenerationRequest:
                 if on:
                     allowed = "a mask to work on (inpainting)"
                     raise InvalidRequest(name, getattr(self, name), allowed)
+            return
+        self._check_mask_options_act()
+
+    def _check_mask_options_act(self) -> None:
+        """Refuse mask options that would change nothing in the pictures asked for."""
+        strength = self.default_strength if self.strength is None else self.strength
+        if self.masked_content != "original" and strength >= 1.0:
+            raise InvalidRequest(
+                "masked_content",
+                self.masked_content,
+                "original at strength 1 (inpainting's default), where the masked part starts "
+                "from noise alone; the others need a strength below 1",
+            )
+        if self.mask_blur and not (
+            self.overlay or self.padding_mask_crop is not None or self.masked_content != "original"
+        ):
+            raise InvalidRequest(
+                "mask_blur",
+                self.mask_blur,
+                "0, unless overlay, padding_mask_crop or masked_content uses the blurred mask "
+                "(the denoising reads the mask binarised, where a blur changes next to nothing)",
+            )
+        if self.padding_mask_crop is not None and self.resize_mode != "stretch":
+            raise InvalidRequest(
+                "resize_mode",
+                self.resize_mode,
+                "stretch with padding_mask_crop, which resizes the masked area to fit itself",
+            )
 
     @property
     def default_strength(self) -> float:

@@ -91,7 +91,8 @@ def output_options(func):
     return func
 
 
-def _request(prompt: str, kwargs: dict, **pictures) -> GenerationRequest:
+def _request(prompt: str, kwargs: dict, **fields) -> GenerationRequest:
+    """The request of a command's flags (``kwargs``) and its own ``fields`` (pictures, ...)."""
     return GenerationRequest(
         prompt=prompt,
         negative_prompt=kwargs["negative_prompt"],
@@ -106,7 +107,7 @@ def _request(prompt: str, kwargs: dict, **pictures) -> GenerationRequest:
         seed=kwargs["seed"],
         precision=kwargs["precision"] or "auto",
         device=kwargs["device"],
-        **pictures,
+        **fields,
     )
 
 

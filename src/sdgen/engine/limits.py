@@ -73,8 +73,8 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
     re-queued after a restart makes the same pictures (its random seed is drawn here, once).
     """
     # Imported here: the pipelines pull in diffusers; the engine's callers may not need them.
-    from sdgen.pipelines.init_images import picture_tensor, strength_timesteps
-    from sdgen.pipelines.masking import inpaint_pictures
+    from sdgen.pipelines.init_images import sized_picture, strength_timesteps
+    from sdgen.pipelines.masking import check_inpaint_pictures
     from sdgen.pipelines.stages import new_scheduler, resolve_request
 
     limits.check(request)
@@ -86,8 +86,17 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
     scheduler = new_scheduler(model, resolved)  # steps the sampler can take; eta DDIM's only
     if resolved.init_image is not None:
         if resolved.mask is not None:  # sizes, and a mask to crop to
-            inpaint_pictures(resolved)
-        else:
-            picture_tensor(resolved)  # the init picture must have the output size, or resize
+            check_inpaint_pictures(resolved)
+        else:  # the init picture must have the output size, or resize
+            sized_picture(resolved.init_image.image, resolved, "init_image", check_only=True)
+        if resolved.padding_mask_crop is not None:  # the pictures have the init picture's size
+            width, height = resolved.init_image.size
+            if width * height > limits.max_pixels:
+                raise InvalidRequest(
+                    "init_image",
+                    f"{width}x{height}",
+                    f"a picture of at most {limits.max_pixels} pixels: padding_mask_crop "
+                    "pastes the repainted area back into it",
+                )
         strength_timesteps(scheduler, resolved.steps, resolved.strength)
     return resolved

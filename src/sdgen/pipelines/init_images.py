@@ -15,6 +15,7 @@ from sdgen.params import GenerationRequest
 PROCESSOR = VaeImageProcessor()  # Lanczos, as diffusers' pipelines resize their pictures
 # params.RESIZE_MODES -> VaeImageProcessor's resize modes
 _RESIZE_MODES = {"stretch": "default", "crop": "crop", "fill": "fill"}
+MAX_RESIZED_PIXELS = 4096 * 4096  # the largest picture a resize may go through
 
 
 def picture_tensor(request: GenerationRequest) -> torch.Tensor:
@@ -35,9 +36,11 @@ def mask_tensor(mask: Image.Image) -> torch.Tensor:
     return (torch.from_numpy(array) >= 0.5).to(torch.float32)[None, None]
 
 
-def sized_picture(picture: Image.Image, request: GenerationRequest, field: str) -> Image.Image:
+def sized_picture(
+    picture: Image.Image, request: GenerationRequest, field: str, *, check_only: bool = False
+) -> Image.Image | None:
     """``picture`` at the output size: resized only when asked to, as ``resize_mode`` says
-    (diffusers' VaeImageProcessor.resize: Lanczos)."""
+    (diffusers' VaeImageProcessor.resize: Lanczos); with ``check_only``, only refused or not."""
     size = (request.width, request.height)
     if picture.size == size:
         return picture
@@ -48,7 +51,35 @@ def sized_picture(picture: Image.Image, request: GenerationRequest, field: str) 
             f"a {size[0]}x{size[1]} picture (the output size), or resize=True (--resize)",
         )
     mode = _RESIZE_MODES[request.resize_mode]
+    check_resizable(*picture.size, request, mode, field)
+    if check_only:
+        return None
     return PROCESSOR.resize(picture, size[1], size[0], resize_mode=mode).convert(picture.mode)
+
+
+def check_resizable(width: int, height: int, request: GenerationRequest, mode: str, field: str):
+    """Refuse a picture whose resizing by ``mode`` (VaeImageProcessor's) to the output size
+    would be degenerate: scaled to fit ("fill") a side below one pixel, or scaled to cover
+    ("crop") an intermediate picture past MAX_RESIZED_PIXELS (a 32768x16 picture cropped to
+    512x512 went through a 1,048,576x512 one: 9 s and 2.5 GB)."""
+    out_width, out_height = request.width, request.height
+    shape = f"{width}x{height}"
+    nearer = f"a picture nearer the output's shape ({out_width}x{out_height})"
+    if mode == "crop":
+        scale = max(out_width / width, out_height / height)
+        if width * scale * height * scale > MAX_RESIZED_PIXELS:
+            raise InvalidRequest(
+                field,
+                shape,
+                f"{nearer}: scaled to cover it, it would pass {MAX_RESIZED_PIXELS} pixels",
+            )
+    elif mode == "fill":
+        if out_width / out_height < width / height:  # as diffusers' _resize_and_fill sizes it
+            fitted = (out_width, height * out_width // width)
+        else:
+            fitted = (width * out_height // height, out_height)
+        if min(fitted) < 1:
+            raise InvalidRequest(field, shape, f"{nearer}: scaled to fit it, a side is 0 pixels")
 
 
 def latent_samples(vae, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:

@@ -46,8 +46,10 @@ def inpaint(
     Image i's generator (seed + i) draws, in diffusers' order: the init picture's latent sample
     (unless strength is 1 with an inpainting UNet), the noise, the masked picture's latent
     sample, then the sampler's draws. A single picture equals diffusers'
-    StableDiffusionInpaintPipeline's; in a batch each picture still depends only on its own seed
-    (diffusers draws the shared init latents of a batch from the first generator only).
+    StableDiffusionInpaintPipeline's (with ``padding_mask_crop`` too, given the mask blurred as
+    ``mask_blur`` does); in a batch each picture still depends only on its own seed (diffusers
+    draws the shared init latents of a batch from the first generator only). The other mask
+    options are A1111's (``sdgen.pipelines.masking``); "latent_noise" draws its latents last.
 
     Args:
         model: from ``load_model``; an inpainting (9-channel) or ordinary (4-channel) UNet.

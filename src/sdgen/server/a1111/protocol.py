@@ -13,13 +13,17 @@ So is a ``scheduler`` (schedule type) that sdgen does not have with the sampler 
 
 A1111's inpainting mask processing is reproduced, defaults included: the mask's edge blurred
 (``mask_blur``, or ``mask_blur_x`` and ``mask_blur_y`` when equal; 4 by default) with diffusers'
-``VaeImageProcessor.blur``, PIL's Gaussian blur where A1111 uses OpenCV's, so edges differ
-slightly; "Only masked" (``inpaint_full_res``, on by default, with
-``inpaint_full_res_padding``) with diffusers' ``get_crop_region`` and ``apply_overlay``, which
-follow A1111's; the masked content (``inpainting_fill``): A1111's blurred fill, the original,
-latent noise (drawn from each picture's own generator, not from A1111's seeds) or latent
-nothing; and the init picture pasted back outside the mask, as A1111 always does. An unrounded
-latent mask (``mask_round`` false) is refused: sdgen's is rounded, A1111's default.
+``VaeImageProcessor.blur``, PIL's Gaussian blur where A1111 uses OpenCV's (a blurred edge
+differs by up to 5 levels of 255 at the default 4); "Only masked" (``inpaint_full_res``, on by
+default, with ``inpaint_full_res_padding``) with diffusers' ``get_crop_region`` and
+``apply_overlay``, which follow A1111's; the masked content (``inpainting_fill``): A1111's
+blurred fill, the original, latent noise (drawn from each picture's own generator, not from
+A1111's seeds) or latent nothing (at a denoising strength of 1 sdgen starts the masked part from
+noise alone, so these are all "original" there); and the init picture pasted back outside the
+mask, as A1111 always does. A mask with nothing masked under "Only masked" runs plain img2img,
+as A1111 does. An unrounded latent mask (``mask_round`` false) is refused: sdgen's latent mask
+is binary (the mask binarised, then sampled down as diffusers does; A1111 samples down, then
+rounds).
 
 ``eta`` is read as A1111 reads it: DDIM's eta (missing: 0, A1111's ``eta_ddim`` default), the
 ancestral samplers' (1 is all sdgen's Euler a has), and ignored by the other samplers.
@@ -265,15 +269,17 @@ class Img2ImgRequest(Txt2ImgRequest):
         fields["init_image"] = decode_picture(
             self.init_images[0], "init_images", mode="RGB", max_pixels=max_pixels
         )
+        fields["strength"] = self.denoising_strength
+        fields["resize"] = True  # A1111 resizes the init picture (and mask) to width x height
+        fields["resize_mode"] = RESIZE_MODES[self.resize_mode]
         if self.mask is not None:
             mask = decode_picture(self.mask, "mask", mode="L", max_pixels=max_pixels)
             if self.inpainting_mask_invert:
                 mask = InputPicture.from_image(ImageOps.invert(mask.image))
-            fields["mask"] = mask
-            fields.update(self._mask_processing())
-        fields["strength"] = self.denoising_strength
-        fields["resize"] = True  # A1111 resizes the init picture (and mask) to width x height
-        fields["resize_mode"] = RESIZE_MODES[self.resize_mode]
+            # A1111 runs plain img2img when "Only masked" finds nothing masked
+            if not (self.inpaint_full_res and mask.image.getextrema()[1] < 128):
+                fields["mask"] = mask
+                fields.update(self._mask_processing())
         return fields
 
     def _mask_processing(self) -> dict[str, Any]:
@@ -288,12 +294,20 @@ class Img2ImgRequest(Txt2ImgRequest):
                 self.inpainting_fill,
                 "0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing)",
             )
-        return {
+        masked_content = INPAINTING_FILLS[self.inpainting_fill]
+        if self.denoising_strength is not None and self.denoising_strength >= 1:
+            masked_content = "original"  # sdgen starts from noise alone there: all are alike
+        processing = {
             "mask_blur": self.mask_blur_x if self.mask_blur is None else self.mask_blur,
-            "padding_mask_crop": self.inpaint_full_res_padding if self.inpaint_full_res else None,
-            "masked_content": INPAINTING_FILLS[self.inpainting_fill],
+            "padding_mask_crop": None,
+            "masked_content": masked_content,
             "overlay": True,  # A1111 always pastes the init picture back outside the mask
         }
+        if self.inpaint_full_res:  # A1111 resizes only the masked area there, as it fits
+            processing.update(
+                padding_mask_crop=self.inpaint_full_res_padding, resize_mode="stretch"
+            )
+        return processing
 
 
 def a1111_error(err: InvalidRequest) -> InvalidRequest:

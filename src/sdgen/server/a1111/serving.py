@@ -70,7 +70,7 @@ class A1111Handler:
         record = await run_in_threadpool(self._submit, body, model)
         self.stopped = {"interrupted": False, "skipped": False}
         record = await self.service.wait(record.id)
-        return self._response(body, record)
+        return await run_in_threadpool(self._response, body, record)  # reads and encodes PNGs
 
     def _submit(self, body: Txt2ImgRequest, model: str | None) -> JobRecord:
         request = body.to_request(model, max_pixels=self.config.max_input_pixels)
