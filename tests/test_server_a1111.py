@@ -660,3 +660,18 @@ def test_options_switch_the_model_a1111_calls_use(tmp_path, tiny_sd1):
             assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(name)
             info = json.loads(client.post("/sdapi/v1/txt2img", json=body).json()["info"])
             assert name.endswith(info["sd_model_name"])  # a folder: its last part
+
+
+def test_lists_of_what_sdgen_has_none_of_answer_empty(client):
+    """What A1111 clients read when they connect (SillyTavern: upscalers, latent upscale modes,
+    VAEs) answers as an A1111 without any of them: empty, not 404."""
+    from sdgen.server.a1111.routes import NONE_OF
+
+    for name in NONE_OF:
+        response = client.get(f"/sdapi/v1/{name}")
+        assert response.status_code == 200 and response.json() == [], name
+    assert client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
+    for name in ("refresh-checkpoints", "refresh-vae"):
+        response = client.post(f"/sdapi/v1/{name}")
+        assert response.status_code == 200 and response.json() is None, name
+    assert client.get("/sdapi/v1/upscalers-typo").status_code == 404

@@ -87,3 +87,43 @@ def set_options(options: dict, request: Request) -> None:
 def scripts(request: Request) -> dict:
     """No scripts: A1111 clients look here for extensions (ControlNet, ADetailer)."""
     return {"txt2img": [], "img2img": []}
+
+
+# A1111's lists of what sdgen has none of (upscalers, VAEs, LoRAs ...). Clients read them when
+# they connect (SillyTavern reads upscalers, latent upscale modes and VAEs), so they answer
+# empty, as an A1111 without them would, rather than 404; using any of them is refused in the
+# generation calls (hires fix, styles ...).
+NONE_OF = (
+    "upscalers",
+    "latent-upscale-modes",
+    "sd-vae",
+    "hypernetworks",
+    "face-restorers",
+    "prompt-styles",
+    "realesrgan-models",
+    "loras",  # A1111's bundled LoRA extension
+)
+
+
+def _none() -> list:
+    return []
+
+
+for _name in NONE_OF:
+    router.add_api_route(f"/{_name}", _none, methods=["GET"], name=_name)
+
+
+@router.get("/embeddings")
+def embeddings() -> dict:
+    """No textual-inversion embeddings."""
+    return {"loaded": {}, "skipped": {}}
+
+
+@router.post("/refresh-checkpoints")
+def refresh_checkpoints() -> None:
+    """Nothing to rescan: sdgen serves the models it was started with (``--model``)."""
+
+
+@router.post("/refresh-vae")
+def refresh_vae() -> None:
+    """Nothing to rescan: each model uses its own VAE."""
