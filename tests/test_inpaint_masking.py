@@ -288,3 +288,25 @@ def test_the_settings_are_written_as_a1111_writes_them():
         )
         == request
     )
+
+
+def test_a_mask_with_transparency_is_its_alpha_as_a1111_reads_it(tmp_path):
+    """Painted on a transparent layer, a mask's opaque strokes are what is repainted, whatever
+    their colour (A1111's create_binary_mask); an opaque mask is read by its grey levels."""
+    from sdgen.media.images import read_picture
+
+    layer = Image.new("RGBA", (16, 8), (255, 255, 255, 0))  # transparent white: kept
+    layer.paste((0, 0, 0, 255), (4, 2, 8, 6))  # opaque black strokes: repainted
+    layer.save(tmp_path / "layer.png")
+    mask = np.asarray(read_picture(tmp_path / "layer.png", "mask", mode="L").image)
+    expected = np.zeros((8, 16), np.uint8)
+    expected[2:6, 4:8] = 255
+    assert np.array_equal(mask, expected)
+    opaque = Image.new("RGBA", (16, 8), (0, 0, 0, 255))
+    opaque.paste((255, 255, 255, 255), (4, 2, 8, 6))
+    opaque.save(tmp_path / "opaque.png")
+    assert np.array_equal(
+        np.asarray(read_picture(tmp_path / "opaque.png", "mask", mode="L").image), expected
+    )
+    init = read_picture(tmp_path / "layer.png", "init_image", mode="RGB").image
+    assert init.mode == "RGB"  # an init picture's transparency is dropped, as before

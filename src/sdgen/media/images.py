@@ -56,7 +56,9 @@ def read_picture(
 
     Anything that is not a picture, or one with more than ``max_pixels`` pixels (a decompression
     bomb), is refused by field name before its pixels are decoded. ``mode`` is "RGB" for init
-    pictures and "L" for masks; transparency is dropped.
+    pictures and "L" for masks. Transparency is dropped, except that a mask with transparent
+    pixels is its alpha channel (opaque = repaint), as A1111 reads a mask
+    (``create_binary_mask``): editors and A1111 clients paint masks on a transparent layer.
     """
     allowed = "a PNG, JPEG or WebP picture"
     try:
@@ -68,7 +70,7 @@ def read_picture(
                 raise InvalidRequest(
                     field, f"{width}x{height}", f"a picture of at most {max_pixels} pixels"
                 )
-            decoded = image.convert(mode)
+            decoded = _mask_of(image) if mode == "L" else image.convert(mode)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         if isinstance(err, InvalidRequest):
             raise
@@ -76,3 +78,12 @@ def read_picture(
         reason = str(err).split(" <_io.")[0]  # Pillow names the buffer object: not for users
         raise InvalidRequest(field, name, f"{allowed} ({reason})") from err
     return InputPicture.from_image(decoded)
+
+
+def _mask_of(image: Image.Image) -> Image.Image:
+    """A mask picture as L: its alpha where some of it is transparent, else its grey levels."""
+    if "A" in image.getbands() or "transparency" in image.info:
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema() != (255, 255):
+            return alpha
+    return image.convert("L")
