@@ -675,3 +675,16 @@ def test_lists_of_what_sdgen_has_none_of_answer_empty(client):
         response = client.post(f"/sdapi/v1/{name}")
         assert response.status_code == 200 and response.json() is None, name
     assert client.get("/sdapi/v1/upscalers-typo").status_code == 404
+
+
+def test_a_transparent_init_picture_is_laid_on_white_as_a1111_does():
+    """A1111 flattens an init picture onto its img2img background colour (white by default);
+    dropping the alpha would show whatever colour the transparent pixels hold (here black)."""
+    clear = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    clear.paste((200, 20, 20, 255), (16, 16, 48, 48))
+    request = _inpainting_request(init_images=[png_base64(clear)])
+    pixels = np.asarray(request.init_image.image)
+    assert request.init_image.image.mode == "RGB"
+    assert (pixels[0, 0] == 255).all() and list(pixels[32, 32]) == [200, 20, 20]
+    opaque = _inpainting_request(init_images=[png_base64(INIT)])
+    assert opaque.init_image == InputPicture.from_image(INIT)  # as before

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from PIL import ImageOps
+from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdgen.errors import InvalidRequest
@@ -266,9 +266,10 @@ class Img2ImgRequest(Txt2ImgRequest):
                 self.resize_mode,
                 "0 (just resize), 1 (crop and resize) or 2 (resize and fill) on sdgen",
             )
-        fields["init_image"] = decode_picture(
-            self.init_images[0], "init_images", mode="RGB", max_pixels=max_pixels
+        init = decode_picture(
+            self.init_images[0], "init_images", mode="RGBA", max_pixels=max_pixels
         )
+        fields["init_image"] = _flattened(init)
         fields["strength"] = self.denoising_strength
         fields["resize"] = True  # A1111 resizes the init picture (and mask) to width x height
         fields["resize_mode"] = RESIZE_MODES[self.resize_mode]
@@ -308,6 +309,16 @@ class Img2ImgRequest(Txt2ImgRequest):
                 padding_mask_crop=self.inpaint_full_res_padding, resize_mode="stretch"
             )
         return processing
+
+
+def _flattened(picture: InputPicture) -> InputPicture:
+    """An init picture laid on white where it is transparent, as A1111 does (``images.flatten``
+    with its default ``img2img_background_color``); an opaque one as it is."""
+    image = picture.image
+    if image.getchannel("A").getextrema() == (255, 255):
+        return InputPicture.from_image(image.convert("RGB"))
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return InputPicture.from_image(Image.alpha_composite(white, image).convert("RGB"))
 
 
 def a1111_error(err: InvalidRequest) -> InvalidRequest:
