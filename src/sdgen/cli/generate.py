@@ -183,7 +183,8 @@ def _mask_options(func):
             "--mask",
             required=True,
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="white where the picture is repainted, black where it is kept",
+            help="white where the picture is repainted, black where it is kept (or: opaque "
+            "strokes on a transparent layer)",
         ),
         click.option(
             "--mask-blur",
@@ -191,7 +192,8 @@ def _mask_options(func):
             default=0,
             show_default=True,
             metavar="PIXELS",
-            help="blur the mask's edge by this many pixels (A1111's default: 4)",
+            help="blur the mask's edge by this many pixels (A1111's default: 4), for "
+            "--overlay, --padding-mask-crop or --masked-content",
         ),
         click.option(
             "--padding-mask-crop",
@@ -206,7 +208,7 @@ def _mask_options(func):
             default="original",
             show_default=True,
             help="what the masked part starts from: the picture, A1111's fill from the colours "
-            "around it, random latents or zeros",
+            "around it, random latents or zeros (the others need --strength below 1)",
         ),
         click.option(
             "--overlay",
