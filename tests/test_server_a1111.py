@@ -648,8 +648,11 @@ def test_options_switch_the_model_a1111_calls_use(tmp_path, tiny_sd1):
         assert unknown.status_code == 422
         assert unknown.json()["error"]["field"] == "sd_model_checkpoint"
         assert "nope" in unknown.json()["error"]["message"]
-        same = client.post("/sdapi/v1/options", json={"samples_format": "png"})
+        same = client.post("/sdapi/v1/options", json={"samples_format": "PNG"})
         assert same.status_code == 200
+        everything = client.get("/sdapi/v1/options").json()  # Open WebUI posts it all back
+        assert client.post("/sdapi/v1/options", json=everything).status_code == 200
+        assert everything["CLIP_stop_at_last_layers"] == 1 and everything["randn_source"] == "CPU"
         other = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2})
         assert other.status_code == 422
         assert other.json()["error"]["field"] == "CLIP_stop_at_last_layers"
@@ -688,3 +691,19 @@ def test_a_transparent_init_picture_is_laid_on_white_as_a1111_does():
     assert (pixels[0, 0] == 255).all() and list(pixels[32, 32]) == [200, 20, 20]
     opaque = _inpainting_request(init_images=[png_base64(INIT)])
     assert opaque.init_image == InputPicture.from_image(INIT)  # as before
+
+
+def test_settings_at_the_values_sdgen_runs_with_are_accepted():
+    """SillyTavern overrides clip skip (1 by default) in every call, others the VAE
+    ("Automatic") or Forge's modules ([]): values that change nothing are accepted, others get
+    422 naming the setting and what sdgen runs with."""
+    from sdgen.errors import InvalidRequest
+    from sdgen.server.a1111.protocol import Txt2ImgRequest
+
+    same = {"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic", "forge_additional_modules": []}
+    body = {**WEBUIAPI_TXT2IMG, "override_settings": same}
+    assert Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20).steps == 3
+    for key, value in [("CLIP_stop_at_last_layers", 2), ("sd_vae", "kl-f8.safetensors")]:
+        body = {**WEBUIAPI_TXT2IMG, "override_settings": {key: value}}
+        with pytest.raises(InvalidRequest, match=f"override_settings.{key}.*what sdgen runs"):
+            Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20)

@@ -31,6 +31,7 @@ ancestral samplers' (1 is all sdgen's Euler a has), and ignored by the other sam
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from PIL import Image, ImageOps
@@ -198,13 +199,40 @@ class Txt2ImgRequest(BaseModel):
                 raise InvalidRequest(
                     f"alwayson_scripts.{script}", "enabled", "no scripts: sdgen has none"
                 )
-        for key in self.override_settings or {}:
+        for key, value in (self.override_settings or {}).items():
             if key != "sd_model_checkpoint":
-                raise InvalidRequest(
-                    f"override_settings.{key}",
-                    self.override_settings[key],
-                    "only sd_model_checkpoint can be overridden on sdgen",
-                )
+                check_fixed_setting(f"override_settings.{key}", key, value)
+
+
+# A1111 settings (its ``opts``) that sdgen always runs at one value -> the values that mean it.
+# Clients send them in override_settings and POST /options (SillyTavern sends clip skip with
+# every call; Open WebUI posts back what GET /options gave); another value is refused.
+FIXED_SETTINGS: dict[str, tuple] = {
+    "CLIP_stop_at_last_layers": (1,),  # clip skip 1: the text encoder's last layer
+    "sd_vae": ("Automatic", "None", None),  # the checkpoint's own VAE
+    "samples_format": ("png",),  # sdgen's pictures are PNGs
+    "eta_noise_seed_delta": (0,),  # ENSD
+    "randn_source": ("CPU",),  # each picture's generator is a CPU one
+    "forge_additional_modules": ([],),  # Forge's extra modules: none
+}
+
+
+def check_fixed_setting(field: str, key: str, value: object) -> None:
+    """Refuse an A1111 setting other than sd_model_checkpoint unless it is one of the values
+    sdgen runs with (``FIXED_SETTINGS``; names case-insensitive)."""
+    allowed = FIXED_SETTINGS.get(key)
+    if allowed is not None:
+        if value in allowed or (
+            isinstance(value, str) and value.lower() in {str(a).lower() for a in allowed}
+        ):
+            return
+        shown = " or ".join(json.dumps(a) for a in allowed)
+        raise InvalidRequest(field, value, f"{shown}: what sdgen runs with")
+    raise InvalidRequest(
+        field,
+        value,
+        f"only sd_model_checkpoint can change on sdgen; fixed: {', '.join(FIXED_SETTINGS)}",
+    )
 
 
 # What sdgen has of a refused setting, where it has some of it.

@@ -27,6 +27,7 @@ from ..service import JobService
 from ..serving import ApiError
 from ..store import JobRecord
 from .protocol import (
+    FIXED_SETTINGS,
     GenerationResponse,
     Img2ImgRequest,
     PngInfoResponse,
@@ -37,6 +38,7 @@ from .protocol import (
     SDModelItem,
     Txt2ImgRequest,
     a1111_error,
+    check_fixed_setting,
 )
 from .schedule_types import offered_schedule_types
 
@@ -261,17 +263,15 @@ class A1111Handler:
     def options(self) -> dict:
         models = self.sd_models()
         current = next((m for m in models if m.model_name == self.checkpoint), models[0])
-        return {"sd_model_checkpoint": current.title, "samples_format": "png"}
+        fixed = {key: values[0] for key, values in FIXED_SETTINGS.items()}
+        return {"sd_model_checkpoint": current.title, **fixed}
 
     def set_options(self, options: dict[str, Any]) -> None:
         """``POST /sdapi/v1/options``: the checkpoint A1111 calls use from now on; any other
-        setting only as it already is (sdgen has none of A1111's settings to change)."""
-        current = self.options()
+        setting only at the value sdgen runs with (``FIXED_SETTINGS``)."""
         for key, value in options.items():
-            if key != "sd_model_checkpoint" and (key not in current or current[key] != value):
-                raise InvalidRequest(
-                    key, value, "only sd_model_checkpoint can be set on sdgen (GET /options)"
-                )
+            if key != "sd_model_checkpoint":
+                check_fixed_setting(key, key, value)
         if "sd_model_checkpoint" in options:
             name = self._model_name(options["sd_model_checkpoint"], "sd_model_checkpoint")
             self.checkpoint = name
