@@ -417,8 +417,16 @@ A1111_SCHEDULE_TYPES = {
 
 
 def _sampler_having(label: str):
-    """A registry sampler with this schedule type, preferring an algorithm that has several."""
-    having = [s for s in SAMPLERS.values() if (s.schedule_type or "Automatic") == label]
+    """A registry sampler with this schedule type, preferring an algorithm that has several
+    (for Automatic, one that A1111 does not give another type under Automatic)."""
+    from sdgen.server.a1111.schedule_types import AUTOMATIC_SCHEDULES
+
+    having = [
+        s
+        for s in SAMPLERS.values()
+        if (s.schedule_type or "Automatic") == label
+        and not (label == "Automatic" and s.a1111_name in AUTOMATIC_SCHEDULES)
+    ]
     return max(having, key=lambda s: sum(o.a1111_name == s.a1111_name for o in SAMPLERS.values()))
 
 
@@ -459,6 +467,12 @@ def test_schedulers_lists_exactly_the_schedule_types_txt2img_accepts(client):
             assert info["sampler_name"] == sampler.a1111_name
             schedule = info["extra_generation_params"].get("Schedule type", "Automatic")
             assert schedule == item["label"], spelling
+    # DPM++ 2M under Automatic runs Karras sigmas in A1111 (v1.9+), and says so
+    for scheduler in (None, "automatic", "Automatic"):
+        body = {**WEBUIAPI_TXT2IMG, "batch_size": 1, "sampler_name": "DPM++ 2M"}
+        body["scheduler"] = scheduler
+        info = json.loads(client.post("/sdapi/v1/txt2img", json=body).json()["info"])
+        assert info["extra_generation_params"]["Schedule type"] == "Karras", scheduler
     # A1111's other types are refused, naming the field, with the types sdgen has.
     for name, label in A1111_SCHEDULE_TYPES.items():
         if name in by_name:

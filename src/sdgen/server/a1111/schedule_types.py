@@ -2,8 +2,9 @@
 
 A1111 splits a sampler into an algorithm ("DPM++ 2M") and a schedule type ("Karras"); sdgen's
 sampler registry keeps its older combined names ("DPM++ 2M Karras"), one entry per pair it
-really runs. So sdgen has "Automatic" (each sampler's own schedule) and the schedule types its
-registry names, each only with the samplers it names it for: Karras with DPM++ 2M only, today.
+really runs. So sdgen has "Automatic" (each sampler's own schedule, as A1111 chooses it: Karras
+for DPM++ 2M) and the schedule types its registry names, each only with the samplers it names
+it for: Karras with DPM++ 2M only, today.
 A1111's others (uniform, exponential, polyexponential, sgm_uniform, ...) are refused with 422
 naming ``scheduler``, where A1111 would fall back to Automatic without a word.
 """
@@ -33,6 +34,11 @@ AUTOMATIC = ScheduleType("automatic", "Automatic")
 A1111_SCHEDULE_TYPES: dict[str, ScheduleType] = {
     t.label: t for t in (AUTOMATIC, ScheduleType("karras", "Karras", default_rho=7.0))
 }
+
+
+# A1111's own schedule type for a sampler under "Automatic" (v1.9+'s samplers_k_diffusion
+# options: DPM++ 2M runs Karras sigmas unless told otherwise), for the samplers sdgen has.
+AUTOMATIC_SCHEDULES = {"DPM++ 2M": "Karras"}
 
 
 def _key(name: str) -> str:
@@ -68,7 +74,11 @@ def sampler_with_schedule(sampler_name: str, scheduler: str | None) -> str:
     """
     schedule = find_schedule_type(scheduler)
     if schedule is AUTOMATIC:
-        return sampler_name
+        sampler = resolve_sampler(sampler_name)
+        automatic = AUTOMATIC_SCHEDULES.get(sampler.a1111_name)
+        if automatic is None or sampler.schedule_type:
+            return sampler_name
+        return f"{sampler.a1111_name} {automatic}"  # as A1111 runs it
     combined = f"{sampler_name} {schedule.label}"
     try:
         resolve_sampler(combined)
