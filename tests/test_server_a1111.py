@@ -549,10 +549,11 @@ def test_progress_and_interrupt_stop_only_a1111_jobs(tmp_path):
         assert wait_for(client, native["id"])["status"] == "succeeded"
 
 
-def test_skip_ends_the_current_a1111_job_all_its_iterations(tmp_path):
-    """sdgen denoises an A1111 request's n_iter x batch_size pictures together: skip has no
-    next iteration to go on to, so it ends the job ``progress`` shows with the pictures of its
-    last step, as interrupt would."""
+def test_skip_and_interrupt_end_the_current_a1111_job_all_its_iterations(tmp_path):
+    """A1111 runs its calls one after another: its current job is the oldest running one here,
+    the others beside it are those A1111 would have queued (another client's call). Skip and
+    interrupt end that job alone, with the pictures of its last step. sdgen denoises an A1111
+    request's n_iter x batch_size pictures together: skip has no next iteration to go on to."""
     app = make_app(tmp_path, step_delay=0.05)
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         idle = client.post("/sdapi/v1/skip")
@@ -572,30 +573,37 @@ def test_skip_ends_the_current_a1111_job_all_its_iterations(tmp_path):
         first_id = wait_until(current_task)
         second = threading.Thread(target=call, args=("second",))
         second.start()  # joins the first one's batch: both run at once
-        second_id = wait_until(lambda: (task := current_task()) != first_id and task)
-        # Skip ends the job progress shows (the one started last), not the one beside it.
+
+        def running_beside_it():
+            jobs = client.get("/v1/jobs?status=running").json()["jobs"]
+            return next((job["id"] for job in jobs if job["id"] != first_id), None)
+
+        second_id = wait_until(running_beside_it)
+        assert current_task() == first_id  # the oldest is A1111's current job
+        # Skip ends it, both its iterations (one batch here), not the one beside it.
         skipped = client.post("/sdapi/v1/skip")
         assert skipped.status_code == 200 and skipped.json() is None
-        second.join(60)
-        response = answers["second"]
-        assert response.status_code == 200 and len(response.json()["images"]) == 1
-        assert json.loads(response.json()["info"])["status"] == "succeeded"
-        assert "Stopped at step: " in decode_png(response.json()["images"][0]).text["parameters"]
-        assert client.get(f"/v1/jobs/{second_id}").json()["status"] == "succeeded"
-        assert client.get(f"/v1/jobs/{first_id}").json()["status"] == "running"
-        assert wait_until(current_task) == first_id
-        # The first job's two iterations are one batch: a skip ends both, none is left to run.
-        assert client.post("/sdapi/v1/skip").json() is None
         first.join(60)
         response = answers["first"]
         assert response.status_code == 200 and len(response.json()["images"]) == 2
         assert json.loads(response.json()["info"])["status"] == "succeeded"
+        assert "Stopped at step: " in decode_png(response.json()["images"][0]).text["parameters"]
+        assert client.get(f"/v1/jobs/{second_id}").json()["status"] == "running"
+        assert wait_until(current_task) == second_id
+        assert client.get("/sdapi/v1/progress").json()["state"]["skipped"] is True
+        # Interrupt ends the one that is current now.
+        assert client.post("/sdapi/v1/interrupt").json() == {}
+        second.join(60)
+        response = answers["second"]
+        assert response.status_code == 200 and len(response.json()["images"]) == 1
+        assert "Stopped at step: " in decode_png(response.json()["images"][0]).text["parameters"]
         progress = client.get("/sdapi/v1/progress").json()
         assert progress["state"]["job"] == "" and progress["progress"] == 0
-        assert progress["state"]["skipped"] is True and progress["state"]["interrupted"] is False
+        assert progress["state"]["interrupted"] is True
         small = {**WEBUIAPI_TXT2IMG, "batch_size": 1, "steps": 2}
         assert client.post("/sdapi/v1/txt2img", json=small).status_code == 200
-        assert client.get("/sdapi/v1/progress").json()["state"]["skipped"] is False  # a new job
+        state = client.get("/sdapi/v1/progress").json()["state"]
+        assert state["skipped"] is False and state["interrupted"] is False  # a new job
         # A native job is not A1111's to skip.
         native = client.post("/v1/jobs", json={"prompt": "x", "steps": 30, "seed": 1}).json()
         wait_until(lambda: client.get(f"/v1/jobs/{native['id']}").json()["status"] == "running")

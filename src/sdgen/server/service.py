@@ -138,8 +138,9 @@ class JobService:
             return self._live.get(job_id)
 
     def current(self, origin: str | None = None) -> tuple[str, LiveProgress] | None:
-        """The running job (made through ``origin``'s API, if given) that started last, with
-        its progress (A1111's single "current job")."""
+        """The running job (made through ``origin``'s API, if given) that started first, with
+        its progress: A1111's single "current job" (A1111 runs its calls one after another, so
+        the others running beside it here are the ones A1111 would have queued behind it)."""
         with self._lock:
             live = dict(self._live)
         if origin is not None:
@@ -150,7 +151,7 @@ class JobService:
             }
         if not live:
             return None
-        job_id = max(live, key=lambda key: live[key].started)
+        job_id = min(live, key=lambda key: live[key].started)
         return job_id, live[job_id]
 
     def queue_position(self, job_id: str) -> int | None:

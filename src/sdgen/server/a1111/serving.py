@@ -150,8 +150,8 @@ class A1111Handler:
         }
 
     def progress(self, skip_current_image: bool) -> ProgressResponse:
-        """The running job made through this API that started last, as A1111's single current
-        job: the one ``interrupt`` stops (native jobs are not A1111's to stop)."""
+        """The running job made through this API that started first, as A1111's single current
+        job: the one ``interrupt`` and ``skip`` stop (native jobs are not A1111's to stop)."""
         queued = self.service.engine.queue_depth
         current = self.service.current(origin=ORIGIN)
         if current is None:
@@ -177,14 +177,12 @@ class A1111Handler:
         )
 
     def interrupt(self) -> dict:
-        """End the running jobs made through this API (A1111 has one current job) at their next
-        step, with the pictures predicted there: their txt2img/img2img calls answer with those
-        pictures, as A1111's do (it decodes the last step's predicted clean latents), and the
-        metadata says ``Stopped at step: k/n``. Queued and native jobs are left alone."""
-        for job_id in self.service.engine.running():
-            record = self.service.get(job_id)
-            if record is not None and record.origin == ORIGIN and self.service.finish(job_id):
-                self.stopped["interrupted"] = True
+        """End the job ``progress`` shows (A1111's current job) at its next step, with the
+        pictures predicted there: its txt2img/img2img call answers with those pictures, as
+        A1111's does (it decodes the last step's predicted clean latents), and the metadata says
+        ``Stopped at step: k/n``. Other A1111 jobs running beside it (those A1111 would have
+        queued behind it: other clients' calls), queued and native jobs are left alone."""
+        self._end_current("interrupted")
         return {}
 
     def skip(self) -> None:
@@ -197,9 +195,13 @@ class A1111Handler:
         step, the same as interrupt for it. Running A1111 jobs batched beside it, and queued
         ones, are left alone. Returns None: A1111 answers ``null``.
         """
+        self._end_current("skipped")
+
+    def _end_current(self, how: str) -> None:
+        """End A1111's current job with its pictures; ``progress`` then says ``how``."""
         current = self.service.current(origin=ORIGIN)
         if current is not None and self.service.finish(current[0]):
-            self.stopped["skipped"] = True
+            self.stopped[how] = True
 
     def png_info(self, image: str) -> PngInfoResponse:
         """A picture's text chunks and its parsed ``parameters``; the picture is only read."""
