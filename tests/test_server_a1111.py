@@ -180,7 +180,7 @@ def test_img2img_and_inpainting_as_webuiapi_sends_them(client):
         assert _same(decode_png(response.json()["images"][0]), expected[0])
         info = json.loads(response.json()["info"])
         assert info["denoising_strength"] == 0.75
-        assert info["is_using_inpainting_conditioning"] == ("mask" in extra)
+        assert info["is_using_inpainting_conditioning"] is False  # the model's UNet has 4
 
 
 A1111_INVALID = [
@@ -262,7 +262,6 @@ def test_invalid_a1111_requests_are_422_naming_a1111_fields(client, change, fiel
         ({"denoising_strength": 2.0}, "denoising_strength"),
         ({"initial_noise_multiplier": 0.5}, "initial_noise_multiplier"),
         ({"latent_mask": "abc"}, "latent_mask"),
-        ({"include_init_images": True}, "include_init_images"),
         # inpainting's mask processing, named as A1111 clients send it
         ({"mask": MASK_BASE64, "inpainting_fill": 4}, "inpainting_fill"),
         ({"mask": MASK_BASE64, "mask_blur": None, "mask_blur_y": 8}, "mask_blur_y"),
@@ -729,3 +728,15 @@ def test_settings_at_the_values_sdgen_runs_with_are_accepted():
         body = {**WEBUIAPI_TXT2IMG, "override_settings": {key: value}}
         with pytest.raises(InvalidRequest, match=f"override_settings.{key}.*what sdgen runs"):
             Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20)
+
+
+def test_img2img_echoes_its_pictures_only_when_asked(client):
+    """A1111 echoes the request with init_images and mask null unless include_init_images."""
+    body = {**WEBUIAPI_IMG2IMG, "mask": MASK_BASE64, "denoising_strength": 0.5}
+    echoed = client.post("/sdapi/v1/img2img", json=body).json()["parameters"]
+    assert echoed["init_images"] is None and echoed["mask"] is None
+    asked = client.post("/sdapi/v1/img2img", json={**body, "include_init_images": True}).json()
+    assert asked["parameters"]["init_images"] == body["init_images"]
+    assert asked["parameters"]["mask"] == MASK_BASE64
+    info = json.loads(asked["info"])
+    assert info["is_using_inpainting_conditioning"] is False  # a 4-channel UNet, mask or not

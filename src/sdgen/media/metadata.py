@@ -60,6 +60,9 @@ class ImageRecord:
             "Denoising strength": f"{r.strength:g}" if r.init_image is not None else None,
             "Init image hash": r.init_image.sha256[:12] if r.init_image is not None else None,
             "Mask hash": r.mask.sha256[:12] if r.mask is not None else None,
+            # where the noise is drawn (A1111 writes it unless GPU, its default): each
+            # picture's generator is a CPU one, as A1111's CPU source seeds its initial noise
+            "RNG": "CPU",
             "Eta DDIM": f"{r.eta:g}" if r.eta else None,  # A1111 writes it when not 0
             **_mask_processing(r),
             **self.extra,

@@ -5,9 +5,9 @@ A1111 clients send every field of A1111's processing classes. Fields that do not
 picture (saving, comments) are accepted and ignored; features sdgen does not have (hires fix,
 face restoration, tiling, variation seeds, scripts, styles, sampler settings other than the
 defaults: Euler a's ``eta`` other than 1, ``s_churn``, ``s_noise``, ``s_tmin``, ``s_tmax``;
-img2img's ``initial_noise_multiplier``, ``latent_mask``, ``include_init_images``) are refused
-with 422 naming the field when they are switched on, rather than silently giving a different
-picture.
+img2img's ``initial_noise_multiplier``, ``latent_mask``) are refused with 422 naming the field
+when they are switched on, rather than silently giving a different picture.
+``include_init_images`` only says whether the response echoes the input pictures.
 So is a ``scheduler`` (schedule type) that sdgen does not have with the sampler asked for
 (``schedule_types``), where A1111 would fall back to Automatic.
 
@@ -267,7 +267,6 @@ class Img2ImgRequest(Txt2ImgRequest):
             **super()._switched_on(),
             "initial_noise_multiplier": self.initial_noise_multiplier not in (None, 1),
             "latent_mask": self.latent_mask is not None,
-            "include_init_images": self.include_init_images,
             "mask_round": self.mask is not None and not self.mask_round,
         }
 

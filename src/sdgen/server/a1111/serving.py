@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sdgen.errors import InvalidRequest
 from sdgen.media.metadata import parse_parameters
+from sdgen.pipelines.inpaint import INPAINTING_CHANNELS
 from sdgen.sampling.samplers import SAMPLERS, resolve_sampler
 
 from ..config import ServerConfig
@@ -93,7 +94,7 @@ class A1111Handler:
         encoded = [encode_base64(png) for png in images if png is not None]
         return GenerationResponse(
             images=encoded if body.send_images else [],
-            parameters=body.model_dump(),
+            parameters=_echoed(body),
             info=json.dumps(self._info(record)),
         )
 
@@ -142,7 +143,9 @@ class A1111Handler:
             "styles": [],
             "job_timestamp": datetime.fromtimestamp(record.created_at).strftime("%Y%m%d%H%M%S"),
             "clip_skip": 1,
-            "is_using_inpainting_conditioning": bool(request.get("mask")),
+            # A1111's: the model is an inpainting one (its UNet sees the mask), not "a mask given"
+            "is_using_inpainting_conditioning": model.unet.config.in_channels
+            == INPAINTING_CHANNELS,
             "version": "sdgen",
             "warnings": record.warnings,  # sdgen's: e.g. a prompt truncated to 77 tokens
             "job_id": record.id,
@@ -289,3 +292,12 @@ class A1111Handler:
         if bare in names:
             return bare
         raise InvalidRequest(field, checkpoint, f"one of the served models: {', '.join(names)}")
+
+
+def _echoed(body: Txt2ImgRequest) -> dict[str, Any]:
+    """The request as A1111 echoes it: an img2img call's pictures left out (null) unless
+    ``include_init_images`` asks for them."""
+    echoed = body.model_dump()
+    if isinstance(body, Img2ImgRequest) and not body.include_init_images:
+        echoed.update(init_images=None, mask=None)
+    return echoed
