@@ -740,3 +740,19 @@ def test_img2img_echoes_its_pictures_only_when_asked(client):
     assert asked["parameters"]["mask"] == MASK_BASE64
     info = json.loads(asked["info"])
     assert info["is_using_inpainting_conditioning"] is False  # a 4-channel UNet, mask or not
+
+
+def test_a1111_endpoints_for_features_sdgen_lacks_say_so(client):
+    from sdgen.server.a1111.routes import NOT_SUPPORTED
+
+    for path, message in NOT_SUPPORTED.items():
+        response = client.post(f"/sdapi/v1{path}", json={})
+        assert response.status_code == 501, path
+        assert response.json()["error"] == {
+            "kind": "not_supported",
+            "field": None,
+            "message": message,
+        }
+    assert client.get("/sdapi/v1/cmd-flags").json() == {}
+    assert client.get("/sdapi/v1/script-info").json() == []
+    assert client.get("/sdapi/v1/extensions").json() == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from ..serving import ApiError
 from .protocol import (
     GenerationResponse,
     Img2ImgRequest,
@@ -127,3 +128,40 @@ def refresh_checkpoints() -> None:
 @router.post("/refresh-vae")
 def refresh_vae() -> None:
     """Nothing to rescan: each model uses its own VAE."""
+
+
+@router.get("/cmd-flags")
+def cmd_flags() -> dict:
+    """A1111's command-line flags: sdgen has none of them (``sdgen serve --help`` has its own)."""
+    return {}
+
+
+@router.get("/script-info")
+def script_info() -> list:
+    return []
+
+
+@router.get("/extensions")
+def extensions() -> list:
+    return []
+
+
+# A1111 features that are whole endpoints, which sdgen does not have: a clear answer naming the
+# feature instead of a bare 404.
+NOT_SUPPORTED = {
+    "/interrogate": "sdgen has no CLIP interrogator (picture -> prompt)",
+    "/extra-single-image": "sdgen has no upscalers or face restoration (A1111's extras)",
+    "/extra-batch-images": "sdgen has no upscalers or face restoration (A1111's extras)",
+    "/unload-checkpoint": "sdgen keeps its models loaded: it does not unload them",
+    "/reload-checkpoint": "sdgen keeps its models loaded: there is nothing to reload",
+}
+
+
+def _not_supported(request: Request) -> None:
+    raise ApiError(
+        501, "not_supported", NOT_SUPPORTED[request.url.path.removeprefix(router.prefix)]
+    )
+
+
+for _path in NOT_SUPPORTED:
+    router.add_api_route(_path, _not_supported, methods=["POST"], name=_path.strip("/"))
