@@ -756,3 +756,10 @@ def test_a1111_endpoints_for_features_sdgen_lacks_say_so(client):
     assert client.get("/sdapi/v1/cmd-flags").json() == {}
     assert client.get("/sdapi/v1/script-info").json() == []
     assert client.get("/sdapi/v1/extensions").json() == []
+
+
+def test_a_null_seed_is_random_as_minus_one():
+    from sdgen.server.a1111.protocol import Txt2ImgRequest
+
+    body = {**WEBUIAPI_TXT2IMG, "seed": None}
+    assert Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20).seed is None

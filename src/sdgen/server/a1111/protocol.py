@@ -69,7 +69,7 @@ class Txt2ImgRequest(BaseModel):
     prompt: str = ""
     negative_prompt: str = ""
     styles: list[str] | None = None
-    seed: int = -1
+    seed: int | None = -1  # null: random, as -1 (A1111 reads both so)
     subseed: int = -1
     subseed_strength: float = 0
     seed_resize_from_h: int = -1
@@ -145,7 +145,7 @@ class Txt2ImgRequest(BaseModel):
             "sampler": self.sampler_label(),
             "width": self.width,
             "height": self.height,
-            "seed": None if self.seed == -1 else self.seed,  # -1: random
+            "seed": None if self.seed in (-1, None) else self.seed,  # -1: random
             "eta": self._ddim_eta(),
         }
 
