@@ -352,6 +352,11 @@ def test_png_info_reads_the_parameters_and_never_trusts_them(client):
     body = info.json()
     assert body["parameters"]["Seed"] == "1234" and body["info"].startswith("a red circle")
     assert "sdgen" in body["items"]
+    # as A1111 parses it: the size split, its defaults for keys the text lacks
+    parameters = body["parameters"]
+    assert parameters["Size-1"] == "64" and parameters["Size-2"] == "64"
+    assert "Size" not in parameters and parameters["Clip skip"] == "1"
+    assert parameters["RNG"] == "CPU" and parameters["Schedule type"] == "Automatic"
     from PIL import PngImagePlugin
 
     hostile = PngImagePlugin.PngInfo()
@@ -763,3 +768,17 @@ def test_a_null_seed_is_random_as_minus_one():
 
     body = {**WEBUIAPI_TXT2IMG, "seed": None}
     assert Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20).seed is None
+
+
+def test_png_info_reads_a1111s_jpeg_user_comment(client):
+    """A1111 writes a JPEG's or WebP's parameters into the EXIF UserComment ("UNICODE" and
+    UTF-16, as piexif writes it)."""
+    text = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x768"
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + text.encode("utf_16_be")
+    out = io.BytesIO()
+    INIT.save(out, format="JPEG", exif=exif)
+    body = {"image": base64.b64encode(out.getvalue()).decode()}
+    info = client.post("/sdapi/v1/png-info", json=body).json()
+    assert info["info"] == text
+    assert info["parameters"]["Prompt"] == "a cat" and info["parameters"]["Size-2"] == "768"

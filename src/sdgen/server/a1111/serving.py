@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from datetime import datetime
 from typing import Any
@@ -218,13 +219,16 @@ class A1111Handler:
                     raise InvalidRequest("image", f"{width}x{height}", "a smaller picture")
                 picture.load()
                 items = {k: v for k, v in picture.info.items() if isinstance(v, str)}
+                comment = _exif_user_comment(picture)
+                if comment and "parameters" not in items:  # A1111's JPEG and WebP pictures
+                    items["parameters"] = comment
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             if isinstance(err, InvalidRequest):
                 raise
             raise InvalidRequest("image", "bytes", f"a PNG, JPEG or WebP picture ({err})") from err
         text = items.pop("parameters", "")
         try:
-            parameters = parse_parameters(text) if text else {}
+            parameters = _as_a1111_parses(parse_parameters(text)) if text else {}
         except (ValueError, IndexError):  # uploaded metadata is never trusted to be well-formed
             parameters = {}
         return PngInfoResponse(info=text, items=items, parameters=parameters)
@@ -301,3 +305,37 @@ def _echoed(body: Txt2ImgRequest) -> dict[str, Any]:
     if isinstance(body, Img2ImgRequest) and not body.include_init_images:
         echoed.update(init_images=None, mask=None)
     return echoed
+
+
+# What A1111's parse_generation_parameters fills in when an infotext lacks it (the ones that
+# describe sdgen's pictures too).
+_PARSED_DEFAULTS = {"Clip skip": "1", "Schedule type": "Automatic", "RNG": "GPU"}
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def _as_a1111_parses(fields: dict[str, Any]) -> dict[str, Any]:
+    """Parsed infotext fields as A1111's png-info gives them: a "WxH" value split into
+    ``Key-1`` and ``Key-2`` (clients read the size from ``Size-1``/``Size-2``), and A1111's
+    defaults for keys it lacks."""
+    parsed = {}
+    for key, value in fields.items():
+        size = _SIZE.match(value) if isinstance(value, str) else None
+        if size:
+            parsed[f"{key}-1"], parsed[f"{key}-2"] = size.groups()
+        else:
+            parsed[key] = value
+    return {**parsed, **{k: v for k, v in _PARSED_DEFAULTS.items() if k not in parsed}}
+
+
+def _exif_user_comment(picture: Image.Image) -> str:
+    """The EXIF UserComment where A1111 writes a JPEG's or WebP's parameters: 8 bytes naming
+    the encoding ("UNICODE" is UTF-16, big-endian as piexif writes it), then the text."""
+    try:
+        raw = picture.getexif().get_ifd(0x8769).get(0x9286)  # Exif IFD, UserComment
+    except Exception:  # noqa: BLE001 - uploaded metadata is never trusted to be well-formed
+        return ""
+    if not isinstance(raw, bytes) or len(raw) < 8:
+        return raw if isinstance(raw, str) else ""
+    prefix, body = raw[:8], raw[8:]
+    codec = "utf_16_be" if prefix.startswith(b"UNICODE") else "utf-8"
+    return body.decode(codec, errors="replace").rstrip("\x00")
