@@ -782,3 +782,16 @@ def test_png_info_reads_a1111s_jpeg_user_comment(client):
     info = client.post("/sdapi/v1/png-info", json=body).json()
     assert info["info"] == text
     assert info["parameters"]["Prompt"] == "a cat" and info["parameters"]["Size-2"] == "768"
+
+
+def test_a1111_prompts_are_read_with_a1111s_emphasis():
+    """(words:1.2) weighs words, as in A1111 (its default emphasis mode); syntax sdgen does not
+    read is refused naming the prompt rather than read as text."""
+    from sdgen.errors import InvalidRequest
+    from sdgen.server.a1111.protocol import Txt2ImgRequest
+
+    body = {**WEBUIAPI_TXT2IMG, "prompt": "a (red:1.3) circle"}
+    assert Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20).emphasis == "original"
+    body["prompt"] = "a <lora:style:1> circle"
+    with pytest.raises(InvalidRequest, match="prompt.*extra networks"):
+        Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20)

@@ -30,6 +30,9 @@ MASKED_CONTENTS = ("original", "fill", "latent_noise", "latent_nothing")
 # centre-cropped, or scaled to fit and the rest filled from its edges (A1111's resize modes
 # 0, 1, 2; diffusers' VaeImageProcessor resize modes "default", "crop", "fill").
 RESIZE_MODES = ("stretch", "crop", "fill")
+# How A1111's (words:1.2) syntax is read: off (plain text, as diffusers), A1111's default
+# ("Original") or its "No norm" (sdgen.conditioning.emphasis).
+EMPHASIS_MODES = ("off", "original", "no_norm")
 MAX_MASK_BLUR = 256  # pixels (A1111's UI goes to 64)
 MAX_SIDE = 65_536  # pixels: the most a size (or a padding around a mask) can be
 
@@ -71,6 +74,10 @@ class GenerationRequest:
     ``eta`` is DDIM's (0: deterministic, its default; 1: fresh noise from each picture's own
     generator at every step, like DDPM); samplers without one take only 0.
 
+    ``emphasis`` reads A1111's attention syntax in the prompts, ``(words:1.3)``, ``(words)``,
+    ``[words]`` (``sdgen.conditioning.emphasis``): "original" as A1111 does by default,
+    "no_norm" without rescaling; "off" (the default) reads them as plain text, as diffusers.
+
     Inpainting's mask processing, as A1111 does it (all off by default, as in diffusers):
     ``mask_blur`` blurs the mask's edge by that many pixels (a Gaussian's standard deviation);
     ``padding_mask_crop`` repaints only the mask's bounding box, grown by that many pixels and
@@ -103,6 +110,7 @@ class GenerationRequest:
     padding_mask_crop: int | None = None
     masked_content: str = "original"
     overlay: bool = False
+    emphasis: str = "off"
 
     def __post_init__(self) -> None:
         # Lists become tuples so the request stays hashable and immutable.
@@ -112,6 +120,7 @@ class GenerationRequest:
                 object.__setattr__(self, name, tuple(value))
         _check_text("prompt", self.prompt)
         _check_text("negative_prompt", self.negative_prompt)
+        self._check_emphasis()
         if isinstance(self.prompt, tuple) and not self.prompt:
             raise InvalidRequest("prompt", [], "give at least one prompt")
         if isinstance(self.negative_prompt, tuple) and len(self.negative_prompt) != len(
@@ -138,6 +147,18 @@ class GenerationRequest:
 
             object.__setattr__(self, "sampler", resolve_sampler(self.sampler).name)
         self._check_pictures()
+
+    def _check_emphasis(self) -> None:
+        if self.emphasis not in EMPHASIS_MODES:
+            raise InvalidRequest("emphasis", self.emphasis, f"one of {', '.join(EMPHASIS_MODES)}")
+        if self.emphasis != "off":
+            # Imported here: the emphasis module pulls in torch, and params stays light.
+            from sdgen.conditioning.emphasis import check_syntax
+
+            for name in ("prompt", "negative_prompt"):
+                value = getattr(self, name)
+                for text in value if isinstance(value, tuple) else (value,):
+                    check_syntax(name, text)
 
     def _check_pictures(self) -> None:
         for name in PICTURE_FIELDS:

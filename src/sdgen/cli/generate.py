@@ -14,6 +14,7 @@ from sdgen.cli.common import cli, model_options
 from sdgen.cli.running import RunOptions, run
 from sdgen.params import (
     DEFAULT_STRENGTH,
+    EMPHASIS_MODES,
     INPAINT_STRENGTH,
     MASKED_CONTENTS,
     RESIZE_MODES,
@@ -33,6 +34,14 @@ def request_options(func):
         click.option(
             "--sampler",
             help="e.g. euler_a, dpmpp_2m_karras, 'DPM++ 2M Karras' (default: the model's)",
+        ),
+        click.option(
+            "--emphasis",
+            type=click.Choice(EMPHASIS_MODES),
+            default="off",
+            show_default=True,
+            help="read A1111's (words:1.2), (words), [words] in the prompts: original (A1111's), "
+            "no_norm, or off (plain text, as diffusers)",
         ),
         click.option(
             "--eta",
@@ -102,6 +111,7 @@ def _request(prompt: str, kwargs: dict, **fields) -> GenerationRequest:
         guidance_scale=kwargs["guidance"],
         sampler=kwargs["sampler"],
         eta=kwargs["eta"],
+        emphasis=kwargs["emphasis"],
         width=kwargs["width"],
         height=kwargs["height"],
         seed=kwargs["seed"],

@@ -170,7 +170,7 @@ class Engine(WorkerLoop):
                 ("negative_prompt", request.negative_prompt),
             )
         }
-        return truncation_warnings(model.tokenizer, texts)
+        return truncation_warnings(model.tokenizer, texts, request.emphasis)
 
     def submit(
         self,

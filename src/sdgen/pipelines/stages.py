@@ -182,6 +182,7 @@ def text_conditioning(model: LoadedModel, request: GenerationRequest) -> torch.T
         device=model.device,
         dtype=model.dtype,
         negative_cache=model.caches.setdefault("negative_embeddings", {}),
+        emphasis=request.emphasis,
     )
 
 

@@ -47,6 +47,11 @@ class JobCreate(BaseModel):
         "fitted and filled from the edges)",
     )
     eta: float = Field(_DEFAULTS["eta"], description="DDIM's eta, 0..1 (0: deterministic)")
+    emphasis: str = Field(
+        _DEFAULTS["emphasis"],
+        description="A1111's (words:1.2) syntax: off (plain text, as diffusers), original "
+        "(A1111's), no_norm",
+    )
     # Inpainting's mask processing (A1111's); each needs a mask.
     mask_blur: int = Field(
         _DEFAULTS["mask_blur"], description="inpainting: blur the mask's edge by this many pixels"

@@ -147,6 +147,7 @@ class Txt2ImgRequest(BaseModel):
             "height": self.height,
             "seed": None if self.seed in (-1, None) else self.seed,  # -1: random
             "eta": self._ddim_eta(),
+            "emphasis": "original",  # A1111's default emphasis mode: (words:1.2) weighs words
         }
 
     def _ddim_eta(self) -> float:

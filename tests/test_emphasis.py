@@ -1,0 +1,98 @@
+"""A1111's emphasis syntax, (words:1.2): parsing, the weighted embedding, refusals, records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdgen.conditioning.emphasis import ROUND, SQUARE, weighted_ids, weighted_runs
+from sdgen.conditioning.prompts import encode_conditioning, encode_text
+from sdgen.errors import InvalidRequest
+from sdgen.media.metadata import ImageRecord, parse_parameters
+from sdgen.params import GenerationRequest
+from sdgen.pipelines.generate import generate
+
+
+@pytest.mark.parametrize(
+    ("text", "runs"),
+    [
+        ("a red circle", [("a red circle", 1.0)]),
+        ("a (red) circle", [("a ", 1.0), ("red", ROUND), (" circle", 1.0)]),
+        ("a [red] circle", [("a ", 1.0), ("red", SQUARE), (" circle", 1.0)]),
+        ("a (red:1.5) circle", [("a ", 1.0), ("red", 1.5), (" circle", 1.0)]),
+        ("((red))", [("red", ROUND * ROUND)]),
+        ("(red (blue:0.5))", [("red ", ROUND), ("blue", 0.5 * ROUND)]),
+        ("a (red", [("a ", 1.0), ("red", ROUND)]),  # open to the end
+        (r"a \(red\) circle", [("a (red) circle", 1.0)]),  # escaped: text
+        ("time: noon", [("time: noon", 1.0)]),  # a colon closing nothing is text
+        ("a red) circle", [("a red) circle", 1.0)]),  # a bracket closing nothing too
+        ("", [("", 1.0)]),
+    ],
+)
+def test_runs_and_their_weights(text, runs):
+    parsed = weighted_runs(text)
+    assert [t for t, _ in parsed] == [t for t, _ in runs]
+    assert [w for _, w in parsed] == pytest.approx([w for _, w in runs])
+
+
+def test_the_weighted_embedding_is_a1111s(sd1_model):
+    """Each token's hidden state times its weight, rescaled to the mean the prompt had; the
+    tokens are those of the text without its brackets."""
+    tokenizer, encoder = sd1_model.tokenizer, sd1_model.text_encoder
+    plain = encode_text(tokenizer, encoder, ["a red circle"], sd1_model.device)
+    ids, weights, _ = weighted_ids(tokenizer, "a (red:1.5) circle")
+    assert ids == tokenizer("a red circle", padding="max_length").input_ids
+    weights = torch.tensor([weights])
+    assert weights[0].tolist().count(1.5) == 1  # the one token of "red"
+    scaled = plain * weights.unsqueeze(-1)
+    expected = scaled * (plain.mean() / scaled.mean())
+    got = encode_text(tokenizer, encoder, ["a (red:1.5) circle"], sd1_model.device, "original")
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.allclose(got.mean(), plain.mean(), atol=1e-7)
+    no_norm = encode_text(tokenizer, encoder, ["a (red:1.5) circle"], sd1_model.device, "no_norm")
+    assert torch.allclose(no_norm, scaled, atol=1e-6)
+
+
+def test_a_prompt_without_brackets_gives_the_plain_picture(sd1_model):
+    request = GenerationRequest("a red circle", negative_prompt="blue", steps=3, seed=4)
+    plain = generate(sd1_model, request).images[0]
+    emphasized = generate(sd1_model, request.replace(emphasis="original")).images[0]
+    assert np.array_equal(np.asarray(plain), np.asarray(emphasized))
+    weighted = generate(
+        sd1_model, request.replace(prompt="a (red:1.6) circle", emphasis="original")
+    )
+    assert not np.array_equal(np.asarray(plain), np.asarray(weighted.images[0]))
+
+
+def test_negative_embeddings_are_cached_per_emphasis_mode(sd1_model):
+    cache: dict = {}
+    pairs = [("a circle", "(blue:1.8)")]
+    args = (sd1_model.tokenizer, sd1_model.text_encoder, pairs)
+    kwargs = {"guided": True, "device": sd1_model.device, "dtype": torch.float32}
+    off = encode_conditioning(*args, **kwargs, negative_cache=cache)
+    original = encode_conditioning(*args, **kwargs, negative_cache=cache, emphasis="original")
+    assert not torch.equal(off[0], original[0]) and len(cache) == 2
+
+
+@pytest.mark.parametrize(
+    "prompt", ["a BREAK b", "a [cat:dog:0.5] b", "[cat|dog]", "a <lora:style:0.8> b"]
+)
+def test_a1111_syntax_sdgen_does_not_read_is_refused_by_name(prompt):
+    with pytest.raises(InvalidRequest, match="prompt.*is not on sdgen"):
+        GenerationRequest(prompt, emphasis="original")
+    with pytest.raises(InvalidRequest, match="negative_prompt"):
+        GenerationRequest("x", negative_prompt=prompt, emphasis="original")
+    assert GenerationRequest(prompt).prompt == prompt  # off: plain text
+    with pytest.raises(InvalidRequest, match="emphasis.*off, original, no_norm"):
+        GenerationRequest("x", emphasis="strong")
+
+
+def test_the_mode_is_recorded_as_a1111_writes_it():
+    def fields(emphasis):
+        request = GenerationRequest("x", seed=1, width=64, height=64, emphasis=emphasis)
+        record = ImageRecord(request, ("Euler", None), "m", "abc", "sdgen 0")
+        return parse_parameters(record.parameters_text())
+
+    assert fields("no_norm")["Emphasis"] == "No norm"
+    assert "Emphasis" not in fields("original") and "Emphasis" not in fields("off")
