@@ -92,7 +92,7 @@ def test_cached_negative_embedding_gives_identical_pictures(miniature):
     )
     miniature.caches.clear()
     uncached = _pictures(txt2img(miniature, request))
-    assert "green" in miniature.caches["negative_embeddings"]
+    assert ("green", "off") in miniature.caches["negative_embeddings"]  # (text, emphasis)
     cached = _pictures(txt2img(miniature, request))
     for a, b in zip(uncached, cached, strict=True):
         assert np.array_equal(a, b)
@@ -104,7 +104,7 @@ def test_cached_negative_embedding_is_the_uncached_one(miniature):
     options = dict(guided=True, device=miniature.device, dtype=miniature.dtype)
     cache: dict = {}
     first = encode_conditioning(*args, **options, negative_cache=cache)
-    assert set(cache) == {"", "green"}
+    assert set(cache) == {("", "off"), ("green", "off")}  # (text, emphasis)
     again = encode_conditioning(*args, **options, negative_cache=cache)
     uncached = encode_conditioning(*args, **options)
     assert torch.equal(first, uncached) and torch.equal(again, uncached)
