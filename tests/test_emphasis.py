@@ -95,4 +95,36 @@ def test_the_mode_is_recorded_as_a1111_writes_it():
         return parse_parameters(record.parameters_text())
 
     assert fields("no_norm")["Emphasis"] == "No norm"
-    assert "Emphasis" not in fields("original") and "Emphasis" not in fields("off")
+    assert fields("off")["Emphasis"] == "None"  # A1111's name for brackets read as text
+    assert "Emphasis" not in fields("original")  # A1111's default
+
+
+def test_parsing_is_linear_and_bounded():
+    """Nesting past MAX_DEPTH, weights past MAX_WEIGHT or not finite are refused by name; the
+    checks that remain are linear (they were quadratic: 1.5 s at 20,000 characters)."""
+    import time
+
+    from sdgen.conditioning.emphasis import MAX_DEPTH, check_syntax
+
+    for deep in ("(a" * 10_000, "[a" * 10_000, "(]" * 10_000):
+        with pytest.raises(InvalidRequest, match=f"prompt.*nested brackets.*at most {MAX_DEPTH}"):
+            check_syntax("prompt", deep)
+    for weight in ("(a:101)", "(a:1" + "9" * 400 + ")"):
+        with pytest.raises(InvalidRequest, match="prompt.*a weight from -100 to 100"):
+            check_syntax("prompt", weight)
+    started = time.perf_counter()
+    for text in ("[" + ":" * 40_000, "(a)" * 7_000, "a (b:1.2) [c] " * 3_000):
+        check_syntax("prompt", text)
+        weighted_runs(text)
+    assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize(
+    "prompt", ["[(blue:1.2) sky]", r"a \[note: hi\] sign", "[cat:dog]", "BREAKFAST", "10:30"]
+)
+def test_ordinary_prompts_are_not_taken_for_unsupported_syntax(prompt):
+    assert GenerationRequest(prompt, emphasis="original").prompt == prompt
+
+
+def test_round_and_square_groups_close_apart_as_in_a1111():
+    assert weighted_runs("(a [b) c]") == [("a ", ROUND), ("b", 1.0), (" c", SQUARE)]

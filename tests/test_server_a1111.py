@@ -795,3 +795,27 @@ def test_a1111_prompts_are_read_with_a1111s_emphasis():
     body["prompt"] = "a <lora:style:1> circle"
     with pytest.raises(InvalidRequest, match="prompt.*extra networks"):
         Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20)
+
+
+def test_the_emphasis_mode_is_an_a1111_setting(client):
+    """A1111's "emphasis" setting: per call in override_settings, for later calls by POST
+    /options ("None" reads brackets as text), shown by GET /options."""
+    from sdgen.server.a1111.protocol import Txt2ImgRequest
+
+    body = {**WEBUIAPI_TXT2IMG, "override_settings": {"emphasis": "No norm"}}
+    assert Txt2ImgRequest(**body).to_request(None, 1 << 20).emphasis == "no_norm"
+    assert client.get("/sdapi/v1/options").json()["emphasis"] == "Original"
+    try:
+        assert client.post("/sdapi/v1/options", json={"emphasis": "None"}).status_code == 200
+        assert client.get("/sdapi/v1/options").json()["emphasis"] == "None"
+        handler = client.app.state.a1111_handler
+        assert handler.emphasis == "off"
+        refused = client.post("/sdapi/v1/options", json={"emphasis": "Strong"})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "emphasis"
+        both = {"emphasis": "Original", "sd_model_checkpoint": "nope"}
+        assert client.post("/sdapi/v1/options", json=both).status_code == 422
+        assert handler.emphasis == "off"  # nothing set when anything is refused
+    finally:
+        client.post("/sdapi/v1/options", json={"emphasis": "Original"})
+    odd = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": True})
+    assert odd.status_code == 422 and "true" in odd.json()["error"]["message"]  # JSON, not 1

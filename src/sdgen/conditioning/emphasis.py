@@ -22,21 +22,30 @@ from sdgen.models.tokenizing import tokenize
 
 ROUND, SQUARE = 1.1, 1 / 1.1  # the weights of (words) and [words]
 
+MAX_DEPTH = 32  # brackets open at once (1.1**32 = 21): deeper prompts are refused
+MAX_WEIGHT = 100.0  # |weight| of a (words:w) group; larger ones overflow half precision
+
 # One token of the syntax: an escaped character, a bracket, ":weight)" closing a weighted
 # group, or a run of plain text (a ":" that closes nothing is text too).
 _SYNTAX = re.compile(
-    r"\\(.)|(\()|(\[)|:\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)|(\))|(\])|([^\\()\[\]:]+|:)"
+    r"\\(.)|(\()|(\[)|:\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)|(\))|(\])|([^\\()\[\]:]+|:)", re.S
 )
+# Each pattern linear in the text's length (no separator inside the first character class);
+# an escaped bracket is text.
 _UNSUPPORTED = {
     "BREAK (a new 75-token chunk)": re.compile(r"\bBREAK\b"),
-    "prompt editing [from:to:when]": re.compile(r"\[[^\[\]]*:[^\[\]]*\]"),
-    "alternation [a|b]": re.compile(r"\[[^\[\]]*\|[^\[\]]*\]"),
+    "prompt editing [from:to:when]": re.compile(
+        r"(?<!\\)\[[^\[\]():]*(?::[^\[\]():]*)?:\s*[+-]?[\d.]+\s*\]"
+    ),
+    "alternation [a|b]": re.compile(r"(?<!\\)\[[^\[\]|]*\|[^\[\]]*\]"),
     "extra networks (<lora:...>)": re.compile(r"<\w+:[^>]*>"),
 }
+_WEIGHT = re.compile(r":\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)")
 
 
 def check_syntax(field: str, text: str) -> None:
-    """Refuse the A1111 syntax sdgen does not read (see the module's note), naming ``field``."""
+    """Refuse the A1111 syntax sdgen does not read (see the module's note), brackets nested
+    deeper than MAX_DEPTH and weights past MAX_WEIGHT, naming ``field``."""
     for what, pattern in _UNSUPPORTED.items():
         found = pattern.search(text)
         if found:
@@ -45,29 +54,54 @@ def check_syntax(field: str, text: str) -> None:
                 found.group(0),
                 f"A1111's emphasis (words:1.2), (words), [words]; {what} is not on sdgen",
             )
+    for found in _WEIGHT.finditer(text):
+        weight = float(found.group(1))
+        if not abs(weight) <= MAX_WEIGHT:
+            raise InvalidRequest(
+                field, found.group(0), f"a weight from -{MAX_WEIGHT:g} to {MAX_WEIGHT:g}"
+            )
+    open_groups = {"(": 0, "[": 0}  # as weighted_runs counts them: a stray closer is text
+    deepest = 0
+    for match in _SYNTAX.finditer(text):
+        _, round_open, square_open, weight, round_close, square_close, _ = match.groups()
+        if round_open or square_open:
+            open_groups[match.group(0)] += 1
+            deepest = max(deepest, sum(open_groups.values()))
+        elif (weight is not None or round_close) and open_groups["("]:
+            open_groups["("] -= 1
+        elif square_close and open_groups["["]:
+            open_groups["["] -= 1
+    if deepest > MAX_DEPTH:
+        raise InvalidRequest(field, f"{deepest} nested brackets", f"at most {MAX_DEPTH}")
 
 
 def weighted_runs(text: str) -> list[tuple[str, float]]:
-    """``text`` as runs of (plain text, weight), in order; neighbours of one weight merged."""
+    """``text`` as runs of (plain text, weight), in order; neighbours of one weight merged.
+
+    Round and square groups are counted apart, as A1111 does: ``)`` closes the last open
+    ``(`` group and ``]`` the last ``[`` one, whatever lies between; groups left open weigh
+    to the end (the round ones first).
+    """
     runs: list[list] = []  # [text, weight], weights multiplied in as groups close
-    open_groups: list[tuple[str, int]] = []  # (bracket, index of the group's first run)
+    groups: dict[str, list[int]] = {"(": [], "[": []}  # index of each open group's first run
     for match in _SYNTAX.finditer(text):
         escaped, round_open, square_open, weight, round_close, square_close, plain = match.groups()
         if escaped is not None:
             runs.append([escaped, 1.0])
         elif round_open or square_open:
-            open_groups.append((match.group(0), len(runs)))
-        elif weight is not None and _last_open(open_groups, "("):
-            _close(runs, open_groups, "(", float(weight))
-        elif round_close and _last_open(open_groups, "("):
-            _close(runs, open_groups, "(", ROUND)
-        elif square_close and _last_open(open_groups, "["):
-            _close(runs, open_groups, "[", SQUARE)
-        else:  # plain text, or a bracket that closes nothing
-            runs.append([plain if plain is not None else match.group(0), 1.0])
-    while open_groups:  # groups left open weigh to the end
-        bracket, _ = open_groups[-1]
-        _close(runs, open_groups, bracket, ROUND if bracket == "(" else SQUARE)
+            groups[match.group(0)].append(len(runs))
+        elif weight is not None and groups["("]:
+            _weigh(runs, groups["("].pop(), float(weight))
+        elif round_close and groups["("]:
+            _weigh(runs, groups["("].pop(), ROUND)
+        elif square_close and groups["["]:
+            _weigh(runs, groups["["].pop(), SQUARE)
+        else:  # plain text, or a bracket or a weight that closes nothing
+            runs.append([match.group(0) if plain is None else plain, 1.0])
+    for start in groups["("]:
+        _weigh(runs, start, ROUND)
+    for start in groups["["]:
+        _weigh(runs, start, SQUARE)
     merged: list[tuple[str, float]] = []
     for run_text, run_weight in runs:
         if merged and merged[-1][1] == run_weight:
@@ -77,12 +111,9 @@ def weighted_runs(text: str) -> list[tuple[str, float]]:
     return merged or [("", 1.0)]
 
 
-def _last_open(open_groups: list[tuple[str, int]], bracket: str) -> bool:
-    return bool(open_groups) and open_groups[-1][0] == bracket
-
-
-def _close(runs: list[list], open_groups: list, bracket: str, weight: float) -> None:
-    _, start = open_groups.pop()
+def _weigh(runs: list[list], start: int, weight: float) -> None:
+    """A group closing: its runs (from ``start`` to the last) weigh ``weight`` times more. Each
+    run is in at most MAX_DEPTH groups (``check_syntax``), so a prompt parses in linear time."""
     for run in runs[start:]:
         run[1] *= weight
 
@@ -106,11 +137,15 @@ def weighted_ids(tokenizer, text: str) -> tuple[list[int], list[float], int]:
 
 def emphasize(hidden: torch.Tensor, weights: torch.Tensor, mode: str) -> torch.Tensor:
     """(N, 77, D) hidden states with each token's scaled by its weight (N, 77); "original"
-    then rescales each to the mean it had, as A1111 does."""
+    then rescales each to the mean it had, as A1111 does. Computed in fp32 (a weighted fp16
+    state overflows sooner), returned in the hidden states' dtype."""
     if bool((weights == 1).all()):
         return hidden  # nothing to weigh: exactly the plain embedding
-    original_mean = hidden.mean(dim=(1, 2), keepdim=True)
-    weighted = hidden * weights.to(hidden.dtype).unsqueeze(-1)
+    states = hidden.float()
+    original_mean = states.mean(dim=(1, 2), keepdim=True)
+    weighted = states * weights.float().unsqueeze(-1)
     if mode == "original":
-        weighted = weighted * (original_mean / weighted.mean(dim=(1, 2), keepdim=True))
-    return weighted
+        new_mean = weighted.mean(dim=(1, 2), keepdim=True)
+        scale = torch.where(new_mean == 0, torch.ones_like(new_mean), original_mean / new_mean)
+        weighted = weighted * scale
+    return weighted.to(hidden.dtype)

@@ -44,7 +44,12 @@ def _encode_emphasized(tokenizer, text_encoder, texts, device, emphasis) -> torc
     rows = [weighted_ids(tokenizer, text) for text in texts]
     for text, (_, _, count) in zip(texts, rows, strict=True):
         if count > tokenizer.model_max_length - 2:
-            log.warning("prompt is longer than %d tokens: %r", tokenizer.model_max_length, text)
+            log.warning(
+                "prompt of %d tokens is longer than %d; its end is ignored: %r...",
+                count + 2,
+                tokenizer.model_max_length,
+                text[:80],
+            )
     ids = torch.tensor([row[0] for row in rows], device=device)
     weights = torch.tensor([row[1] for row in rows], device=device)
     mask = None

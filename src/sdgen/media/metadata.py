@@ -64,9 +64,9 @@ class ImageRecord:
             # picture's generator is a CPU one, as A1111's CPU source seeds its initial noise
             "RNG": "CPU",
             "Eta DDIM": f"{r.eta:g}" if r.eta else None,  # A1111 writes it when not 0
-            # A1111 writes its emphasis mode unless Original, its default (sdgen's "off" has
-            # no A1111 name: the prompt's brackets are text)
-            "Emphasis": "No norm" if r.emphasis == "no_norm" else None,
+            # A1111 writes its emphasis mode unless Original, its default; sdgen's "off" is
+            # A1111's "None" (brackets are text)
+            "Emphasis": {"off": "None", "no_norm": "No norm"}.get(r.emphasis),
             **_mask_processing(r),
             **self.extra,
             "Version": self.version,

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from sdgen.errors import InvalidRequest
+from sdgen.models.building import BUILD_LOCK
 from sdgen.params import FAST_PATH_MODES
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,13 @@ def apply_fast_path(unet: torch.nn.Module, vae: torch.nn.Module, parts: tuple[st
         vae.to(memory_format=torch.channels_last)
     if "fused_qkv" in parts:
         for network in (unet, vae):
-            try:
-                network.fuse_qkv_projections()
-            except (AttributeError, ValueError) as err:  # e.g. added KV projections
-                log.warning("%s: QKV projections not fused (%s)", type(network).__name__, err)
-                continue
-            drop_unfused_projections(network)
+            with BUILD_LOCK:  # new layers and parameters: built as a load builds its own
+                try:
+                    network.fuse_qkv_projections()
+                except (AttributeError, ValueError) as err:  # e.g. added KV projections
+                    log.warning("%s: QKV projections not fused (%s)", type(network).__name__, err)
+                    continue
+                drop_unfused_projections(network)
     if "compile" in parts:
         use_compile_cache()
         # reduce-overhead: CUDA graphs; the VAE decoder's kernels are large, launches are not

@@ -122,15 +122,19 @@ class Txt2ImgRequest(BaseModel):
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     infotext: str | None = None
 
-    def to_request(self, model: str | None, max_pixels: int) -> GenerationRequest:
-        """The GenerationRequest this asks for; InvalidRequest with A1111's field names."""
+    def to_request(
+        self, model: str | None, max_pixels: int, emphasis: str = "original"
+    ) -> GenerationRequest:
+        """The GenerationRequest this asks for; InvalidRequest with A1111's field names.
+        ``emphasis`` is the server's A1111 emphasis mode (POST /options), unless the request's
+        ``override_settings`` names one."""
         self._refuse_unsupported()
         try:
-            return GenerationRequest(**self._fields(model, max_pixels))
+            return GenerationRequest(**self._fields(model, max_pixels, emphasis))
         except InvalidRequest as err:
             raise a1111_error(err) from err
 
-    def _fields(self, model: str | None, max_pixels: int) -> dict[str, Any]:
+    def _fields(self, model: str | None, max_pixels: int, emphasis: str) -> dict[str, Any]:
         for name in ("batch_size", "n_iter"):
             value = getattr(self, name)
             if value < 1:
@@ -147,8 +151,13 @@ class Txt2ImgRequest(BaseModel):
             "height": self.height,
             "seed": None if self.seed in (-1, None) else self.seed,  # -1: random
             "eta": self._ddim_eta(),
-            "emphasis": "original",  # A1111's default emphasis mode: (words:1.2) weighs words
+            "emphasis": self._emphasis(emphasis),
         }
+
+    def _emphasis(self, default: str) -> str:
+        """sdgen's emphasis mode for A1111's (its ``emphasis`` setting, if overridden)."""
+        label = (self.override_settings or {}).get("emphasis")
+        return default if label is None else emphasis_mode("override_settings.emphasis", label)
 
     def _ddim_eta(self) -> float:
         """The request's eta where the sampler is DDIM (A1111's default 0), else 0: A1111's
@@ -201,7 +210,7 @@ class Txt2ImgRequest(BaseModel):
                     f"alwayson_scripts.{script}", "enabled", "no scripts: sdgen has none"
                 )
         for key, value in (self.override_settings or {}).items():
-            if key != "sd_model_checkpoint":
+            if key not in ("sd_model_checkpoint", "emphasis"):
                 check_fixed_setting(f"override_settings.{key}", key, value)
 
 
@@ -218,21 +227,35 @@ FIXED_SETTINGS: dict[str, tuple] = {
 }
 
 
+# A1111's emphasis modes (its "emphasis" setting) -> sdgen's: "None" reads brackets as text.
+EMPHASIS_LABELS = {"Original": "original", "No norm": "no_norm", "None": "off"}
+
+
+def emphasis_mode(field: str, label: object) -> str:
+    """sdgen's emphasis mode for A1111's label, or InvalidRequest naming ``field``."""
+    if label not in EMPHASIS_LABELS:
+        raise InvalidRequest(field, label, f"one of {', '.join(EMPHASIS_LABELS)}")
+    return EMPHASIS_LABELS[label]
+
+
 def check_fixed_setting(field: str, key: str, value: object) -> None:
     """Refuse an A1111 setting other than sd_model_checkpoint unless it is one of the values
     sdgen runs with (``FIXED_SETTINGS``; names case-insensitive)."""
     allowed = FIXED_SETTINGS.get(key)
+    shown = json.dumps(value)[:200]  # as the client sent it (JSON), not Python's repr
     if allowed is not None:
-        if value in allowed or (
-            isinstance(value, str) and value.lower() in {str(a).lower() for a in allowed}
-        ):
-            return
-        shown = " or ".join(json.dumps(a) for a in allowed)
-        raise InvalidRequest(field, value, f"{shown}: what sdgen runs with")
+        for same in allowed:  # of the same JSON type: true is not 1, nor false 0
+            if type(value) is type(same) and (
+                value == same or (isinstance(value, str) and value.lower() == same.lower())
+            ):
+                return
+        values = " or ".join(json.dumps(a) for a in allowed)
+        raise InvalidRequest(field, shown, f"{values}: what sdgen runs with")
     raise InvalidRequest(
         field,
-        value,
-        f"only sd_model_checkpoint can change on sdgen; fixed: {', '.join(FIXED_SETTINGS)}",
+        shown,
+        f"only sd_model_checkpoint and emphasis can change on sdgen; fixed: "
+        f"{', '.join(FIXED_SETTINGS)}",
     )
 
 
@@ -271,17 +294,19 @@ class Img2ImgRequest(Txt2ImgRequest):
             "mask_round": self.mask is not None and not self.mask_round,
         }
 
-    def to_request(self, model: str | None, max_pixels: int) -> GenerationRequest:
+    def to_request(
+        self, model: str | None, max_pixels: int, emphasis: str = "original"
+    ) -> GenerationRequest:
         """As txt2img's; a blur refused is named as sent: ``mask_blur`` or ``mask_blur_x``."""
         try:
-            return super().to_request(model, max_pixels)
+            return super().to_request(model, max_pixels, emphasis)
         except InvalidRequest as err:
             if err.field == "mask_blur" and self.mask_blur is None:  # it came from mask_blur_x
                 raise InvalidRequest("mask_blur_x", err.value, err.allowed) from err
             raise
 
-    def _fields(self, model: str | None, max_pixels: int) -> dict[str, Any]:
-        fields = super()._fields(model, max_pixels)
+    def _fields(self, model: str | None, max_pixels: int, emphasis: str) -> dict[str, Any]:
+        fields = super()._fields(model, max_pixels, emphasis)
         if not self.init_images:
             raise InvalidRequest("init_images", self.init_images, "one base64 picture")
         if len(self.init_images) > 1:

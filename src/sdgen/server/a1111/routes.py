@@ -157,11 +157,12 @@ NOT_SUPPORTED = {
 }
 
 
-def _not_supported(request: Request) -> None:
-    raise ApiError(
-        501, "not_supported", NOT_SUPPORTED[request.url.path.removeprefix(router.prefix)]
-    )
+def _not_supported(message: str):
+    def answer() -> None:
+        raise ApiError(501, "not_supported", message)
+
+    return answer
 
 
-for _path in NOT_SUPPORTED:
-    router.add_api_route(_path, _not_supported, methods=["POST"], name=_path.strip("/"))
+for _path, _message in NOT_SUPPORTED.items():
+    router.add_api_route(_path, _not_supported(_message), methods=["POST"], name=_path.strip("/"))

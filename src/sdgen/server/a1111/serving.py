@@ -29,6 +29,7 @@ from ..service import JobService
 from ..serving import ApiError
 from ..store import JobRecord
 from .protocol import (
+    EMPHASIS_LABELS,
     FIXED_SETTINGS,
     GenerationResponse,
     Img2ImgRequest,
@@ -41,6 +42,7 @@ from .protocol import (
     Txt2ImgRequest,
     a1111_error,
     check_fixed_setting,
+    emphasis_mode,
 )
 from .schedule_types import offered_schedule_types
 
@@ -56,6 +58,7 @@ class A1111Handler:
         # A1111's current checkpoint, set by POST /sdapi/v1/options (kept in memory: a restart
         # goes back to the server's first model); None: the server's first model.
         self.checkpoint: str | None = None
+        self.emphasis = "original"  # A1111's default emphasis mode, until POST /options
 
     async def txt2img(self, body: Txt2ImgRequest) -> GenerationResponse:
         return await self._generate(body)
@@ -77,7 +80,7 @@ class A1111Handler:
         return await run_in_threadpool(self._response, body, record)  # reads and encodes PNGs
 
     def _submit(self, body: Txt2ImgRequest, model: str | None) -> JobRecord:
-        request = body.to_request(model, max_pixels=self.config.max_input_pixels)
+        request = body.to_request(model, self.config.max_input_pixels, self.emphasis)
         try:
             return self.service.submit(request, origin=ORIGIN)
         except InvalidRequest as err:
@@ -273,17 +276,22 @@ class A1111Handler:
         models = self.sd_models()
         current = next((m for m in models if m.model_name == self.checkpoint), models[0])
         fixed = {key: values[0] for key, values in FIXED_SETTINGS.items()}
-        return {"sd_model_checkpoint": current.title, **fixed}
+        emphasis = next(k for k, v in EMPHASIS_LABELS.items() if v == self.emphasis)
+        return {"sd_model_checkpoint": current.title, "emphasis": emphasis, **fixed}
 
     def set_options(self, options: dict[str, Any]) -> None:
-        """``POST /sdapi/v1/options``: the checkpoint A1111 calls use from now on; any other
-        setting only at the value sdgen runs with (``FIXED_SETTINGS``)."""
+        """``POST /sdapi/v1/options``: the checkpoint and emphasis mode A1111 calls use from
+        now on; any other setting only at the value sdgen runs with (``FIXED_SETTINGS``). All
+        are checked before any is set."""
         for key, value in options.items():
-            if key != "sd_model_checkpoint":
+            if key not in ("sd_model_checkpoint", "emphasis"):
                 check_fixed_setting(key, key, value)
+        emphasis, checkpoint = self.emphasis, self.checkpoint
+        if "emphasis" in options:
+            emphasis = emphasis_mode("emphasis", options["emphasis"])
         if "sd_model_checkpoint" in options:
-            name = self._model_name(options["sd_model_checkpoint"], "sd_model_checkpoint")
-            self.checkpoint = name
+            checkpoint = self._model_name(options["sd_model_checkpoint"], "sd_model_checkpoint")
+        self.emphasis, self.checkpoint = emphasis, checkpoint
 
     def _model_name(self, checkpoint: Any, field: str) -> str | None:
         """A1111 names checkpoints by title, "name [hash]"; a served model's name is its own."""
