@@ -189,6 +189,7 @@ A1111_INVALID = [
     ({"steps": 0}, "steps"),
     ({"batch_size": 0}, "batch_size"),
     ({"batch_size": 17}, "batch_size"),
+    ({"batch_size": 1, "n_iter": 100}, "n_iter"),  # named after the one raised
     ({"sampler_name": "Warp drive"}, "sampler_name"),
     ({"sampler_name": "DPM++ 2M", "scheduler": "Exponential"}, "scheduler"),
     ({"sampler_name": "Euler", "scheduler": "Karras"}, "scheduler"),  # DPM++ 2M's only

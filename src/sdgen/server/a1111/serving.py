@@ -71,7 +71,9 @@ class A1111Handler:
         model = self._model_name(override, "override_settings.sd_model_checkpoint")
         model = model or self.checkpoint
         if body.batch_size >= 1 and body.n_iter >= 1:  # below 1: to_request names the field
-            self.config.limits.check_counts(body.steps, body.batch_size * body.n_iter, "batch_size")
+            # pictures = batch_size x n_iter: named after the one that was raised
+            field = "n_iter" if body.batch_size == 1 and body.n_iter > 1 else "batch_size"
+            self.config.limits.check_counts(body.steps, body.batch_size * body.n_iter, field)
         # Off the event loop: decoding the pictures, the mask processing's checks and a first
         # model load take from milliseconds to seconds, while progress calls must be answered.
         record = await run_in_threadpool(self._submit, body, model)
