@@ -238,11 +238,21 @@ def emphasis_mode(field: str, label: object) -> str:
     return EMPHASIS_LABELS[label]
 
 
+class _AsJson:
+    """A value whose repr (what InvalidRequest's message shows) is its JSON, cut short."""
+
+    def __init__(self, value: object):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return json.dumps(self.value)[:200]
+
+
 def check_fixed_setting(field: str, key: str, value: object) -> None:
     """Refuse an A1111 setting other than sd_model_checkpoint unless it is one of the values
     sdgen runs with (``FIXED_SETTINGS``; names case-insensitive)."""
     allowed = FIXED_SETTINGS.get(key)
-    shown = json.dumps(value)[:200]  # as the client sent it (JSON), not Python's repr
+    shown = _AsJson(value)  # shown as the client sent it: true, null, [1], not True, None
     if allowed is not None:
         for same in allowed:  # of the same JSON type: true is not 1, nor false 0
             if type(value) is type(same) and (
