@@ -31,7 +31,6 @@ ancestral samplers' (1 is all sdgen's Euler a has), and ignored by the other sam
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from PIL import Image, ImageOps
@@ -43,6 +42,7 @@ from sdgen.sampling.samplers import resolve_sampler
 
 from ..pictures import decode_picture
 from .schedule_types import sampler_with_schedule
+from .settings import check_fixed_setting, emphasis_mode
 
 # sdgen's request fields -> the A1111 field a client sent them as (for 422 messages).
 A1111_FIELDS = {
@@ -212,61 +212,6 @@ class Txt2ImgRequest(BaseModel):
         for key, value in (self.override_settings or {}).items():
             if key not in ("sd_model_checkpoint", "emphasis"):
                 check_fixed_setting(f"override_settings.{key}", key, value)
-
-
-# A1111 settings (its ``opts``) that sdgen always runs at one value -> the values that mean it.
-# Clients send them in override_settings and POST /options (SillyTavern sends clip skip with
-# every call; Open WebUI posts back what GET /options gave); another value is refused.
-FIXED_SETTINGS: dict[str, tuple] = {
-    "CLIP_stop_at_last_layers": (1,),  # clip skip 1: the text encoder's last layer
-    "sd_vae": ("Automatic", "None", None),  # the checkpoint's own VAE
-    "samples_format": ("png",),  # sdgen's pictures are PNGs
-    "eta_noise_seed_delta": (0,),  # ENSD
-    "randn_source": ("CPU",),  # each picture's generator is a CPU one
-    "forge_additional_modules": ([],),  # Forge's extra modules: none
-}
-
-
-# A1111's emphasis modes (its "emphasis" setting) -> sdgen's: "None" reads brackets as text.
-EMPHASIS_LABELS = {"Original": "original", "No norm": "no_norm", "None": "off"}
-
-
-def emphasis_mode(field: str, label: object) -> str:
-    """sdgen's emphasis mode for A1111's label, or InvalidRequest naming ``field``."""
-    if label not in EMPHASIS_LABELS:
-        raise InvalidRequest(field, label, f"one of {', '.join(EMPHASIS_LABELS)}")
-    return EMPHASIS_LABELS[label]
-
-
-class _AsJson:
-    """A value whose repr (what InvalidRequest's message shows) is its JSON, cut short."""
-
-    def __init__(self, value: object):
-        self.value = value
-
-    def __repr__(self) -> str:
-        return json.dumps(self.value)[:200]
-
-
-def check_fixed_setting(field: str, key: str, value: object) -> None:
-    """Refuse an A1111 setting other than sd_model_checkpoint unless it is one of the values
-    sdgen runs with (``FIXED_SETTINGS``; names case-insensitive)."""
-    allowed = FIXED_SETTINGS.get(key)
-    shown = _AsJson(value)  # shown as the client sent it: true, null, [1], not True, None
-    if allowed is not None:
-        for same in allowed:  # of the same JSON type: true is not 1, nor false 0
-            if type(value) is type(same) and (
-                value == same or (isinstance(value, str) and value.lower() == same.lower())
-            ):
-                return
-        values = " or ".join(json.dumps(a) for a in allowed)
-        raise InvalidRequest(field, shown, f"{values}: what sdgen runs with")
-    raise InvalidRequest(
-        field,
-        shown,
-        f"only sd_model_checkpoint and emphasis can change on sdgen; fixed: "
-        f"{', '.join(FIXED_SETTINGS)}",
-    )
 
 
 # What sdgen has of a refused setting, where it has some of it.

@@ -29,8 +29,6 @@ from ..service import JobService
 from ..serving import ApiError
 from ..store import JobRecord
 from .protocol import (
-    EMPHASIS_LABELS,
-    FIXED_SETTINGS,
     GenerationResponse,
     Img2ImgRequest,
     PngInfoResponse,
@@ -41,10 +39,9 @@ from .protocol import (
     SDModelItem,
     Txt2ImgRequest,
     a1111_error,
-    check_fixed_setting,
-    emphasis_mode,
 )
 from .schedule_types import offered_schedule_types
+from .settings import EMPHASIS_LABELS, FIXED_SETTINGS, check_fixed_setting, emphasis_mode
 
 ORIGIN = "a1111"
 
