@@ -391,7 +391,13 @@ def test_png_info_reads_a_huge_parameters_line_in_linear_time(client):
 def test_samplers_models_options_and_scripts(client):
     samplers = {s["name"]: s for s in client.get("/sdapi/v1/samplers").json()}
     assert {"Euler a", "DPM++ 2M Karras", "DDIM"} <= set(samplers)
-    assert samplers["Euler a"]["aliases"] == ["euler_a"]
+    assert samplers["Euler a"]["aliases"] == ["k_euler_a", "k_euler_ancestral", "euler_a"]
+    for alias in ("k_euler_a", "k_dpmpp_2m_ka", "plms"):  # A1111's aliases name its samplers
+        body = {**WEBUIAPI_TXT2IMG, "batch_size": 1, "steps": 4, "sampler_name": alias}
+        info = json.loads(client.post("/sdapi/v1/txt2img", json=body).json()["info"])
+        assert info["sampler_name"] == {"k_euler_a": "Euler a", "plms": "PLMS"}.get(
+            alias, "DPM++ 2M"
+        )
     [model] = client.get("/sdapi/v1/sd-models").json()
     assert model["model_name"] == "sdgen-miniature"
     chosen = {**WEBUIAPI_TXT2IMG, "batch_size": 1, "override_settings": {}}

@@ -20,6 +20,7 @@ class Sampler:
     a1111_name: str  # A1111's "Sampler" value in the parameters text
     schedule_type: str | None = None  # A1111's "Schedule type" (v1.9+), None = Automatic
     options: dict[str, Any] = field(default_factory=dict)  # from_config overrides
+    a1111_aliases: tuple[str, ...] = ()  # A1111's other names for it (its sampler table's)
 
     @property
     def display_name(self) -> str:
@@ -31,16 +32,22 @@ SAMPLERS: dict[str, Sampler] = {
     s.name: s
     for s in (
         Sampler("ddim", "DDIMScheduler", "DDIM"),
-        Sampler("pndm", "PNDMScheduler", "PLMS"),
-        Sampler("lms", "LMSDiscreteScheduler", "LMS"),
-        Sampler("euler", "EulerDiscreteScheduler", "Euler"),
-        Sampler("euler_a", "EulerAncestralDiscreteScheduler", "Euler a"),
-        Sampler("heun", "HeunDiscreteScheduler", "Heun"),
+        Sampler("pndm", "PNDMScheduler", "PLMS", a1111_aliases=("plms",)),
+        Sampler("lms", "LMSDiscreteScheduler", "LMS", a1111_aliases=("k_lms",)),
+        Sampler("euler", "EulerDiscreteScheduler", "Euler", a1111_aliases=("k_euler",)),
+        Sampler(
+            "euler_a",
+            "EulerAncestralDiscreteScheduler",
+            "Euler a",
+            a1111_aliases=("k_euler_a", "k_euler_ancestral"),
+        ),
+        Sampler("heun", "HeunDiscreteScheduler", "Heun", a1111_aliases=("k_heun",)),
         Sampler(
             "dpmpp_2m",
             "DPMSolverMultistepScheduler",
             "DPM++ 2M",
             options={"use_karras_sigmas": False},
+            a1111_aliases=("k_dpmpp_2m",),
         ),
         Sampler(
             "dpmpp_2m_karras",
@@ -48,6 +55,7 @@ SAMPLERS: dict[str, Sampler] = {
             "DPM++ 2M",
             schedule_type="Karras",
             options={"use_karras_sigmas": True},
+            a1111_aliases=("k_dpmpp_2m_ka",),
         ),
         Sampler("unipc", "UniPCMultistepScheduler", "UniPC"),
     )
@@ -59,11 +67,14 @@ def _key(name: str) -> str:
 
 
 # Every accepted spelling, normalised: sdgen's names, A1111's display names in any case
-# ("Euler a", "DPM++ 2M Karras") and their combined "name + schedule type" form.
+# ("Euler a", "DPM++ 2M Karras"), their combined "name + schedule type" form and A1111's
+# aliases ("k_euler_a").
 _ALIASES: dict[str, str] = {}
 for _s in SAMPLERS.values():
     _ALIASES[_key(_s.name)] = _s.name
     _ALIASES[_key(_s.display_name)] = _s.name
+    for _alias in _s.a1111_aliases:
+        _ALIASES[_key(_alias)] = _s.name
 _ALIASES[_key("PLMS")] = "pndm"
 
 

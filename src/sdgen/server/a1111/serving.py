@@ -237,7 +237,9 @@ class A1111Handler:
 
     def samplers(self) -> list[SamplerItem]:
         return [
-            SamplerItem(name=s.display_name, aliases=[s.name], options=dict(s.options))
+            SamplerItem(
+                name=s.display_name, aliases=[*s.a1111_aliases, s.name], options=dict(s.options)
+            )
             for s in SAMPLERS.values()
         ]
 
