@@ -24,6 +24,13 @@ def cli() -> None:
     """sdgen: Stable Diffusion image generation."""
 
 
+def with_options(func, options: list):
+    """``func`` decorated with click ``options``, the first listed shown first in --help."""
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def model_options(func):
     """Options that choose where and how the model runs, and where pictures go."""
     options = [
@@ -54,9 +61,7 @@ def model_options(func):
             help="folder for the PNGs",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return with_options(func, options)
 
 
 class ProgressBar:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from sdgen.cli.common import cli, model_options
+from sdgen.cli.common import cli, model_options, with_options
 from sdgen.cli.running import RunOptions, run
 from sdgen.params import (
     DEFAULT_STRENGTH,
@@ -53,9 +53,7 @@ def request_options(func):
         click.option("--width", type=int, help="default: the model's native size"),
         click.option("--height", type=int, help="default: the model's native size"),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return with_options(func, options)
 
 
 def output_options(func):
@@ -95,9 +93,7 @@ def output_options(func):
             help="check pictures with this safety checker (folder or hub id); off by default",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return with_options(func, options)
 
 
 def _request(prompt: str, kwargs: dict, **fields) -> GenerationRequest:
@@ -162,12 +158,7 @@ def _init_options(default_strength: float):
         ),
     ]
 
-    def decorate(func):
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
+    return lambda func: with_options(func, options)
 
 
 @cli.command()
@@ -226,9 +217,7 @@ def _mask_options(func):
             help="paste the init picture back where the mask keeps it (A1111 always does)",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return with_options(func, options)
 
 
 @cli.command()

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from sdgen.cli.common import ProgressBar, cli, model_options, quiet_libraries
+from sdgen.cli.common import ProgressBar, cli, model_options, quiet_libraries, with_options
 from sdgen.cli.generate import _request, request_options
 from sdgen.errors import InvalidRequest
 from sdgen.params import GenerationRequest
@@ -76,9 +76,7 @@ def sweep_options(func):
             help="resize the init picture to the output size, or the nearest valid one",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return with_options(func, options)
 
 
 @cli.command()
