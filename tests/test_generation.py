@@ -220,7 +220,7 @@ def test_tokenizing_from_two_threads_keeps_each_calls_padding():
     def counting():  # unpadded, as when counting tokens; a batch keeps the race window open
         while not done.is_set():
             tokenize(tokenizer, ["a blue square on a red background"] * 8, verbose=False)
-            truncation_warnings(tokenizer, {"prompt": ["a blue square"]})
+            truncation_warnings(tokenizer, GenerationRequest("a blue square"))
 
     threads = [threading.Thread(target=padded), threading.Thread(target=counting)]
     for thread in threads:

@@ -92,7 +92,8 @@ def test_cached_negative_embedding_gives_identical_pictures(miniature):
     )
     miniature.caches.clear()
     uncached = _pictures(txt2img(miniature, request))
-    assert ("green", "off") in miniature.caches["negative_embeddings"]  # (text, emphasis)
+    # (text, emphasis, long_prompt)
+    assert ("green", "off", "truncate") in miniature.caches["negative_embeddings"]
     cached = _pictures(txt2img(miniature, request))
     for a, b in zip(uncached, cached, strict=True):
         assert np.array_equal(a, b)
@@ -104,9 +105,10 @@ def test_cached_negative_embedding_is_the_uncached_one(miniature):
     options = dict(guided=True, device=miniature.device, dtype=miniature.dtype)
     cache: dict = {}
     first = encode_conditioning(*args, **options, negative_cache=cache)
-    assert set(cache) == {("", "off"), ("green", "off")}  # (text, emphasis)
+    assert set(cache) == {("", "off", "truncate"), ("green", "off", "truncate")}
     again = encode_conditioning(*args, **options, negative_cache=cache)
     uncached = encode_conditioning(*args, **options)
+    first, again, uncached = (torch.stack(e.rows) for e in (first, again, uncached))
     assert torch.equal(first, uncached) and torch.equal(again, uncached)
     assert first.shape == (6, *uncached.shape[1:])
 

@@ -33,6 +33,9 @@ RESIZE_MODES = ("stretch", "crop", "fill")
 # How A1111's (words:1.2) syntax is read: off (plain text, as diffusers), A1111's default
 # ("Original") or its "No norm" (sdgen.conditioning.emphasis).
 EMPHASIS_MODES = ("off", "original", "no_norm")
+# How a prompt past the text encoder's 75 tokens is read: its first 75 only (diffusers), or in
+# 75-token chunks whose embeddings are joined (A1111, ComfyUI): sdgen.conditioning.chunks.
+LONG_PROMPT_MODES = ("truncate", "chunk")
 MAX_MASK_BLUR = 256  # pixels (A1111's UI goes to 64)
 MAX_SIDE = 65_536  # pixels: the most a size (or a padding around a mask) can be
 
@@ -77,6 +80,10 @@ class GenerationRequest:
     ``emphasis`` reads A1111's attention syntax in the prompts, ``(words:1.3)``, ``(words)``,
     ``[words]`` (``sdgen.conditioning.emphasis``): "original" as A1111 does by default,
     "no_norm" without rescaling; "off" (the default) reads them as plain text, as diffusers.
+    ``long_prompt`` says how a prompt past the text encoder's 75 tokens is read
+    (``LONG_PROMPT_MODES``): "truncate" (the default) reads its first 75, as diffusers; "chunk"
+    reads it all, in 75-token chunks, as A1111 (``sdgen.conditioning.chunks``), where ``BREAK``
+    starts a new chunk when emphasis is on.
 
     Inpainting's mask processing, as A1111 does it (all off by default, as in diffusers):
     ``mask_blur`` blurs the mask's edge by that many pixels (a Gaussian's standard deviation);
@@ -111,6 +118,7 @@ class GenerationRequest:
     masked_content: str = "original"
     overlay: bool = False
     emphasis: str = "off"
+    long_prompt: str = "truncate"
 
     def __post_init__(self) -> None:
         # Lists become tuples so the request stays hashable and immutable.
@@ -151,6 +159,10 @@ class GenerationRequest:
     def _check_emphasis(self) -> None:
         if self.emphasis not in EMPHASIS_MODES:
             raise InvalidRequest("emphasis", self.emphasis, f"one of {', '.join(EMPHASIS_MODES)}")
+        if self.long_prompt not in LONG_PROMPT_MODES:
+            raise InvalidRequest(
+                "long_prompt", self.long_prompt, f"one of {', '.join(LONG_PROMPT_MODES)}"
+            )
         if self.emphasis != "off":
             # Imported here: the emphasis module pulls in torch, and params stays light.
             from sdgen.conditioning.emphasis import check_syntax
@@ -158,7 +170,7 @@ class GenerationRequest:
             for name in ("prompt", "negative_prompt"):
                 value = getattr(self, name)
                 for text in value if isinstance(value, tuple) else (value,):
-                    check_syntax(name, text)
+                    check_syntax(name, text, breaks=self.long_prompt == "chunk")
 
     def _check_pictures(self) -> None:
         for name in PICTURE_FIELDS:

@@ -6,9 +6,10 @@ each run tokenized on its own, the tokens encoded together as usual, then each t
 embedding scaled by its weight and the whole rescaled to the mean it had before ("No norm"
 leaves out the rescaling). A prompt without brackets gives exactly the plain embedding.
 
-A1111's other prompt syntax is refused by name rather than read as text: ``BREAK`` (a new
-75-token chunk), prompt editing ``[from:to:when]`` and alternation ``[a|b]`` (prompts that
-change between steps) and extra networks such as ``<lora:name:1>``.
+``BREAK`` ends a 75-token chunk where prompts are read in chunks (``long_prompt="chunk"``,
+``sdgen.conditioning.chunks``) and is refused otherwise. A1111's other prompt syntax is refused
+by name rather than read as text: prompt editing ``[from:to:when]`` and alternation ``[a|b]``
+(prompts that change between steps) and extra networks such as ``<lora:name:1>``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import re
 import torch
 
 from sdgen.errors import InvalidRequest
-from sdgen.models.tokenizing import tokenize
 
 ROUND, SQUARE = 1.1, 1 / 1.1  # the weights of (words) and [words]
 
@@ -33,19 +33,25 @@ _SYNTAX = re.compile(
 # Each pattern linear in the text's length (no separator inside the first character class);
 # an escaped bracket is text.
 _UNSUPPORTED = {
-    "BREAK (a new 75-token chunk)": re.compile(r"\bBREAK\b"),
     "prompt editing [from:to:when]": re.compile(
         r"(?<!\\)\[[^\[\]():]*(?::[^\[\]():]*)?:\s*[+-]?[\d.]+\s*\]"
     ),
     "alternation [a|b]": re.compile(r"(?<!\\)\[[^\[\]|]*\|[^\[\]]*\]"),
     "extra networks (<lora:...>)": re.compile(r"<\w+:[^>]*>"),
 }
+# A1111's BREAK, the whitespace around it dropped; a chunk boundary with long_prompt chunk
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
 _WEIGHT = re.compile(r":\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)")
 
 
-def check_syntax(field: str, text: str) -> None:
+def check_syntax(field: str, text: str, breaks: bool = False) -> None:
     """Refuse the A1111 syntax sdgen does not read (see the module's note), brackets nested
-    deeper than MAX_DEPTH and weights past MAX_WEIGHT, naming ``field``."""
+    deeper than MAX_DEPTH and weights past MAX_WEIGHT, naming ``field``; ``breaks``: BREAK
+    ends a chunk (outside brackets only), else it is refused too."""
+    if not breaks and (found := re.search(r"\bBREAK\b", text)):
+        raise InvalidRequest(
+            field, found.group(0), "BREAK only with long_prompt chunk (75-token chunks)"
+        )
     for what, pattern in _UNSUPPORTED.items():
         found = pattern.search(text)
         if found:
@@ -71,16 +77,20 @@ def check_syntax(field: str, text: str) -> None:
             open_groups["("] -= 1
         elif square_close and open_groups["["]:
             open_groups["["] -= 1
+        elif breaks and match.group(7) and any(open_groups.values()):
+            if found := _BREAK.search(match.group(7)):
+                raise InvalidRequest(field, found.group(0).strip(), "BREAK outside brackets")
     if deepest > MAX_DEPTH:
         raise InvalidRequest(field, f"{deepest} nested brackets", f"at most {MAX_DEPTH}")
 
 
-def weighted_runs(text: str) -> list[tuple[str, float]]:
+def weighted_runs(text: str, breaks: bool = False) -> list[tuple[str | None, float]]:
     """``text`` as runs of (plain text, weight), in order; neighbours of one weight merged.
 
     Round and square groups are counted apart, as A1111 does: ``)`` closes the last open
     ``(`` group and ``]`` the last ``[`` one, whatever lies between; groups left open weigh
-    to the end (the round ones first).
+    to the end (the round ones first). With ``breaks``, each BREAK is a run of its own with
+    text None (``check_syntax`` has refused those inside brackets).
     """
     runs: list[list] = []  # [text, weight], weights multiplied in as groups close
     groups: dict[str, list[int]] = {"(": [], "[": []}  # index of each open group's first run
@@ -96,15 +106,21 @@ def weighted_runs(text: str) -> list[tuple[str, float]]:
             _weigh(runs, groups["("].pop(), ROUND)
         elif square_close and groups["["]:
             _weigh(runs, groups["["].pop(), SQUARE)
+        elif plain is not None and breaks:
+            parts = _BREAK.split(plain)
+            for index, part in enumerate(parts):
+                if index:
+                    runs.append([None, 1.0])
+                runs.append([part, 1.0])
         else:  # plain text, or a bracket or a weight that closes nothing
             runs.append([match.group(0) if plain is None else plain, 1.0])
     for start in groups["("]:
         _weigh(runs, start, ROUND)
     for start in groups["["]:
         _weigh(runs, start, SQUARE)
-    merged: list[tuple[str, float]] = []
+    merged: list[tuple[str | None, float]] = []
     for run_text, run_weight in runs:
-        if merged and merged[-1][1] == run_weight:
+        if merged and merged[-1][1] == run_weight and None not in (run_text, merged[-1][0]):
             merged[-1] = (merged[-1][0] + run_text, run_weight)
         else:
             merged.append((run_text, run_weight))
@@ -116,23 +132,6 @@ def _weigh(runs: list[list], start: int, weight: float) -> None:
     run is in at most MAX_DEPTH groups (``check_syntax``), so a prompt parses in linear time."""
     for run in runs[start:]:
         run[1] *= weight
-
-
-def weighted_ids(tokenizer, text: str) -> tuple[list[int], list[float], int]:
-    """Token ids and weights of ``text`` as the text encoder reads it: start token, the runs'
-    tokens (truncated to fit), end token, padding to the tokenizer's length. Also returns how
-    many tokens the runs had (without start and end), for the truncation warning."""
-    length = tokenizer.model_max_length
-    ids, weights = [], []
-    for run_text, weight in weighted_runs(text):
-        run_ids = tokenize(tokenizer, run_text, add_special_tokens=False, verbose=False).input_ids
-        ids += run_ids
-        weights += [weight] * len(run_ids)
-    count = len(ids)
-    ids, weights = ids[: length - 2], weights[: length - 2]
-    pad = length - 2 - len(ids)
-    ids = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * pad
-    return ids, [1.0, *weights, 1.0] + [1.0] * pad, count
 
 
 def emphasize(hidden: torch.Tensor, weights: torch.Tensor, mode: str) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Tokenize and encode prompts, negative prompts taking the empty prompt's place.
 
 As in diffusers' StableDiffusionPipeline: every prompt is padded or truncated to the tokenizer's
-77 tokens, encoded by the CLIP text tower, and its last hidden state is the conditioning.
+77 tokens, encoded by the CLIP text tower, and its last hidden state is the conditioning. With
+``long_prompt="chunk"`` a longer prompt is read in 75-token chunks instead, as A1111 reads it
+(``sdgen.conditioning.chunks``).
 """
 
 from __future__ import annotations
@@ -10,20 +12,32 @@ import logging
 
 import torch
 
-from sdgen.conditioning.emphasis import emphasize, weighted_ids
+from sdgen.conditioning.chunks import MAX_CHUNKS, layout, prompt_chunks, weighted_ids
+from sdgen.conditioning.emphasis import emphasize
+from sdgen.errors import InvalidRequest
 from sdgen.models.tokenizing import tokenize
+from sdgen.sampling.embeddings import TextEmbeddings
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
 def encode_text(
-    tokenizer, text_encoder, texts: list[str], device: torch.device, emphasis: str = "off"
-) -> torch.Tensor:
-    """(N, 77, D) last hidden states of the text encoder for ``texts``; with an ``emphasis``
-    mode, A1111's (words:1.2) syntax weighs them (``sdgen.conditioning.emphasis``)."""
+    tokenizer,
+    text_encoder,
+    texts: list[str],
+    device: torch.device,
+    emphasis: str = "off",
+    long_prompt: str = "truncate",
+) -> list[torch.Tensor]:
+    """The text encoder's last hidden states for each of ``texts``: (77, D) each, or with
+    ``long_prompt`` "chunk" 77 positions per 75-token chunk (``sdgen.conditioning.chunks``).
+    With an ``emphasis`` mode, A1111's (words:1.2) syntax weighs them
+    (``sdgen.conditioning.emphasis``)."""
+    if long_prompt == "chunk":
+        return _encode_chunked(tokenizer, text_encoder, texts, device, emphasis)
     if emphasis != "off":
-        return _encode_emphasized(tokenizer, text_encoder, texts, device, emphasis)
+        return list(_encode_emphasized(tokenizer, text_encoder, texts, device, emphasis))
     max_length = tokenizer.model_max_length
     tokens = tokenize(
         tokenizer,
@@ -37,7 +51,7 @@ def encode_text(
     mask = None
     if getattr(text_encoder.config, "use_attention_mask", False):
         mask = tokens.attention_mask.to(device)
-    return text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+    return list(text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0])
 
 
 def _encode_emphasized(tokenizer, text_encoder, texts, device, emphasis) -> torch.Tensor:
@@ -50,16 +64,32 @@ def _encode_emphasized(tokenizer, text_encoder, texts, device, emphasis) -> torc
                 tokenizer.model_max_length,
                 text[:80],
             )
-    ids = torch.tensor([row[0] for row in rows], device=device)
-    weights = torch.tensor([row[1] for row in rows], device=device)
+    return _encode_windows(tokenizer, text_encoder, [row[:2] for row in rows], device, emphasis)
+
+
+def _encode_chunked(tokenizer, text_encoder, texts, device, emphasis) -> list[torch.Tensor]:
+    """Every chunk of every text in one text-encoder call; each text's chunks joined."""
+    chunks = [prompt_chunks(tokenizer, text, emphasis) for text in texts]
+    windows = [layout(tokenizer, ids, weights) for text in chunks for ids, weights in text]
+    hidden = _encode_windows(tokenizer, text_encoder, windows, device, emphasis)  # (chunks, 77, D)
+    return [part.flatten(0, 1) for part in hidden.split([len(c) for c in chunks])]
+
+
+def _encode_windows(
+    tokenizer, text_encoder, windows: list[tuple[list[int], list[float]]], device, emphasis: str
+) -> torch.Tensor:
+    """(N, 77, D) hidden states of N laid-out windows (token ids, weights: ``layout``), each
+    weighted as ``emphasis`` says (rescaled on its own: A1111's, chunk by chunk)."""
+    ids = torch.tensor([window[0] for window in windows], device=device)
+    weights = torch.tensor([window[1] for window in windows], device=device)
     mask = None
     if getattr(text_encoder.config, "use_attention_mask", False):
-        mask = (
-            torch.arange(ids.shape[1], device=device)
-            < torch.tensor([min(row[2] + 2, ids.shape[1]) for row in rows], device=device)[:, None]
-        ).long()
+        # start token, tokens, end token: the padding after the first end token is masked
+        ends = [window[0].index(tokenizer.eos_token_id, 1) for window in windows]
+        positions = torch.arange(ids.shape[1], device=device)
+        mask = (positions <= torch.tensor(ends, device=device)[:, None]).long()
     hidden = text_encoder(ids, attention_mask=mask)[0]
-    return emphasize(hidden, weights, emphasis)
+    return emphasize(hidden, weights, emphasis) if emphasis != "off" else hidden
 
 
 NEGATIVE_CACHE_SIZE = 32  # negative prompts kept per model; (77, 768) fp32 is 236 KB each
@@ -73,65 +103,95 @@ def encode_conditioning(
     guided: bool,
     device: torch.device,
     dtype: torch.dtype,
-    negative_cache: dict[tuple[str, str], torch.Tensor] | None = None,
+    negative_cache: dict[tuple[str, str, str], torch.Tensor] | None = None,
     emphasis: str = "off",
-) -> torch.Tensor:
+    long_prompt: str = "truncate",
+) -> TextEmbeddings:
     """The UNet's conditioning for a batch of images, one (prompt, negative) pair per image.
 
-    Returns (2B, 77, D) as [negative; prompt] when ``guided``, else (B, 77, D) -- the order the
-    loop's ``guide`` splits. The distinct prompts are encoded in one call. Each distinct negative
-    prompt is encoded in a call of its own, so that its embedding is the same whether it comes
-    from ``negative_cache`` ((text, emphasis) -> (77, D), filled here, the oldest of more than
-    ``NEGATIVE_CACHE_SIZE`` dropped) or not: the usual empty one is encoded once per model.
+    Returns 2B rows as [negative; prompt] when ``guided``, else B rows -- the order the loop's
+    ``guide`` splits; each (77, D), or 77 positions per chunk with ``long_prompt`` "chunk". The
+    distinct prompts are encoded in one call. Each distinct negative prompt is encoded in a
+    call of its own, so that its embedding is the same whether it comes from
+    ``negative_cache`` ((text, emphasis, long_prompt) -> (L, D), filled here, the oldest of
+    more than ``NEGATIVE_CACHE_SIZE`` dropped) or not: the usual empty one is encoded once per
+    model.
     """
     prompts = list(dict.fromkeys(p for p, _ in image_prompts))
-    encoded = encode_text(tokenizer, text_encoder, prompts, device, emphasis).to(dtype)
-    embedding = dict(zip(prompts, encoded, strict=True))
+    encoded = encode_text(tokenizer, text_encoder, prompts, device, emphasis, long_prompt)
+    embedding = {p: e.to(dtype) for p, e in zip(prompts, encoded, strict=True)}
     rows = [embedding[p] for p, _ in image_prompts]
     if guided:
         cache = {} if negative_cache is None else negative_cache
         negatives = {
             text: _negative_embedding(
-                tokenizer, text_encoder, (text, emphasis), device, dtype, cache
+                tokenizer, text_encoder, (text, emphasis, long_prompt), device, dtype, cache
             )
             for text in dict.fromkeys(n for _, n in image_prompts)
         }
         rows = [negatives[n] for _, n in image_prompts] + rows
-    return torch.stack(rows)
+    return TextEmbeddings(tuple(rows))
 
 
 def _negative_embedding(
-    tokenizer, text_encoder, key: tuple[str, str], device: torch.device, dtype, cache: dict
+    tokenizer, text_encoder, key: tuple[str, str, str], device: torch.device, dtype, cache: dict
 ) -> torch.Tensor:
-    """(77, D) embedding of one negative prompt, ``key`` = (text, emphasis), from ``cache`` or
-    encoded alone into it."""
+    """(L, D) embedding of one negative prompt, ``key`` = (text, emphasis, long_prompt), from
+    ``cache`` or encoded alone into it."""
     if key not in cache:
         while len(cache) >= NEGATIVE_CACHE_SIZE:
             del cache[next(iter(cache))]
-        text, emphasis = key
-        cache[key] = encode_text(tokenizer, text_encoder, [text], device, emphasis).to(dtype)[0]
+        cache[key] = encode_text(tokenizer, text_encoder, [key[0]], device, *key[1:])[0].to(dtype)
     return cache[key]
 
 
-def truncation_warnings(tokenizer, texts: dict[str, list[str]], emphasis: str = "off") -> list[str]:
-    """What the text encoder will not read: one warning per text past the tokenizer's limit,
-    e.g. ``"prompt: 93 tokens, truncated to 77"`` (``"prompt[1]: ..."`` when a field has several
-    texts). ``texts`` maps a field to its texts, read with ``emphasis``.
+def check_prompt_lengths(tokenizer, request) -> None:
+    """Refuse a prompt or negative prompt of more than MAX_CHUNKS chunks when ``request``
+    (a ``GenerationRequest``) reads prompts in chunks, naming the field."""
+    if request.long_prompt != "chunk":
+        return
+    size = tokenizer.model_max_length - 2
+    for name, text in _request_texts(request):
+        count = len(prompt_chunks(tokenizer, text, request.emphasis))
+        if count > MAX_CHUNKS:
+            raise InvalidRequest(
+                name,
+                f"{count} chunks of {size} tokens",
+                f"at most {MAX_CHUNKS} chunks ({MAX_CHUNKS * size} tokens)",
+            )
+
+
+def truncation_warnings(tokenizer, request) -> list[str]:
+    """What the text encoder will not read of ``request``'s prompts (a ``GenerationRequest``):
+    one warning per text past the tokenizer's limit, e.g. ``"prompt: 93 tokens, truncated to
+    77"`` (``"prompt[1]: ..."`` when a field has several texts); none when prompts are read in
+    chunks.
 
     Counts include the start and end tokens, as the limit does. Pure: pictures are unchanged.
     """
+    if request.long_prompt == "chunk":
+        return []
     max_length = tokenizer.model_max_length
     warnings = []
-    for field, values in texts.items():
-        for index, text in enumerate(values):
-            if emphasis == "off":
-                count = len(tokenize(tokenizer, text, verbose=False).input_ids)
-            else:  # the brackets are not tokens
-                count = weighted_ids(tokenizer, text)[2] + 2
-            if count > max_length:
-                name = f"{field}[{index}]" if len(values) > 1 else field
-                warnings.append(f"{name}: {count} tokens, truncated to {max_length}")
+    for name, text in _request_texts(request):
+        if request.emphasis == "off":
+            count = len(tokenize(tokenizer, text, verbose=False).input_ids)
+        else:  # the brackets are not tokens
+            count = weighted_ids(tokenizer, text)[2] + 2
+        if count > max_length:
+            warnings.append(f"{name}: {count} tokens, truncated to {max_length}")
     return warnings
+
+
+def _request_texts(request) -> list[tuple[str, str]]:
+    """(field name, text) of every prompt and negative prompt: ``prompt[1]`` for the second of
+    a list."""
+    texts = []
+    for field in ("prompt", "negative_prompt"):
+        values = getattr(request, field)
+        values = (values,) if isinstance(values, str) else values
+        texts += [(f"{field}[{i}]" if len(values) > 1 else field, t) for i, t in enumerate(values)]
+    return texts
 
 
 def _warn_truncated(tokenizer, texts: list[str], max_length: int) -> None:

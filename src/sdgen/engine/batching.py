@@ -34,6 +34,7 @@ from sdgen.pipelines.stages import (
     denoising_unet,
     resolve_request,
 )
+from sdgen.sampling.embeddings import TextEmbeddings, predict_noise
 from sdgen.sampling.loop import StepCallback
 
 # start(model, request, callback): a request set up to denoise (sdgen.pipelines.generate.start).
@@ -160,18 +161,17 @@ class Batcher:
         return predictions
 
     def _shared_unet_call(self, running: list[PreparedRequest]) -> list[torch.Tensor]:
-        """One UNet call over every request's rows; each request's slice of the prediction."""
+        """One UNet call over every request's rows (one per embedding length, when their
+        prompts' lengths differ: ``predict_noise``); each request's slice of the prediction."""
         states = [p.state for p in running]
         model_inputs = [s.unet_input() for s in states]  # each (2B or B, C', h, w)
         rows = [x.shape[0] for x in model_inputs]
         # (N,): each row its own request's timestep, in the form ``denoise_state`` passes it
         timesteps = torch.cat([s.row_timesteps(n) for s, n in zip(states, rows, strict=True)])
         sample = torch.cat(model_inputs)  # (N, C', h, w)
-        embeddings = torch.cat([s.embeddings for s in states])  # (N, 77, D)
-        noise_pred = self.unet(
-            sample, timesteps, encoder_hidden_states=embeddings, return_dict=False
-        )
-        return list(noise_pred[0].split(rows))  # each (2B or B, C, h, w)
+        embeddings = TextEmbeddings.cat([s.embeddings for s in states])  # N rows
+        noise_pred = predict_noise(self.unet, sample, timesteps, embeddings)
+        return list(noise_pred.split(rows))  # each (2B or B, C, h, w)
 
 
 def _without_frames(error: Exception) -> Exception:

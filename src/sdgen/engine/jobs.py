@@ -163,14 +163,7 @@ class Engine(WorkerLoop):
         from sdgen.conditioning.prompts import truncation_warnings
 
         model = self.models.any(request.model, self.devices[0])
-        texts = {
-            name: [value] if isinstance(value, str) else list(value)
-            for name, value in (
-                ("prompt", request.prompt),
-                ("negative_prompt", request.negative_prompt),
-            )
-        }
-        return truncation_warnings(model.tokenizer, texts, request.emphasis)
+        return truncation_warnings(model.tokenizer, request)
 
     def submit(
         self,

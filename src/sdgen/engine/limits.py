@@ -73,6 +73,7 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
     re-queued after a restart makes the same pictures (its random seed is drawn here, once).
     """
     # Imported here: the pipelines pull in diffusers; the engine's callers may not need them.
+    from sdgen.conditioning.prompts import check_prompt_lengths
     from sdgen.pipelines.init_images import sized_picture, strength_timesteps
     from sdgen.pipelines.masking import check_inpaint_pictures
     from sdgen.pipelines.stages import new_scheduler, resolve_request
@@ -84,6 +85,7 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
     # the size that comes from the model or the init picture
     limits.check(resolved, size_field="init_image" if from_picture else "width")
     scheduler = new_scheduler(model, resolved)  # steps the sampler can take; eta DDIM's only
+    check_prompt_lengths(model.tokenizer, resolved)  # chunks, when prompts are read in chunks
     if resolved.init_image is not None:
         if resolved.mask is not None:  # sizes, and a mask to crop to
             check_inpaint_pictures(resolved)

@@ -49,7 +49,7 @@ def start_img2img(
     scheduler = new_scheduler(model, request)
     timesteps, steps = strength_timesteps(scheduler, request.steps, request.strength)
     # 2. Text conditioning.
-    embeddings = text_conditioning(model, request)  # (2B or B, 77, D)
+    embeddings = text_conditioning(model, request)  # 2B or B rows (L, D), L = 77 per chunk
     # 3. The init picture's latents (B, C, H/f, W/f), noised to the first step that runs.
     generators = image_generators(request.seed, request.total_images)
     init_latents = latent_samples(model.vae, picture_tensor(request).to(model.dtype), generators)

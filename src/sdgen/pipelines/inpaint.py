@@ -75,7 +75,7 @@ def start_inpaint(
     scheduler = new_scheduler(model, request)
     timesteps, steps = strength_timesteps(scheduler, request.steps, request.strength)
     # 2. Text conditioning.
-    embeddings = text_conditioning(model, request)  # (2B or B, 77, D)
+    embeddings = text_conditioning(model, request)  # 2B or B rows (L, D), L = 77 per chunk
     # 3. Pictures as the mask options make them (blurred, cropped, filled): init (1, 3, H, W),
     # mask (1, 1, H, W), both on the model's device and dtype.
     pictures = inpaint_pictures(request)

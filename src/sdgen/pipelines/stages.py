@@ -11,13 +11,14 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from sdgen.conditioning.prompts import encode_conditioning
+from sdgen.conditioning.prompts import check_prompt_lengths, encode_conditioning
 from sdgen.errors import GenerationStopped, InvalidRequest, SdgenError
 from sdgen.media.images import decode_latents
 from sdgen.models.devices import precision_name
 from sdgen.models.fast_path import GraphedUNet
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest, check_size
+from sdgen.sampling.embeddings import TextEmbeddings
 from sdgen.sampling.guidance import uses_guidance
 from sdgen.sampling.loop import DenoisingState, TracedUNet, denoise_state
 from sdgen.sampling.samplers import make_scheduler, resolve_sampler, sampler_for_config
@@ -172,8 +173,9 @@ def _takes(scheduler, steps: int) -> bool:
     return True
 
 
-def text_conditioning(model: LoadedModel, request: GenerationRequest) -> torch.Tensor:
-    """Embeddings (2B or B, 77, D): [negative; prompt] in image order when guiding."""
+def text_conditioning(model: LoadedModel, request: GenerationRequest) -> TextEmbeddings:
+    """Embeddings of 2B or B rows: [negative; prompt] in image order when guiding."""
+    check_prompt_lengths(model.tokenizer, request)
     return encode_conditioning(
         model.tokenizer,
         model.text_encoder,
@@ -183,6 +185,7 @@ def text_conditioning(model: LoadedModel, request: GenerationRequest) -> torch.T
         dtype=model.dtype,
         negative_cache=model.caches.setdefault("negative_embeddings", {}),
         emphasis=request.emphasis,
+        long_prompt=request.long_prompt,
     )
 
 

@@ -44,7 +44,7 @@ def start_txt2img(
     # 1. A fresh scheduler from the model's own config, on the model's device.
     scheduler = new_scheduler(model, request)
     # 2. Text conditioning: [negative; prompt] when guiding, in image order.
-    embeddings = text_conditioning(model, request)  # (2B or B, 77, D)
+    embeddings = text_conditioning(model, request)  # 2B or B rows (L, D), L = 77 per chunk
     # 3. Seeded noise, one CPU generator per image, scaled to the scheduler's first sigma.
     generators = image_generators(request.seed, request.total_images)
     latents = noise_latents(model, request, generators, scheduler)  # (B, C, H/f, W/f)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.nn.modules import module as _nn_module  # its global hook registries
 
+from sdgen.sampling.embeddings import TextEmbeddings, predict_noise
 from sdgen.sampling.guidance import guide, uses_guidance
 
 log = logging.getLogger(__name__)
@@ -53,17 +54,12 @@ AfterStep = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 def denoise_state(unet: torch.nn.Module, state: DenoisingState) -> torch.Tensor:
-    """Run ``state``'s remaining iterations alone, one UNet call each; the final latents
-    (B, C, h, w).
-
-    ``unet`` is called as ``unet(x, t, encoder_hidden_states=..., return_dict=False)[0]``: a
-    diffusers ``UNet2DConditionModel``, or a ``TracedUNet`` / ``GraphedUNet`` around one.
-    """
+    """Run ``state``'s remaining iterations alone, one UNet call each (one per embedding
+    length, ``predict_noise``); the final latents (B, C, h, w)."""
     while not state.done:
         model_input = state.unet_input()  # (2B or B, C', h, w)
         t = state.row_timesteps(model_input.shape[0])
-        noise_pred = unet(model_input, t, encoder_hidden_states=state.embeddings, return_dict=False)
-        state.advance(noise_pred[0])
+        state.advance(predict_noise(unet, model_input, t, state.embeddings))
     return state.latents
 
 
@@ -134,7 +130,7 @@ class DenoisingState:
     run: DenoisingRun  # its own scheduler, generators (in step_kwargs), timesteps, reports
     latents: torch.Tensor  # (B, C, h, w) after ``position`` iterations (at the start: already
     # multiplied by the scheduler's init_noise_sigma where it needs it)
-    embeddings: torch.Tensor  # (2B or B, 77, D): [negative; prompt] when guiding
+    embeddings: TextEmbeddings  # 2B or B rows: [negative; prompt] when guiding
     callback: StepCallback | None = None  # after every user-counted step, with a ``Step``
     # Concatenated to the scaled UNet input in the same [uncond; text] order, e.g. an
     # inpainting UNet's mask and masked-picture latents: (2B or B, 5, h, w).
@@ -164,13 +160,14 @@ class DenoisingState:
 
     @property
     def signature(self) -> tuple:
-        """What states must share to be advanced by one UNet call: the shape of a row of the
-        UNet's input and of its text embeddings, and the precision."""
+        """What states must share to be advanced by shared UNet calls: the shape of a row of
+        the UNet's input and the precision (rows whose text embeddings differ in length are
+        called apart, ``predict_noise``)."""
         channels = self.latents.shape[1]
         if self.extra_channels is not None:
             channels += self.extra_channels.shape[1]
         rows = (channels, *self.latents.shape[2:])
-        return (rows, self.latents.dtype, tuple(self.embeddings.shape[1:]))
+        return (rows, self.latents.dtype)
 
     def unet_input(self) -> torch.Tensor:
         """The UNet input of the next iteration (2B or B, C', h, w)."""
