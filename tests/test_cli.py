@@ -401,3 +401,20 @@ def test_reproduce_stops_where_a_stopped_picture_was_taken(capsys, tmp_path):
     finished = generate(model, request).images[0]
     with Image.open(picture) as a:
         assert max_pixel_diff(a, finished) > 10  # stopping made a difference
+
+
+def test_long_prompt_chunk_is_recorded_and_reproduced(capsys, tmp_path):
+    prompt = ", ".join(["a red circle on grey"] * 8)  # past the embedded model's window
+    args = ["generate", prompt, "--steps", "3", "--seed", "2", "--long-prompt", "chunk"]
+    code, out, err = run(capsys, *args, "--emphasis", "original", "--out", tmp_path / "a")
+    assert code == 0, err
+    picture = Path(out.strip())
+    assert read_request(picture).long_prompt == "chunk"
+    code, out, err = run(capsys, "reproduce", picture, "--out", tmp_path / "b")
+    assert code == 0, err
+    with Image.open(picture) as a, Image.open(out.strip()) as b:
+        assert max_pixel_diff(a, b) == 0
+    code, out, err = run(capsys, "generate", "a BREAK b", "--emphasis", "original")
+    assert code == 2 and "BREAK only with long_prompt chunk" in err, err
+    code, out, err = run(capsys, "generate", "x", "--long-prompt", "split")
+    assert code == 2 and "split" in err, err

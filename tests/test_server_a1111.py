@@ -734,9 +734,14 @@ def test_settings_at_the_values_sdgen_runs_with_are_accepted():
     from sdgen.server.a1111.protocol import Txt2ImgRequest
 
     same = {"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic", "forge_additional_modules": []}
+    same["comma_padding_backtrack"] = 20.0  # as older A1111 versions write it
     body = {**WEBUIAPI_TXT2IMG, "override_settings": same}
     assert Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20).steps == 3
-    for key, value in [("CLIP_stop_at_last_layers", 2), ("sd_vae", "kl-f8.safetensors")]:
+    for key, value in [
+        ("CLIP_stop_at_last_layers", 2),
+        ("sd_vae", "kl-f8.safetensors"),
+        ("comma_padding_backtrack", 0),
+    ]:
         body = {**WEBUIAPI_TXT2IMG, "override_settings": {key: value}}
         with pytest.raises(InvalidRequest, match=f"override_settings.{key}.*what sdgen runs"):
             Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20)

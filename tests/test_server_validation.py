@@ -173,16 +173,40 @@ def test_a_prompt_over_77_tokens_is_accepted_with_a_truncation_warning(client):
     assert short["warnings"] == [] and wait_for(client, short["id"])["warnings"] == []
 
 
-def test_a1111_info_carries_the_truncation_warning(client):
+def test_a_long_prompt_read_in_chunks_has_no_warning_and_too_many_chunks_are_422(client):
+    from test_server_support import shared_model
+
+    from sdgen.conditioning.chunks import MAX_CHUNKS
+
+    size = shared_model().tokenizer.model_max_length - 2  # tokens per chunk
+    long = " ".join(["red circle"] * 50)
+    response = client.post("/v1/jobs", json={**FAST, "prompt": long, "long_prompt": "chunk"})
+    assert response.status_code == 202 and response.json()["warnings"] == []
+    assert wait_for(client, response.json()["id"])["status"] == "succeeded"
+    too_long = {**FAST, "negative_prompt": "red " * (size * MAX_CHUNKS + 1), "long_prompt": "chunk"}
+    refused = client.post("/v1/jobs", json=too_long)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["field"] == "negative_prompt"
+    assert f"at most {MAX_CHUNKS} chunks" in refused.json()["error"]["message"]
+    wrong = client.post("/v1/jobs", json={**FAST, "long_prompt": "split"})
+    assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "long_prompt"
+
+
+def test_a1111_reads_long_prompts_in_chunks_with_break(client):
+    """A1111 reads every prompt in 75-token chunks, BREAK starting one: nothing is truncated."""
     import json
 
+    from sdgen.server.a1111.protocol import Txt2ImgRequest
+
     body = {"prompt": " ".join(["red circle"] * 50), "steps": 2, "width": 64, "height": 64}
+    assert Txt2ImgRequest(**body).to_request(None, 1 << 20).long_prompt == "chunk"
     response = client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 200, response.text
-    (warning,) = json.loads(response.json()["info"])["warnings"]
-    assert warning.startswith("prompt: ")
-    short = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "a red circle"})
-    assert json.loads(short.json()["info"])["warnings"] == []
+    assert json.loads(response.json()["info"])["warnings"] == []
+    broken = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "a red circle BREAK grey"})
+    assert broken.status_code == 200, broken.text
+    inside = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "(a circle BREAK grey)"})
+    assert inside.status_code == 422 and "BREAK outside brackets" in inside.text
 
 
 def test_a_body_over_the_limit_is_413_before_it_is_read(tmp_path):

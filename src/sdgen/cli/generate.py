@@ -16,6 +16,7 @@ from sdgen.params import (
     DEFAULT_STRENGTH,
     EMPHASIS_MODES,
     INPAINT_STRENGTH,
+    LONG_PROMPT_MODES,
     MASKED_CONTENTS,
     RESIZE_MODES,
     GenerationRequest,
@@ -42,6 +43,14 @@ def request_options(func):
             show_default=True,
             help="read A1111's (words:1.2), (words), [words] in the prompts: original (A1111's), "
             "no_norm, or off (plain text, as diffusers)",
+        ),
+        click.option(
+            "--long-prompt",
+            type=click.Choice(LONG_PROMPT_MODES),
+            default="truncate",
+            show_default=True,
+            help="a prompt past 75 tokens: truncate (read its first 75, as diffusers) or chunk "
+            "(read it all in 75-token chunks, as A1111; BREAK starts one with --emphasis)",
         ),
         click.option(
             "--eta",
@@ -108,6 +117,7 @@ def _request(prompt: str, kwargs: dict, **fields) -> GenerationRequest:
         sampler=kwargs["sampler"],
         eta=kwargs["eta"],
         emphasis=kwargs["emphasis"],
+        long_prompt=kwargs["long_prompt"],
         width=kwargs["width"],
         height=kwargs["height"],
         seed=kwargs["seed"],

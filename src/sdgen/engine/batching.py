@@ -4,7 +4,8 @@ Requests that share a model, a latent shape and a precision are denoised togethe
 Each keeps its own scheduler, generators, text embeddings, guidance scale, timesteps and
 callback; only the UNet call is shared. A step concatenates every request's UNet input, [uncond;
 text] when it guides, else [text], with each row's own timestep as a (N,) tensor, which
-diffusers' UNet accepts. Then each request applies its own guidance and scheduler step
+diffusers' UNet accepts; rows whose text embeddings differ in length (prompts read in 75-token
+chunks) are called one length at a time (``sdgen.sampling.embeddings``). Then each request applies its own guidance and scheduler step
 (``DenoisingState.advance``, what ``denoise_state`` runs for a request alone), so a request's
 pictures are the ones it gets alone, up to the CPU kernels' batch-size-dependent rounding
 (<= 1/255 measured, see tests/test_batching.py).

@@ -52,6 +52,11 @@ class JobCreate(BaseModel):
         description="A1111's (words:1.2) syntax: off (plain text, as diffusers), original "
         "(A1111's), no_norm",
     )
+    long_prompt: str = Field(
+        _DEFAULTS["long_prompt"],
+        description="a prompt past 75 tokens: truncate (its first 75, as diffusers) or chunk "
+        "(75-token chunks, as A1111; BREAK starts one when emphasis is on)",
+    )
     # Inpainting's mask processing (A1111's); each needs a mask.
     mask_blur: int = Field(
         _DEFAULTS["mask_blur"], description="inpainting: blur the mask's edge by this many pixels"

@@ -152,6 +152,7 @@ class Txt2ImgRequest(BaseModel):
             "seed": None if self.seed in (-1, None) else self.seed,  # -1: random
             "eta": self._ddim_eta(),
             "emphasis": self._emphasis(emphasis),
+            "long_prompt": "chunk",  # A1111 reads every prompt in 75-token chunks
         }
 
     def _emphasis(self, default: str) -> str:

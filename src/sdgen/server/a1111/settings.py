@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from sdgen.conditioning.chunks import COMMA_BACKTRACK
 from sdgen.errors import InvalidRequest
 
 # A1111 settings (its ``opts``) that sdgen always runs at one value -> the values that mean it.
@@ -19,6 +20,8 @@ FIXED_SETTINGS: dict[str, tuple] = {
     "eta_noise_seed_delta": (0,),  # ENSD
     "randn_source": ("CPU",),  # each picture's generator is a CPU one
     "forge_additional_modules": ([],),  # Forge's extra modules: none
+    # long prompts' chunks end after a comma within this many tokens (sdgen.conditioning.chunks)
+    "comma_padding_backtrack": (COMMA_BACKTRACK, float(COMMA_BACKTRACK)),
 }
 
 

@@ -7,7 +7,7 @@ import { clearMask, maskPicture, resetMask, setupMaskPainter } from "./mask.js";
 
 const TEXT_FIELDS = ["prompt", "negative_prompt"];
 const NUMBER_FIELDS = ["width", "height", "steps", "guidance_scale", "seed", "num_images"];
-const CHOICE_FIELDS = ["model", "sampler", "emphasis"];
+const CHOICE_FIELDS = ["model", "sampler", "emphasis", "long_prompt"];
 
 const $ = (id) => document.getElementById(id);
 
