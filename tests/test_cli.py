@@ -414,6 +414,11 @@ def test_long_prompt_chunk_is_recorded_and_reproduced(capsys, tmp_path):
     assert code == 0, err
     with Image.open(picture) as a, Image.open(out.strip()) as b:
         assert max_pixel_diff(a, b) == 0
+    args[args.index("chunk")] = "truncate"  # the first window only: another picture
+    code, out, err = run(capsys, *args, "--emphasis", "original", "--out", tmp_path / "c")
+    assert code == 0, err
+    with Image.open(picture) as a, Image.open(out.strip()) as b:
+        assert max_pixel_diff(a, b) > 3
     code, out, err = run(capsys, "generate", "a BREAK b", "--emphasis", "original")
     assert code == 2 and "BREAK only with long_prompt chunk" in err, err
     code, out, err = run(capsys, "generate", "x", "--long-prompt", "split")

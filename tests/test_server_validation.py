@@ -203,8 +203,13 @@ def test_a1111_reads_long_prompts_in_chunks_with_break(client):
     response = client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 200, response.text
     assert json.loads(response.json()["info"])["warnings"] == []
-    broken = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "a red circle BREAK grey"})
+    body = {**body, "prompt": "a red circle BREAK grey", "seed": 3}
+    broken = client.post("/sdapi/v1/txt2img", json=body)
     assert broken.status_code == 200, broken.text
+    # with A1111's emphasis "None", BREAK is a word: another picture
+    as_word = {**body, "override_settings": {"emphasis": "None"}}
+    word = client.post("/sdapi/v1/txt2img", json=as_word)
+    assert word.json()["images"][0] != broken.json()["images"][0]
     inside = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "(a circle BREAK grey)"})
     assert inside.status_code == 422 and "BREAK outside brackets" in inside.text
 

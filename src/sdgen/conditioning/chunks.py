@@ -33,7 +33,7 @@ def prompt_chunks(tokenizer, text: str, emphasis: str) -> list[Chunk]:
     module's note), without start, end or padding (``layout`` adds them). ``emphasis`` "off"
     reads the whole text as words, BREAK too, as A1111's "None" mode does."""
     size = tokenizer.model_max_length - 2  # 75 for CLIP
-    comma = tokenizer.get_vocab().get(",</w>")
+    comma = _comma_id(tokenizer)
     runs = weighted_runs(text, breaks=True) if emphasis != "off" else [(text, 1.0)]
     chunks: list[Chunk] = []
     ids: list[int] = []
@@ -62,6 +62,13 @@ def prompt_chunks(tokenizer, text: str, emphasis: str) -> list[Chunk]:
     return chunks
 
 
+def _comma_id(tokenizer) -> int | None:
+    """The id of CLIP's "," token, None if the vocabulary has none (``get_vocab`` would copy
+    all 49,408 entries)."""
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    return None if comma is None or comma == tokenizer.unk_token_id else comma
+
+
 def layout(tokenizer, ids: list[int], weights: list[float]) -> tuple[list[int], list[float]]:
     """At most 75 tokens as the text encoder reads them: start token, the tokens, end token,
     padding to the tokenizer's length (what diffusers' tokenizer call gives); weights 1 for
@@ -73,14 +80,20 @@ def layout(tokenizer, ids: list[int], weights: list[float]) -> tuple[list[int], 
     )
 
 
-def weighted_ids(tokenizer, text: str) -> tuple[list[int], list[float], int]:
-    """The truncating reading of ``text`` with emphasis: its first 75 tokens and their weights
-    as the text encoder reads them (``layout``), and how many tokens the text had (without
-    start and end), for the truncation warning."""
-    size = tokenizer.model_max_length - 2
+def weighted_tokens(tokenizer, text: str) -> tuple[list[int], list[float]]:
+    """All of ``text``'s token ids and their emphasis weights, without start or end."""
     ids, weights = [], []
     for run_text, weight in weighted_runs(text):
         run_ids = tokenize(tokenizer, run_text, add_special_tokens=False, verbose=False).input_ids
         ids += run_ids
         weights += [weight] * len(run_ids)
+    return ids, weights
+
+
+def weighted_ids(tokenizer, text: str) -> tuple[list[int], list[float], int]:
+    """The truncating reading of ``text`` with emphasis: its first 75 tokens and their weights
+    as the text encoder reads them (``layout``), and how many tokens the text had (without
+    start and end), for the truncation warning."""
+    size = tokenizer.model_max_length - 2
+    ids, weights = weighted_tokens(tokenizer, text)
     return (*layout(tokenizer, ids[:size], weights[:size]), len(ids))

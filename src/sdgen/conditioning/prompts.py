@@ -12,7 +12,13 @@ import logging
 
 import torch
 
-from sdgen.conditioning.chunks import MAX_CHUNKS, layout, prompt_chunks, weighted_ids
+from sdgen.conditioning.chunks import (
+    MAX_CHUNKS,
+    layout,
+    prompt_chunks,
+    weighted_ids,
+    weighted_tokens,
+)
 from sdgen.conditioning.emphasis import emphasize
 from sdgen.errors import InvalidRequest
 from sdgen.models.tokenizing import tokenize
@@ -55,44 +61,50 @@ def encode_text(
 
 
 def _encode_emphasized(tokenizer, text_encoder, texts, device, emphasis) -> torch.Tensor:
-    rows = [weighted_ids(tokenizer, text) for text in texts]
-    for text, (_, _, count) in zip(texts, rows, strict=True):
-        if count > tokenizer.model_max_length - 2:
+    size = tokenizer.model_max_length - 2
+    contents = []
+    for text in texts:
+        ids, weights = weighted_tokens(tokenizer, text)
+        if len(ids) > size:
             log.warning(
                 "prompt of %d tokens is longer than %d; its end is ignored: %r...",
-                count + 2,
+                len(ids) + 2,
                 tokenizer.model_max_length,
                 text[:80],
             )
-    return _encode_windows(tokenizer, text_encoder, [row[:2] for row in rows], device, emphasis)
+        contents.append((ids[:size], weights[:size]))
+    return _encode_windows(tokenizer, text_encoder, contents, device, emphasis)
 
 
 def _encode_chunked(tokenizer, text_encoder, texts, device, emphasis) -> list[torch.Tensor]:
     """Every chunk of every text in one text-encoder call; each text's chunks joined."""
     chunks = [prompt_chunks(tokenizer, text, emphasis) for text in texts]
-    windows = [layout(tokenizer, ids, weights) for text in chunks for ids, weights in text]
-    hidden = _encode_windows(tokenizer, text_encoder, windows, device, emphasis)  # (chunks, 77, D)
+    contents = [chunk for text_chunks in chunks for chunk in text_chunks]
+    hidden = _encode_windows(tokenizer, text_encoder, contents, device, emphasis)  # (C, 77, D)
     return [part.flatten(0, 1) for part in hidden.split([len(c) for c in chunks])]
 
 
 def _encode_windows(
-    tokenizer, text_encoder, windows: list[tuple[list[int], list[float]]], device, emphasis: str
+    tokenizer, text_encoder, contents: list[tuple[list[int], list[float]]], device, emphasis: str
 ) -> torch.Tensor:
-    """(N, 77, D) hidden states of N laid-out windows (token ids, weights: ``layout``), each
-    weighted as ``emphasis`` says (rescaled on its own: A1111's, chunk by chunk)."""
+    """(N, 77, D) hidden states of N windows of at most 75 tokens (ids, weights), laid out as
+    the text encoder reads them (``layout``), each weighted as ``emphasis`` says (rescaled on
+    its own: A1111's, chunk by chunk)."""
+    windows = [layout(tokenizer, ids, weights) for ids, weights in contents]
     ids = torch.tensor([window[0] for window in windows], device=device)
     weights = torch.tensor([window[1] for window in windows], device=device)
     mask = None
     if getattr(text_encoder.config, "use_attention_mask", False):
-        # start token, tokens, end token: the padding after the first end token is masked
-        ends = [window[0].index(tokenizer.eos_token_id, 1) for window in windows]
-        positions = torch.arange(ids.shape[1], device=device)
-        mask = (positions <= torch.tensor(ends, device=device)[:, None]).long()
+        # start token, the tokens, end token: the padding after them is masked
+        ends = torch.tensor([len(content[0]) + 1 for content in contents], device=device)
+        mask = (torch.arange(ids.shape[1], device=device) <= ends[:, None]).long()
     hidden = text_encoder(ids, attention_mask=mask)[0]
     return emphasize(hidden, weights, emphasis) if emphasis != "off" else hidden
 
 
-NEGATIVE_CACHE_SIZE = 32  # negative prompts kept per model; (77, 768) fp32 is 236 KB each
+# Negative prompts' chunks kept per model: 32 one-chunk negative prompts ((77, 768) fp32 is
+# 236 KB each), fewer longer ones.
+NEGATIVE_CACHE_SIZE = 32
 
 
 def encode_conditioning(
@@ -113,9 +125,9 @@ def encode_conditioning(
     ``guide`` splits; each (77, D), or 77 positions per chunk with ``long_prompt`` "chunk". The
     distinct prompts are encoded in one call. Each distinct negative prompt is encoded in a
     call of its own, so that its embedding is the same whether it comes from
-    ``negative_cache`` ((text, emphasis, long_prompt) -> (L, D), filled here, the oldest of
-    more than ``NEGATIVE_CACHE_SIZE`` dropped) or not: the usual empty one is encoded once per
-    model.
+    ``negative_cache`` ((text, emphasis, long_prompt) -> (L, D), filled here, the oldest
+    dropped past ``NEGATIVE_CACHE_SIZE`` chunks) or not: the usual empty one is encoded once
+    per model.
     """
     prompts = list(dict.fromkeys(p for p, _ in image_prompts))
     encoded = encode_text(tokenizer, text_encoder, prompts, device, emphasis, long_prompt)
@@ -139,9 +151,12 @@ def _negative_embedding(
     """(L, D) embedding of one negative prompt, ``key`` = (text, emphasis, long_prompt), from
     ``cache`` or encoded alone into it."""
     if key not in cache:
-        while len(cache) >= NEGATIVE_CACHE_SIZE:
-            del cache[next(iter(cache))]
-        cache[key] = encode_text(tokenizer, text_encoder, [key[0]], device, *key[1:])[0].to(dtype)
+        embedding = encode_text(tokenizer, text_encoder, [key[0]], device, *key[1:])[0].to(dtype)
+        window = tokenizer.model_max_length
+        kept = sum(len(e) // window for e in cache.values())
+        while cache and kept + len(embedding) // window > NEGATIVE_CACHE_SIZE:
+            kept -= len(cache.pop(next(iter(cache)))) // window
+        cache[key] = embedding
     return cache[key]
 
 

@@ -62,6 +62,9 @@ class Batcher:
         self._start = start or start_request
         self.unet = denoising_unet(model)
         self.active: list[PreparedRequest] = []
+        # The running states' embeddings joined, kept while the same states run: rows of
+        # several lengths are grouped once, not at every step.
+        self._joined: tuple[tuple, TextEmbeddings | None] = ((), None)
 
     def add(
         self, request: GenerationRequest, callback: StepCallback | None = None
@@ -120,6 +123,8 @@ class Batcher:
                     finished.append(self._finish(prepared))
         gone = {id(f.prepared) for f in finished}
         self.active = [p for p in self.active if id(p) not in gone]
+        if not self.active:
+            self._joined = ((), None)  # nothing of the finished requests is kept
         return finished
 
     def run_until_done(self) -> list[Finished]:
@@ -170,9 +175,23 @@ class Batcher:
         # (N,): each row its own request's timestep, in the form ``denoise_state`` passes it
         timesteps = torch.cat([s.row_timesteps(n) for s, n in zip(states, rows, strict=True)])
         sample = torch.cat(model_inputs)  # (N, C', h, w)
-        embeddings = TextEmbeddings.cat([s.embeddings for s in states])  # N rows
+        embeddings = self._joined_embeddings(states)  # N rows
         noise_pred = predict_noise(self.unet, sample, timesteps, embeddings)
         return list(noise_pred.split(rows))  # each (2B or B, C, h, w)
+
+    def _joined_embeddings(self, states: list) -> TextEmbeddings:
+        """The text embeddings of ``states``' rows, one after another; the same object while
+        the same states run (compared by identity: the tuple holds them, so none is freed and
+        its id reused)."""
+        joined_states, joined = self._joined
+        if (
+            joined is None
+            or len(joined_states) != len(states)
+            or any(a is not b for a, b in zip(joined_states, states, strict=False))
+        ):
+            joined = TextEmbeddings.cat([s.embeddings for s in states])
+            self._joined = (tuple(states), joined)
+        return joined
 
 
 def _without_frames(error: Exception) -> Exception:

@@ -18,7 +18,7 @@ from functools import cached_property
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LengthGroup:
     """The rows of one embedding length: where they are, and their embeddings stacked."""
 

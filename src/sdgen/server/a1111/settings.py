@@ -22,6 +22,9 @@ FIXED_SETTINGS: dict[str, tuple] = {
     "forge_additional_modules": ([],),  # Forge's extra modules: none
     # long prompts' chunks end after a comma within this many tokens (sdgen.conditioning.chunks)
     "comma_padding_backtrack": (COMMA_BACKTRACK, float(COMMA_BACKTRACK)),
+    # a prompt and its negative prompt of different chunk counts are run apart, not padded
+    "pad_cond_uncond": (False,),
+    "pad_cond_uncond_v0": (False,),
 }
 
 
