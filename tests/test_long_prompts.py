@@ -21,7 +21,7 @@ CAT, DOG, COMMA = "cat", "dog", ","
 
 
 def _words(tokenizer, chunks):
-    return [tokenizer.convert_ids_to_tokens(ids) for ids, _ in chunks]
+    return [tokenizer.convert_ids_to_tokens(chunk.ids) for chunk in chunks]
 
 
 def _tokens(word: str, n: int) -> list[str]:
@@ -33,7 +33,7 @@ def test_a_short_prompt_is_one_chunk_laid_out_as_diffusers_does(sd1_model, sd2_m
         tokenizer = model.tokenizer
         chunks = prompt_chunks(tokenizer, "a red circle, on grey", "off")
         assert len(chunks) == 1
-        ids, weights = layout(tokenizer, *chunks[0])
+        ids, weights = layout(tokenizer, chunks[0].ids, chunks[0].weights)
         assert ids == tokenizer("a red circle, on grey", padding="max_length").input_ids
         assert weights == [1.0] * 77
 
@@ -65,7 +65,7 @@ def test_break_ends_a_chunk_and_weights_cross_chunks(sd1_model):
     tokenizer = sd1_model.tokenizer
     chunks = prompt_chunks(tokenizer, "a cat BREAK a (dog:1.5)", "original")
     assert _words(tokenizer, chunks) == [["a</w>", "cat</w>"], ["a</w>", "dog</w>"]]
-    assert [weights for _, weights in chunks] == [[1.0, 1.0], [1.0, 1.5]]
+    assert [chunk.weights for chunk in chunks] == [[1.0, 1.0], [1.0, 1.5]]
     # a leading BREAK gives an empty first chunk, as in A1111
     assert _words(tokenizer, prompt_chunks(tokenizer, "BREAK cat", "original")) == [[], ["cat</w>"]]
     # emphasis off: BREAK is a word, as with A1111's emphasis "None"
@@ -94,8 +94,8 @@ def test_a_long_prompt_is_its_chunks_encoded_apart_and_joined(sd1_model):
     (joined,) = encode_text(tokenizer, encoder, [text], sd1_model.device, "original", "chunk")
     assert joined.shape == (154, encoder.config.hidden_size)
     expected = []
-    for ids, weights in prompt_chunks(tokenizer, text, "original"):
-        ids, weights = layout(tokenizer, ids, weights)
+    for chunk in prompt_chunks(tokenizer, text, "original"):
+        ids, weights = layout(tokenizer, chunk.ids, chunk.weights)
         hidden = encoder(torch.tensor([ids]))[0][0]  # (77, D), encoded alone
         scaled = hidden * torch.tensor(weights)[:, None]
         expected.append(scaled * (hidden.mean() / scaled.mean()))  # A1111's rescaling per chunk

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sdgen.media.metadata import ImageRecord, save_png
 from sdgen.models.loaded import LoadedModel
-from sdgen.pipelines.stages import GenerationResult
+from sdgen.pipelines.stages import GenerationResult, ti_hashes
 from sdgen.sampling.samplers import resolve_sampler
 
 
@@ -27,8 +27,14 @@ def image_record(
         model_name=model.display_name,
         model_hash=model.short_hash,
         version=f"sdgen {version('sdgen')}",
-        extra={**_stopped_extra(result), **(extra or {})},
+        extra={**_inversions_extra(model, request), **_stopped_extra(result), **(extra or {})},
     )
+
+
+def _inversions_extra(model: LoadedModel, request) -> dict:
+    """The textual inversions a picture's prompts named, as A1111 records them."""
+    hashes = ti_hashes(model, request)
+    return {"TI hashes": hashes} if hashes else {}
 
 
 def _stopped_extra(result: GenerationResult) -> dict:

@@ -54,6 +54,12 @@ def model_options(func):
             help="load pickle checkpoints: .ckpt/.pt/.pth/.bin (with torch's weights-only loader)",
         ),
         click.option(
+            "--embeddings",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="a folder of textual inversion embeddings that prompts name by file name "
+            "(A1111's embeddings folder)",
+        ),
+        click.option(
             "--out",
             type=click.Path(file_okay=False, path_type=Path),
             default=Path("outputs"),

@@ -36,6 +36,8 @@ class RunOptions:
     safety_checker: str | None = None
     fast_path: str = "auto"
     model_hash: str | None = None  # reproduce: the loaded model must have this ``Model hash``
+    embeddings: Path | None = None  # a folder of textual inversions (load_model's embeddings)
+    ti_hashes: str | None = None  # reproduce: the embeddings the picture named (TI hashes)
     stop_at: int | None = None  # reproduce: end after this step, with its predicted pictures
 
     @classmethod
@@ -130,6 +132,7 @@ def _generate(request: GenerationRequest, options: RunOptions, callbacks: list):
             token=options.token,
             allow_pickle=options.allow_pickle,
             fast_path=for_one_off_command(options.fast_path),
+            embeddings=options.embeddings,
         )
 
     def callback(step) -> None:
@@ -141,10 +144,10 @@ def _generate(request: GenerationRequest, options: RunOptions, callbacks: list):
 
         devices = parse_devices(options.devices)[: request.total_images]  # none left idle
         models = load_on_devices(devices, load)
-        _check_model_hash(models[0], options.model_hash)
+        _check_recorded_weights(models[0], request, options)
         return generate_on_devices(request, models, callback), models[0]
     model = load(request.device)
-    _check_model_hash(model, options.model_hash)
+    _check_recorded_weights(model, request, options)
     return generate(model, request, callback=callback), model
 
 
@@ -159,8 +162,19 @@ def _stop_after(steps: int):
     return stop
 
 
-def _check_model_hash(model, expected: str | None) -> None:
-    """Refuse to reproduce a picture with other weights than those it was made with."""
+def _check_recorded_weights(model, request: GenerationRequest, options: RunOptions) -> None:
+    """Refuse to reproduce a picture with other weights than those it was made with: the
+    model's, and the textual inversions its prompts named."""
+    from sdgen.pipelines.stages import ti_hashes
+
+    expected = options.model_hash
+    if options.ti_hashes is not None and ti_hashes(model, request) != options.ti_hashes:
+        raise InvalidRequest(
+            "embeddings",
+            str(options.embeddings) if options.embeddings else "none",
+            f"the embeddings the picture's prompts named (TI hashes {options.ti_hashes}; "
+            f"these give {ti_hashes(model, request) or 'none'}): --embeddings with them",
+        )
     if expected is not None and model.short_hash != expected:
         raise InvalidRequest(
             "model",

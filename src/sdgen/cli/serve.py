@@ -54,6 +54,12 @@ SERVER_MISSING = 'sdgen serve needs the server extra: pip install "sdgen[server]
 )
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option(
+    "--embeddings",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="a folder of textual inversion embeddings that prompts name by file name, for every "
+    "model (A1111's embeddings folder; safetensors only)",
+)
+@click.option(
     "--fast-path",
     type=click.Choice(FAST_PATH_MODES),
     default="auto",
@@ -95,6 +101,7 @@ def serve(
     max_batch: int,
     devices: str | None,
     precision: str,
+    embeddings: Path | None,
     fast_path: str,
     warmup: bool,
     max_steps: int,
@@ -133,6 +140,7 @@ def serve(
         models=models or (MINIATURE_MODEL,),
         devices=tuple(_devices(devices)),
         precision=precision,
+        embeddings=embeddings,
         fast_path=fast_path,
         warmup=warmup,
         host=host,

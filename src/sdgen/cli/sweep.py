@@ -105,6 +105,7 @@ def sweep(prompt, init_image, resize, **kwargs) -> None:
         token=kwargs["hf_token"],
         allow_pickle=kwargs["allow_pickle"],
         fast_path=for_one_off_command(kwargs["fast_path"]),
+        embeddings=kwargs["embeddings"],
     )
     _check_cells(model, cells)
     out: Path = kwargs["out"]

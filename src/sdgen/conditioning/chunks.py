@@ -15,51 +15,173 @@ tokens conditions the UNet with 154 positions. As in A1111:
 - emphasis weights are applied and rescaled chunk by chunk (A1111 rescales each chunk);
 - a prompt of at most 75 tokens is one chunk laid out as diffusers lays it out, so it gives
   exactly the truncating reading's embedding.
+
+Textual inversion embeddings (``sdgen.models.textual_inversion``) are found here too, in either
+reading, as A1111 finds them: where a prompt's tokens spell an embedding's name, its n vectors
+take n positions (a "fix" of the text encoder's input), weighted as the words around them; in
+chunks, an embedding that does not fit in what is left of a chunk starts the next one. (A1111
+leaves an embedding behind when a comma moves its phrase to the next chunk, a bug; sdgen moves
+it with the phrase.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+
 from sdgen.conditioning.emphasis import weighted_runs
+from sdgen.models.textual_inversion import TextualInversion
 from sdgen.models.tokenizing import tokenize
 
 COMMA_BACKTRACK = 20  # A1111's default "comma_padding_backtrack" (its "word wrap length limit")
 MAX_CHUNKS = 32  # 2,400 tokens of SD 1.x: more is refused (the UNet's cost grows with them)
+PLACEHOLDER = 0  # the token id under an embedding's vectors (A1111's); replaced before use
 
-Chunk = tuple[list[int], list[float]]  # one chunk's token ids and weights, at most 75 of each
+# first token of an embedding's name -> (the name's token ids, the embedding), longest first
+InversionLookup = dict[int, list[tuple[tuple[int, ...], TextualInversion]]]
 
 
-def prompt_chunks(tokenizer, text: str, emphasis: str) -> list[Chunk]:
+class Chunk(NamedTuple):
+    """Up to 75 tokens of a prompt: ids, emphasis weights, and the textual inversion vectors
+    that replace the input embeddings at some positions."""
+
+    ids: list[int]
+    weights: list[float]
+    fixes: list[tuple[int, torch.Tensor]]  # (position in ids, (n, D) vectors)
+
+
+def inversion_lookup(tokenizer, inversions: dict[str, TextualInversion]) -> InversionLookup:
+    """Where to look for ``inversions`` in tokens: by the first token of their names."""
+    lookup: InversionLookup = {}
+    for name, inversion in inversions.items():
+        ids = tuple(tokenize(tokenizer, name, add_special_tokens=False, verbose=False).input_ids)
+        if ids:
+            lookup.setdefault(ids[0], []).append((ids, inversion))
+    for candidates in lookup.values():
+        candidates.sort(key=lambda candidate: -len(candidate[0]))
+    return lookup
+
+
+def prompt_chunks(
+    tokenizer, text: str, emphasis: str, lookup: InversionLookup | None = None
+) -> list[Chunk]:
     """``text``'s tokens cut into chunks as A1111's ``tokenize_line`` cuts them (see the
     module's note), without start, end or padding (``layout`` adds them). ``emphasis`` "off"
     reads the whole text as words, BREAK too, as A1111's "None" mode does."""
     size = tokenizer.model_max_length - 2  # 75 for CLIP
     comma = _comma_id(tokenizer)
-    runs = weighted_runs(text, breaks=True) if emphasis != "off" else [(text, 1.0)]
     chunks: list[Chunk] = []
-    ids: list[int] = []
-    weights: list[float] = []
-    last_comma = -1  # position in ``ids`` of the chunk's last comma
+    chunk = Chunk([], [], [])
+    last_comma = -1  # position in the chunk of its last comma
+    for unit in _units(tokenizer, text, emphasis, lookup, breaks=True):
+        if unit is None:  # BREAK
+            chunks.append(chunk)
+            chunk, last_comma = Chunk([], [], []), -1
+            continue
+        token, weight, inversion = unit
+        if token == comma:
+            last_comma = len(chunk.ids)
+        elif len(chunk.ids) == size and last_comma != -1 and size - last_comma <= COMMA_BACKTRACK:
+            cut = last_comma + 1  # the phrase after the comma moves to the next chunk
+            chunks.append(_part(chunk, 0, cut))
+            chunk, last_comma = _part(chunk, cut, size), -1
+        if len(chunk.ids) == size:
+            chunks.append(chunk)
+            chunk, last_comma = Chunk([], [], []), -1
+        if inversion is None:
+            chunk.ids.append(token)
+            chunk.weights.append(weight)
+            continue
+        if len(chunk.ids) + len(inversion.vectors) > size:  # it does not fit: the next chunk
+            chunks.append(chunk)
+            chunk, last_comma = Chunk([], [], []), -1
+        _add_inversion(chunk, inversion.vectors, weight)
+    if chunk.ids or not chunks:
+        chunks.append(chunk)
+    return chunks
+
+
+def prompt_tokens(
+    tokenizer, text: str, emphasis: str, lookup: InversionLookup | None = None
+) -> Chunk:
+    """All of ``text``'s tokens, weights and embeddings' vectors in one run (no BREAK), for the
+    truncating reading; ``emphasis`` "off" reads the text as words."""
+    tokens = Chunk([], [], [])
+    for token, weight, inversion in _units(tokenizer, text, emphasis, lookup, breaks=False):
+        if inversion is None:
+            tokens.ids.append(token)
+            tokens.weights.append(weight)
+        else:
+            _add_inversion(tokens, inversion.vectors, weight)
+    return tokens
+
+
+def named_inversions(
+    tokenizer, text: str, emphasis: str, lookup: InversionLookup
+) -> list[TextualInversion]:
+    """The textual inversions ``text`` names, in the order it first names them."""
+    found: dict[str, TextualInversion] = {}
+    if lookup:
+        for unit in _units(tokenizer, text, emphasis, lookup, breaks=True):
+            if unit is not None and unit[2] is not None:
+                found.setdefault(unit[2].name, unit[2])
+    return list(found.values())
+
+
+def truncated(tokens: Chunk, size: int) -> Chunk:
+    """The first ``size`` positions of ``tokens``; an embedding cut at the end keeps the
+    vectors that fit, as diffusers' truncation keeps an embedding's first tokens."""
+    return Chunk(
+        tokens.ids[:size],
+        tokens.weights[:size],
+        [(start, vectors[: size - start]) for start, vectors in tokens.fixes if start < size],
+    )
+
+
+def _units(tokenizer, text, emphasis, lookup, breaks) -> Iterator[tuple | None]:
+    """(token, weight, None) for each token of ``text``, (first token, weight, embedding) for
+    an embedding's name, None for a BREAK."""
+    runs = weighted_runs(text, breaks=breaks) if emphasis != "off" else [(text, 1.0)]
     for run_text, weight in runs:
-        if run_text is None:  # BREAK
-            chunks.append((ids, weights))
-            ids, weights, last_comma = [], [], -1
+        if run_text is None:
+            yield None
             continue
         tokens = tokenize(tokenizer, run_text, add_special_tokens=False, verbose=False).input_ids
-        for token in tokens:
-            if token == comma:
-                last_comma = len(ids)
-            elif len(ids) == size and last_comma != -1 and size - last_comma <= COMMA_BACKTRACK:
-                cut = last_comma + 1  # the phrase after the comma moves to the next chunk
-                chunks.append((ids[:cut], weights[:cut]))
-                ids, weights, last_comma = ids[cut:], weights[cut:], -1
-            if len(ids) == size:
-                chunks.append((ids, weights))
-                ids, weights, last_comma = [], [], -1
-            ids.append(token)
-            weights.append(weight)
-    if ids or not chunks:
-        chunks.append((ids, weights))
-    return chunks
+        position = 0
+        while position < len(tokens):
+            found = _inversion_at(lookup, tokens, position) if lookup else None
+            if found is None:
+                yield tokens[position], weight, None
+                position += 1
+            else:
+                yield tokens[position], weight, found[1]
+                position += len(found[0])
+
+
+def _inversion_at(lookup: InversionLookup, tokens: list[int], position: int):
+    """The (name ids, embedding) whose name starts at ``position``, the longest; or None."""
+    for ids, inversion in lookup.get(tokens[position], ()):
+        if tuple(tokens[position : position + len(ids)]) == ids:
+            return ids, inversion
+    return None
+
+
+def _add_inversion(chunk: Chunk, vectors: torch.Tensor, weight: float) -> None:
+    chunk.fixes.append((len(chunk.ids), vectors))
+    chunk.ids.extend([PLACEHOLDER] * len(vectors))
+    chunk.weights.extend([weight] * len(vectors))
+
+
+def _part(chunk: Chunk, start: int, end: int) -> Chunk:
+    """Positions ``start`` to ``end`` of ``chunk``, its embeddings moved with them (an
+    embedding lies wholly on one side of a comma)."""
+    return Chunk(
+        chunk.ids[start:end],
+        chunk.weights[start:end],
+        [(at - start, vectors) for at, vectors in chunk.fixes if start <= at < end],
+    )
 
 
 def _comma_id(tokenizer) -> int | None:
@@ -80,20 +202,10 @@ def layout(tokenizer, ids: list[int], weights: list[float]) -> tuple[list[int], 
     )
 
 
-def weighted_tokens(tokenizer, text: str) -> tuple[list[int], list[float]]:
-    """All of ``text``'s token ids and their emphasis weights, without start or end."""
-    ids, weights = [], []
-    for run_text, weight in weighted_runs(text):
-        run_ids = tokenize(tokenizer, run_text, add_special_tokens=False, verbose=False).input_ids
-        ids += run_ids
-        weights += [weight] * len(run_ids)
-    return ids, weights
-
-
 def weighted_ids(tokenizer, text: str) -> tuple[list[int], list[float], int]:
     """The truncating reading of ``text`` with emphasis: its first 75 tokens and their weights
     as the text encoder reads them (``layout``), and how many tokens the text had (without
     start and end), for the truncation warning."""
-    size = tokenizer.model_max_length - 2
-    ids, weights = weighted_tokens(tokenizer, text)
-    return (*layout(tokenizer, ids[:size], weights[:size]), len(ids))
+    tokens = prompt_tokens(tokenizer, text, "original")
+    kept = truncated(tokens, tokenizer.model_max_length - 2)
+    return (*layout(tokenizer, kept.ids, kept.weights), len(tokens.ids))

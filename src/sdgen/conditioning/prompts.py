@@ -9,15 +9,19 @@ As in diffusers' StableDiffusionPipeline: every prompt is padded or truncated to
 from __future__ import annotations
 
 import logging
+import threading
+from contextlib import contextmanager
 
 import torch
 
 from sdgen.conditioning.chunks import (
     MAX_CHUNKS,
+    Chunk,
+    InversionLookup,
     layout,
     prompt_chunks,
-    weighted_ids,
-    weighted_tokens,
+    prompt_tokens,
+    truncated,
 )
 from sdgen.conditioning.emphasis import emphasize
 from sdgen.errors import InvalidRequest
@@ -35,15 +39,32 @@ def encode_text(
     device: torch.device,
     emphasis: str = "off",
     long_prompt: str = "truncate",
+    inversions: InversionLookup | None = None,
 ) -> list[torch.Tensor]:
     """The text encoder's last hidden states for each of ``texts``: (77, D) each, or with
     ``long_prompt`` "chunk" 77 positions per 75-token chunk (``sdgen.conditioning.chunks``).
     With an ``emphasis`` mode, A1111's (words:1.2) syntax weighs them
-    (``sdgen.conditioning.emphasis``)."""
+    (``sdgen.conditioning.emphasis``); the textual inversions of ``inversions`` are read
+    where the texts name them."""
     if long_prompt == "chunk":
-        return _encode_chunked(tokenizer, text_encoder, texts, device, emphasis)
-    if emphasis != "off":
-        return list(_encode_emphasized(tokenizer, text_encoder, texts, device, emphasis))
+        chunks = [prompt_chunks(tokenizer, text, emphasis, inversions) for text in texts]
+        contents = [chunk for text_chunks in chunks for chunk in text_chunks]
+        hidden = _encode_windows(tokenizer, text_encoder, contents, device, emphasis)
+        return [part.flatten(0, 1) for part in hidden.split([len(c) for c in chunks])]
+    if emphasis != "off" or inversions:
+        size = tokenizer.model_max_length - 2
+        contents = []
+        for text in texts:
+            tokens = prompt_tokens(tokenizer, text, emphasis, inversions)
+            if len(tokens.ids) > size:
+                log.warning(
+                    "prompt of %d tokens is longer than %d; its end is ignored: %r...",
+                    len(tokens.ids) + 2,
+                    tokenizer.model_max_length,
+                    text[:80],
+                )
+            contents.append(truncated(tokens, size))
+        return list(_encode_windows(tokenizer, text_encoder, contents, device, emphasis))
     max_length = tokenizer.model_max_length
     tokens = tokenize(
         tokenizer,
@@ -60,46 +81,49 @@ def encode_text(
     return list(text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0])
 
 
-def _encode_emphasized(tokenizer, text_encoder, texts, device, emphasis) -> torch.Tensor:
-    size = tokenizer.model_max_length - 2
-    contents = []
-    for text in texts:
-        ids, weights = weighted_tokens(tokenizer, text)
-        if len(ids) > size:
-            log.warning(
-                "prompt of %d tokens is longer than %d; its end is ignored: %r...",
-                len(ids) + 2,
-                tokenizer.model_max_length,
-                text[:80],
-            )
-        contents.append((ids[:size], weights[:size]))
-    return _encode_windows(tokenizer, text_encoder, contents, device, emphasis)
-
-
-def _encode_chunked(tokenizer, text_encoder, texts, device, emphasis) -> list[torch.Tensor]:
-    """Every chunk of every text in one text-encoder call; each text's chunks joined."""
-    chunks = [prompt_chunks(tokenizer, text, emphasis) for text in texts]
-    contents = [chunk for text_chunks in chunks for chunk in text_chunks]
-    hidden = _encode_windows(tokenizer, text_encoder, contents, device, emphasis)  # (C, 77, D)
-    return [part.flatten(0, 1) for part in hidden.split([len(c) for c in chunks])]
-
-
 def _encode_windows(
-    tokenizer, text_encoder, contents: list[tuple[list[int], list[float]]], device, emphasis: str
+    tokenizer, text_encoder, contents: list[Chunk], device, emphasis: str
 ) -> torch.Tensor:
-    """(N, 77, D) hidden states of N windows of at most 75 tokens (ids, weights), laid out as
-    the text encoder reads them (``layout``), each weighted as ``emphasis`` says (rescaled on
-    its own: A1111's, chunk by chunk)."""
-    windows = [layout(tokenizer, ids, weights) for ids, weights in contents]
+    """(N, 77, D) hidden states of N windows of at most 75 tokens, laid out as the text
+    encoder reads them (``layout``), with their textual inversion vectors in place, each
+    weighted as ``emphasis`` says (rescaled on its own: A1111's, chunk by chunk)."""
+    windows = [layout(tokenizer, chunk.ids, chunk.weights) for chunk in contents]
     ids = torch.tensor([window[0] for window in windows], device=device)
     weights = torch.tensor([window[1] for window in windows], device=device)
     mask = None
     if getattr(text_encoder.config, "use_attention_mask", False):
         # start token, the tokens, end token: the padding after them is masked
-        ends = torch.tensor([len(content[0]) + 1 for content in contents], device=device)
+        ends = torch.tensor([len(chunk.ids) + 1 for chunk in contents], device=device)
         mask = (torch.arange(ids.shape[1], device=device) <= ends[:, None]).long()
-    hidden = text_encoder(ids, attention_mask=mask)[0]
+    fixes = [(row, 1 + at, v) for row, chunk in enumerate(contents) for at, v in chunk.fixes]
+    with _input_embeddings_fixed(text_encoder, fixes):
+        hidden = text_encoder(ids, attention_mask=mask)[0]
     return emphasize(hidden, weights, emphasis) if emphasis != "off" else hidden
+
+
+@contextmanager
+def _input_embeddings_fixed(text_encoder, fixes: list[tuple[int, int, torch.Tensor]]):
+    """While inside, the text encoder's token embeddings called from this thread have
+    ``fixes`` (row, position, (n, D) vectors) in place: textual inversion, as A1111's
+    ``EmbeddingsWithFixes`` does. Other threads' calls are left alone."""
+    if not fixes:
+        yield
+        return
+    thread = threading.get_ident()
+
+    def fix(module, inputs, output):  # (N, 77, D) token embeddings, before positions are added
+        if threading.get_ident() != thread:
+            return None
+        output = output.clone()
+        for row, at, vectors in fixes:
+            output[row, at : at + len(vectors)] = vectors.to(output.device, output.dtype)
+        return output
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(fix)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 # Negative prompts' chunks kept per model: 32 one-chunk negative prompts ((77, 768) fp32 is
@@ -118,6 +142,7 @@ def encode_conditioning(
     negative_cache: dict[tuple[str, str, str], torch.Tensor] | None = None,
     emphasis: str = "off",
     long_prompt: str = "truncate",
+    inversions: InversionLookup | None = None,
 ) -> TextEmbeddings:
     """The UNet's conditioning for a batch of images, one (prompt, negative) pair per image.
 
@@ -127,17 +152,18 @@ def encode_conditioning(
     call of its own, so that its embedding is the same whether it comes from
     ``negative_cache`` ((text, emphasis, long_prompt) -> (L, D), filled here, the oldest
     dropped past ``NEGATIVE_CACHE_SIZE`` chunks) or not: the usual empty one is encoded once
-    per model.
+    per model. ``inversions``: the model's textual inversions, the same for all its calls.
     """
     prompts = list(dict.fromkeys(p for p, _ in image_prompts))
-    encoded = encode_text(tokenizer, text_encoder, prompts, device, emphasis, long_prompt)
+    reading = (emphasis, long_prompt, inversions)
+    encoded = encode_text(tokenizer, text_encoder, prompts, device, *reading)
     embedding = {p: e.to(dtype) for p, e in zip(prompts, encoded, strict=True)}
     rows = [embedding[p] for p, _ in image_prompts]
     if guided:
         cache = {} if negative_cache is None else negative_cache
         negatives = {
             text: _negative_embedding(
-                tokenizer, text_encoder, (text, emphasis, long_prompt), device, dtype, cache
+                tokenizer, text_encoder, (text, *reading), device, dtype, cache
             )
             for text in dict.fromkeys(n for _, n in image_prompts)
         }
@@ -146,12 +172,15 @@ def encode_conditioning(
 
 
 def _negative_embedding(
-    tokenizer, text_encoder, key: tuple[str, str, str], device: torch.device, dtype, cache: dict
+    tokenizer, text_encoder, reading: tuple, device: torch.device, dtype, cache: dict
 ) -> torch.Tensor:
-    """(L, D) embedding of one negative prompt, ``key`` = (text, emphasis, long_prompt), from
-    ``cache`` or encoded alone into it."""
+    """(L, D) embedding of one negative prompt, ``reading`` = (text, emphasis, long_prompt,
+    inversions), from ``cache`` or encoded alone into it; cached under (text, emphasis,
+    long_prompt): a model's inversions never change."""
+    key = reading[:3]
     if key not in cache:
-        embedding = encode_text(tokenizer, text_encoder, [key[0]], device, *key[1:])[0].to(dtype)
+        embedding = encode_text(tokenizer, text_encoder, [key[0]], device, *reading[1:])[0]
+        embedding = embedding.to(dtype)
         window = tokenizer.model_max_length
         kept = sum(len(e) // window for e in cache.values())
         while cache and kept + len(embedding) // window > NEGATIVE_CACHE_SIZE:
@@ -160,14 +189,14 @@ def _negative_embedding(
     return cache[key]
 
 
-def check_prompt_lengths(tokenizer, request) -> None:
+def check_prompt_lengths(tokenizer, request, inversions: InversionLookup | None = None) -> None:
     """Refuse a prompt or negative prompt of more than MAX_CHUNKS chunks when ``request``
     (a ``GenerationRequest``) reads prompts in chunks, naming the field."""
     if request.long_prompt != "chunk":
         return
     size = tokenizer.model_max_length - 2
     for name, text in _request_texts(request):
-        count = len(prompt_chunks(tokenizer, text, request.emphasis))
+        count = len(prompt_chunks(tokenizer, text, request.emphasis, inversions))
         if count > MAX_CHUNKS:
             raise InvalidRequest(
                 name,
@@ -176,7 +205,7 @@ def check_prompt_lengths(tokenizer, request) -> None:
             )
 
 
-def truncation_warnings(tokenizer, request) -> list[str]:
+def truncation_warnings(tokenizer, request, inversions: InversionLookup | None = None) -> list[str]:
     """What the text encoder will not read of ``request``'s prompts (a ``GenerationRequest``):
     one warning per text past the tokenizer's limit, e.g. ``"prompt: 93 tokens, truncated to
     77"`` (``"prompt[1]: ..."`` when a field has several texts); none when prompts are read in
@@ -189,10 +218,10 @@ def truncation_warnings(tokenizer, request) -> list[str]:
     max_length = tokenizer.model_max_length
     warnings = []
     for name, text in _request_texts(request):
-        if request.emphasis == "off":
+        if request.emphasis == "off" and not inversions:
             count = len(tokenize(tokenizer, text, verbose=False).input_ids)
-        else:  # the brackets are not tokens
-            count = weighted_ids(tokenizer, text)[2] + 2
+        else:  # the brackets are not tokens; an embedding takes its vectors' positions
+            count = len(prompt_tokens(tokenizer, text, request.emphasis, inversions).ids) + 2
         if count > max_length:
             warnings.append(f"{name}: {count} tokens, truncated to {max_length}")
     return warnings

@@ -27,6 +27,7 @@ from sdgen.engine.limits import Limits, preflight
 from sdgen.engine.models import ModelPool
 from sdgen.engine.workers import EngineJob, WorkerLoop
 from sdgen.errors import SdgenError
+from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,14 @@ class Engine(WorkerLoop):
         """
         name = self.models.resolve_name(request.model)
         self.limits.check(request)  # before any model is touched
+        model = self.model(name)
+        resolved = preflight(model, request.replace(model=name), self.limits)
+        return resolved.replace(device="auto")  # the worker decides where it runs
+
+    def model(self, name: str | None) -> LoadedModel:
+        """The model ``name`` (None: the default) on any device, loaded if it is not yet; a
+        model that cannot load is ModelUnavailable, naming it."""
+        name = self.models.resolve_name(name)
         try:
             model = self.models.any(name, self.devices[0])
         except SdgenError as err:  # the model's fault, not the request's: no traceback
@@ -154,16 +163,16 @@ class Engine(WorkerLoop):
             log.exception("loading %s failed", name)
             raise ModelUnavailable(name, f"{type(err).__name__}: {err}") from err
         self._forget_load_errors()
-        resolved = preflight(model, request.replace(model=name), self.limits)
-        return resolved.replace(device="auto")  # the worker decides where it runs
+        return model
 
     def warnings(self, request: GenerationRequest) -> list[str]:
         """What a checked request runs with but not as asked: prompts past the tokenizer's limit
         (the text encoder reads only its first tokens, as diffusers does)."""
         from sdgen.conditioning.prompts import truncation_warnings
+        from sdgen.pipelines.stages import inversions_of
 
         model = self.models.any(request.model, self.devices[0])
-        return truncation_warnings(model.tokenizer, request)
+        return truncation_warnings(model.tokenizer, request, inversions_of(model))
 
     def submit(
         self,

@@ -76,7 +76,7 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
     from sdgen.conditioning.prompts import check_prompt_lengths
     from sdgen.pipelines.init_images import sized_picture, strength_timesteps
     from sdgen.pipelines.masking import check_inpaint_pictures
-    from sdgen.pipelines.stages import new_scheduler, resolve_request
+    from sdgen.pipelines.stages import inversions_of, new_scheduler, resolve_request
 
     limits.check(request)
     resolved = resolve_request(model, request)
@@ -85,7 +85,8 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
     # the size that comes from the model or the init picture
     limits.check(resolved, size_field="init_image" if from_picture else "width")
     scheduler = new_scheduler(model, resolved)  # steps the sampler can take; eta DDIM's only
-    check_prompt_lengths(model.tokenizer, resolved)  # chunks, when prompts are read in chunks
+    # chunks, when prompts are read in chunks
+    check_prompt_lengths(model.tokenizer, resolved, inversions_of(model))
     if resolved.init_image is not None:
         if resolved.mask is not None:  # sizes, and a mask to crop to
             check_inpaint_pictures(resolved)

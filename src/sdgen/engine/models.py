@@ -10,6 +10,7 @@ import copy
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from sdgen.errors import InvalidRequest, SdgenError
 from sdgen.models.loaded import LoadedModel
@@ -18,13 +19,19 @@ Loader = Callable[[str, str], LoadedModel]  # (configured name, device) -> model
 
 
 def load_configured(
-    name: str, device: str, precision: str = "auto", fast_path: str = "auto"
+    name: str,
+    device: str,
+    precision: str = "auto",
+    fast_path: str = "auto",
+    embeddings: Path | None = None,
 ) -> LoadedModel:
-    """The default loader: ``load_model`` with the server's precision and fast path, pickles
-    refused."""
+    """The default loader: ``load_model`` with the server's precision, fast path and textual
+    inversions, pickles refused."""
     from sdgen.models.loader import load_model
 
-    return load_model(name, device=device, precision=precision, fast_path=fast_path)
+    return load_model(
+        name, device=device, precision=precision, fast_path=fast_path, embeddings=embeddings
+    )
 
 
 class ModelPool:

@@ -125,19 +125,22 @@ class Recorded:
     request: GenerationRequest
     model_hash: str | None  # A1111's Model hash of the weights it was made with
     stopped_at: int | None  # the step a stopped generation's picture was taken at
+    ti_hashes: str = ""  # the textual inversions its prompts named, A1111's "TI hashes"
 
 
 def read_recorded(path: Path, pictures: dict[str, InputPicture] | None = None) -> Recorded:
-    """The request, model hash and stopping step recorded in a PNG written by sdgen (one read);
-    ``pictures`` as for ``read_request``."""
+    """The request, model hash, stopping step and embeddings recorded in a PNG written by
+    sdgen (one read); ``pictures`` as for ``read_request``."""
     recorded = _recorded(path)
     model_hash = recorded.get("model_hash")
     extra = recorded.get("extra")
-    stopped = extra.get("Stopped at step") if isinstance(extra, dict) else None
+    extra = extra if isinstance(extra, dict) else {}
+    stopped, ti_hashes = extra.get("Stopped at step"), extra.get("TI hashes", "")
     return Recorded(
         request=GenerationRequest.from_dict(recorded["request"], pictures),
         model_hash=model_hash if isinstance(model_hash, str) else None,
         stopped_at=None if stopped is None else _stopped_step(path, stopped),
+        ti_hashes=ti_hashes if isinstance(ti_hashes, str) else "",
     )
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from sdgen.models.textual_inversion import TextualInversions
+
 
 @dataclass
 class LoadedModel:
@@ -29,6 +31,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     fast_path: tuple[str, ...] = ()  # what sdgen.models.fast_path applied, e.g. ("compile", ...)
+    # textual inversion embeddings that prompts can name (sdgen.models.textual_inversion)
+    textual_inversions: TextualInversions = field(default_factory=TextualInversions.none)
     # What the layers above derive from the networks and keep for the model's life (negative
     # prompts' embeddings, traced UNets): the weights never change once loaded, so nothing has
     # to invalidate it. Not an argument: a copy made with dataclasses.replace starts empty.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from sdgen.errors import ModelNotFound
+from sdgen.errors import ModelNotFound, SdgenError
 from sdgen.models.building import BUILD_LOCK
 from sdgen.models.bundled import BUNDLED_MODELS, MINIATURE_MODEL
 from sdgen.models.devices import resolve_device, resolve_dtype
@@ -17,6 +17,7 @@ from sdgen.models.fast_path import apply_fast_path, fast_path_parts
 from sdgen.models.hub import is_hub_id
 from sdgen.models.loaded import LoadedModel
 from sdgen.models.safety import is_pickle, refuse_pickle
+from sdgen.models.textual_inversion import TextualInversions, load_textual_inversions
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ def load_model(
     token: str | None = None,
     allow_pickle: bool = False,
     fast_path: str = "auto",
+    embeddings: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Load a Stable Diffusion 1.x/2.x model for generation.
 
@@ -60,6 +62,9 @@ def load_model(
         allow_pickle: load ``.ckpt``/``.bin`` files (through torch's weights-only loader).
         fast_path: ``auto`` (on for CUDA), ``on`` or ``off``: channels-last, fused QKV
             projections, ``torch.compile`` and CUDA graphs (``sdgen.models.fast_path``).
+        embeddings: a folder of textual inversion embeddings that prompts name by file name,
+            as A1111's embeddings folder (``sdgen.models.textual_inversion``); pickles only
+            with ``allow_pickle``. Files that do not fit the model are skipped and listed.
     Returns:
         The loaded components, on ``device`` in the chosen precision, in eval mode.
     """
@@ -67,6 +72,8 @@ def load_model(
     target = resolve_device(device)
     dtype = resolve_dtype(precision, target)
     fast = fast_path_parts(fast_path, target)  # checked before anything is loaded
+    if embeddings is not None and not Path(embeddings).is_dir():
+        raise SdgenError(f"embeddings: {embeddings} is not a folder of embedding files")
     kind, path = check_model_source(name, allow_pickle=allow_pickle)
     if kind == "hub":
         from sdgen.models.hub import download_model
@@ -82,8 +89,22 @@ def load_model(
     for network in NETWORKS:
         components[network].to(target).eval().requires_grad_(False)
     apply_fast_path(components["unet"], components["vae"], fast)
+    inversions = TextualInversions.none()
+    if embeddings is not None:
+        inversions = load_textual_inversions(
+            embeddings,
+            components["text_encoder"].get_input_embeddings().embedding_dim,
+            components["tokenizer"].model_max_length - 2,
+            allow_pickle=allow_pickle,
+        )
     return LoadedModel(
-        name=name, source=path, device=target, dtype=dtype, fast_path=fast, **components
+        name=name,
+        source=path,
+        device=target,
+        dtype=dtype,
+        fast_path=fast,
+        textual_inversions=inversions,
+        **components,
     )
 
 

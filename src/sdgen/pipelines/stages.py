@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from sdgen.conditioning.chunks import InversionLookup, inversion_lookup, named_inversions
 from sdgen.conditioning.prompts import check_prompt_lengths, encode_conditioning
 from sdgen.errors import GenerationStopped, InvalidRequest, SdgenError
 from sdgen.media.images import decode_latents
@@ -175,7 +176,7 @@ def _takes(scheduler, steps: int) -> bool:
 
 def text_conditioning(model: LoadedModel, request: GenerationRequest) -> TextEmbeddings:
     """Embeddings of 2B or B rows: [negative; prompt] in image order when guiding."""
-    check_prompt_lengths(model.tokenizer, request)
+    check_prompt_lengths(model.tokenizer, request, inversions_of(model))
     return encode_conditioning(
         model.tokenizer,
         model.text_encoder,
@@ -186,7 +187,27 @@ def text_conditioning(model: LoadedModel, request: GenerationRequest) -> TextEmb
         negative_cache=model.caches.setdefault("negative_embeddings", {}),
         emphasis=request.emphasis,
         long_prompt=request.long_prompt,
+        inversions=inversions_of(model),
     )
+
+
+def ti_hashes(model: LoadedModel, request: GenerationRequest) -> str:
+    """A1111's ``TI hashes`` of the textual inversions ``request``'s prompts name: "name:
+    hash, ..." in the order they are first named; "" for none."""
+    lookup = inversions_of(model)
+    named: dict[str, str] = {}
+    for text in (*request.prompts, *request.negative_prompts):
+        for inversion in named_inversions(model.tokenizer, text, request.emphasis, lookup):
+            named.setdefault(inversion.name, inversion.short_hash)
+    return ", ".join(f"{name}: {short}" for name, short in named.items())
+
+
+def inversions_of(model: LoadedModel) -> InversionLookup:
+    """Where prompts name ``model``'s textual inversions, worked out once per model."""
+    if "inversion_lookup" not in model.caches:
+        inversions = model.textual_inversions.by_name
+        model.caches["inversion_lookup"] = inversion_lookup(model.tokenizer, inversions)
+    return model.caches["inversion_lookup"]
 
 
 def denoising_unet(model: LoadedModel):

@@ -61,7 +61,9 @@ def create_app(
 
     def default_engine(listener: JobListener) -> Engine:
         def load_model(name: str, device: str):
-            return load_configured(name, device, config.precision, config.fast_path)
+            return load_configured(
+                name, device, config.precision, config.fast_path, config.embeddings
+            )
 
         return Engine(
             ModelPool(config.models, load or load_model),

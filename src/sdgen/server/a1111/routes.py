@@ -115,9 +115,9 @@ for _name in NONE_OF:
 
 
 @router.get("/embeddings")
-def embeddings() -> dict:
-    """No textual-inversion embeddings."""
-    return {"loaded": {}, "skipped": {}}
+def embeddings(request: Request) -> dict:
+    """The textual inversions of the current checkpoint (``sdgen serve --embeddings``)."""
+    return handler(request).embeddings()
 
 
 @router.post("/refresh-checkpoints")

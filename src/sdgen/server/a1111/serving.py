@@ -273,6 +273,27 @@ class A1111Handler:
             )
         return items
 
+    def embeddings(self) -> dict:
+        """``GET /sdapi/v1/embeddings``: the textual inversions prompts can name with the
+        current checkpoint (``sdgen serve --embeddings``), and the files skipped, as A1111
+        lists them."""
+        inversions = self.service.engine.model(self.checkpoint).textual_inversions
+        loaded = {
+            name: {
+                "step": None,
+                "sd_checkpoint": None,
+                "sd_checkpoint_name": None,
+                "shape": int(inversion.vectors.shape[1]),
+                "vectors": int(inversion.vectors.shape[0]),
+            }
+            for name, inversion in inversions.by_name.items()
+        }
+        skipped = {
+            file: {"step": None, "sd_checkpoint": None, "reason": reason}
+            for file, reason in inversions.skipped.items()
+        }
+        return {"loaded": loaded, "skipped": skipped}
+
     def options(self) -> dict:
         models = self.sd_models()
         current = next((m for m in models if m.model_name == self.checkpoint), models[0])

@@ -1,0 +1,192 @@
+"""Textual inversion embeddings from a folder, as A1111's embeddings folder: loading, the
+prompts that name them (against diffusers' load_textual_inversion), chunks, skipped files."""
+
+from __future__ import annotations
+
+import threading
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from helpers import TOLERANCE, max_pixel_diff
+from safetensors.torch import save_file
+
+from sdgen.conditioning.chunks import inversion_lookup, prompt_chunks
+from sdgen.conditioning.prompts import encode_text
+from sdgen.errors import SdgenError
+from sdgen.models.loader import load_model
+from sdgen.models.textual_inversion import load_textual_inversions
+from sdgen.params import GenerationRequest
+from sdgen.pipelines.generate import generate
+
+WIDTH = 32  # the tiny models' text width
+
+
+def _vectors(n: int, seed: int, width: int = WIDTH) -> torch.Tensor:
+    return torch.randn(n, width, generator=torch.Generator().manual_seed(seed)) * 2
+
+
+@pytest.fixture(scope="module")
+def embeddings(tmp_path_factory):
+    """A folder as A1111's: A1111's safetensors (2 vectors), diffusers' one token -> vector,
+    an A1111 .pt, and files that cannot serve an SD 1.x model of this width."""
+    folder = tmp_path_factory.mktemp("embeddings")
+    save_file({"emb_params": _vectors(2, 1)}, folder / "shinystyle.safetensors")
+    (folder / "concepts").mkdir()
+    save_file({"<toy>": _vectors(1, 2)[0]}, folder / "concepts" / "toycat.safetensors")
+    torch.save({"string_to_param": {"*": _vectors(3, 3)}, "name": "x"}, folder / "oldstyle.pt")
+    save_file({"emb_params": _vectors(1, 4, width=48)}, folder / "wide.safetensors")
+    save_file({"clip_l": _vectors(1, 5), "clip_g": _vectors(1, 6)}, folder / "xl.safetensors")
+    (folder / "broken.safetensors").write_bytes(b"not safetensors")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(tiny_sd1, embeddings):
+    return load_model(tiny_sd1, device="cpu", embeddings=embeddings)
+
+
+def test_a_folder_loads_as_a1111s_with_the_reasons_for_what_it_skips(model, embeddings):
+    inversions = model.textual_inversions
+    assert set(inversions.by_name) == {"shinystyle", "toycat"}  # named after their files
+    assert torch.equal(inversions.by_name["shinystyle"].vectors, _vectors(2, 1))
+    assert torch.equal(inversions.by_name["toycat"].vectors, _vectors(1, 2))
+    assert len(inversions.by_name["toycat"].short_hash) == 12
+    skipped = inversions.skipped
+    assert "allow pickles" in skipped["oldstyle.pt"]
+    assert "48 wide" in skipped["wide.safetensors"] and "SDXL" in skipped["xl.safetensors"]
+    assert "not a safetensors file" in skipped["broken.safetensors"]
+    allowed = load_textual_inversions(embeddings, WIDTH, 75, allow_pickle=True)
+    assert torch.equal(allowed.by_name["oldstyle"].vectors, _vectors(3, 3))
+    with pytest.raises(SdgenError, match="embeddings: .* is not a folder"):
+        load_model(device="cpu", embeddings=embeddings / "shinystyle.safetensors")
+
+
+@pytest.mark.parametrize("name", ["shinystyle", "toycat"])
+def test_a_named_embedding_gives_diffusers_picture(name, model, tiny_sd1, embeddings):
+    """diffusers' StableDiffusionPipeline with load_textual_inversion of the same file under
+    the same name: the same picture; without the embeddings, another one."""
+    prompt = f"a red circle, {name} on grey"
+    request = GenerationRequest(prompt, negative_prompt="blue", steps=4, width=32, height=32)
+    request = request.replace(seed=11)
+    picture = generate(model, request).images[0]
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        tiny_sd1, safety_checker=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    file = next(embeddings.rglob(f"{name}.safetensors"))
+    pipe.load_textual_inversion(str(file), token=name)
+    reference = pipe(
+        prompt,
+        negative_prompt="blue",
+        num_inference_steps=4,
+        width=32,
+        height=32,
+        generator=torch.Generator().manual_seed(11),
+    ).images[0]
+    assert max_pixel_diff(picture, reference) <= TOLERANCE
+    plain = generate(load_model(tiny_sd1, device="cpu"), request).images[0]
+    assert max_pixel_diff(picture, plain) > TOLERANCE
+
+
+def test_an_embedding_takes_its_vectors_positions_and_is_never_split(model):
+    tokenizer = model.tokenizer
+    lookup = inversion_lookup(tokenizer, model.textual_inversions.by_name)
+    text = " ".join(["cat"] * 74) + " shinystyle dog"
+    first, second = prompt_chunks(tokenizer, text, "original", lookup)
+    assert len(first.ids) == 74 and first.fixes == []  # 1 place left: the 2 vectors move on
+    ((at, vectors),) = second.fixes
+    assert at == 0 and torch.equal(vectors, _vectors(2, 1)) and len(second.ids) == 3
+    # weighted as the words around it
+    (chunk,) = prompt_chunks(tokenizer, "a (shinystyle:1.3) cat", "original", lookup)
+    assert chunk.weights == [1.0, 1.3, 1.3, 1.0]
+
+
+def test_other_threads_calls_are_not_fixed(model):
+    """The fix is applied to the calling thread's text-encoder call only."""
+    tokenizer, encoder = model.tokenizer, model.text_encoder
+    lookup = inversion_lookup(tokenizer, model.textual_inversions.by_name)
+    plain = encode_text(tokenizer, encoder, ["a red cat"], model.device)[0]
+    results, errors = [], []
+    start = threading.Barrier(2)
+
+    def other():
+        try:
+            start.wait()
+            for _ in range(30):
+                results.append(encode_text(tokenizer, encoder, ["a red cat"], model.device)[0])
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    start.wait()
+    for _ in range(30):
+        encode_text(tokenizer, encoder, ["shinystyle"], model.device, "off", "truncate", lookup)
+    thread.join()
+    assert not errors and all(torch.equal(r, plain) for r in results)
+
+
+def test_pictures_without_an_embeddings_name_are_unchanged(model, tiny_sd1):
+    request = GenerationRequest("a red circle", steps=3, width=32, height=32, seed=2)
+    with_folder = generate(model, request).images[0]
+    without = generate(load_model(tiny_sd1, device="cpu"), request).images[0]
+    assert np.array_equal(np.asarray(with_folder), np.asarray(without))
+
+
+def test_the_command_line_records_and_reproduces_the_embeddings(
+    capsys, tmp_path, tiny_sd1, embeddings
+):
+    from PIL import Image
+
+    from sdgen.cli import main
+    from sdgen.media.metadata import parse_parameters
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    common = ["--model", tiny_sd1, "--embeddings", embeddings]
+    args = ["generate", "toycat on grey", "--negative-prompt", "shinystyle", "--steps", "2"]
+    code, out, err = run(*args, "--seed", "4", *common, "--out", tmp_path / "a")
+    assert code == 0, err
+    picture = out.strip()
+    toycat = load_textual_inversions(embeddings, WIDTH, 75).by_name["toycat"]
+    with Image.open(picture) as image:
+        fields = parse_parameters(image.text["parameters"])
+    shiny = load_textual_inversions(embeddings, WIDTH, 75).by_name["shinystyle"]
+    assert fields["TI hashes"] == f"toycat: {toycat.short_hash}, shinystyle: {shiny.short_hash}"
+    code, out, err = run("reproduce", picture, *common, "--out", tmp_path / "b")
+    assert code == 0, err
+    with Image.open(picture) as a, Image.open(out.strip()) as b:
+        assert max_pixel_diff(a, b) == 0
+    code, out, err = run("reproduce", picture, "--out", tmp_path / "c")  # no embeddings
+    assert code == 2 and "embeddings: " in err and "TI hashes toycat" in err, err
+
+
+def test_the_server_lists_the_embeddings_and_reads_them(tmp_path, tiny_sd1, embeddings):
+    import base64
+    import io
+    import json
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+    from test_server_support import make_config
+
+    from sdgen.media.metadata import parse_parameters
+    from sdgen.server.app import create_app
+
+    config = make_config(tmp_path, models=(str(tiny_sd1),), embeddings=embeddings)
+    with TestClient(create_app(config), base_url="http://127.0.0.1") as client:
+        listed = client.get("/sdapi/v1/embeddings").json()
+        assert listed["loaded"]["shinystyle"]["vectors"] == 2
+        assert listed["loaded"]["toycat"]["shape"] == WIDTH
+        assert "allow pickles" in listed["skipped"]["oldstyle.pt"]["reason"]
+        body = {"prompt": "shinystyle circle", "steps": 2, "width": 32, "height": 32, "seed": 1}
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200, response.text
+        png = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
+        assert parse_parameters(png.text["parameters"])["TI hashes"].startswith("shinystyle: ")
+        assert "TI hashes" in json.loads(response.json()["info"])["infotexts"][0]
