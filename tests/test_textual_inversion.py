@@ -12,7 +12,7 @@ import torch
 from helpers import TOLERANCE, max_pixel_diff
 from safetensors.torch import save_file
 
-from sdgen.conditioning.chunks import inversion_lookup, prompt_chunks
+from sdgen.conditioning.chunks import inversion_lookup, prompt_chunks, prompt_tokens, truncated
 from sdgen.conditioning.prompts import encode_text
 from sdgen.errors import SdgenError
 from sdgen.models.loader import load_model
@@ -54,7 +54,7 @@ def test_a_folder_loads_as_a1111s_with_the_reasons_for_what_it_skips(model, embe
     assert torch.equal(inversions.by_name["toycat"].vectors, _vectors(1, 2))
     assert len(inversions.by_name["toycat"].short_hash) == 12
     skipped = inversions.skipped
-    assert "allow pickles" in skipped["oldstyle.pt"]
+    assert "--allow-pickle" in skipped["oldstyle.pt"]
     assert "48 wide" in skipped["wide.safetensors"] and "SDXL" in skipped["xl.safetensors"]
     assert "not a safetensors file" in skipped["broken.safetensors"]
     allowed = load_textual_inversions(embeddings, WIDTH, 75, allow_pickle=True)
@@ -101,6 +101,77 @@ def test_an_embedding_takes_its_vectors_positions_and_is_never_split(model):
     # weighted as the words around it
     (chunk,) = prompt_chunks(tokenizer, "a (shinystyle:1.3) cat", "original", lookup)
     assert chunk.weights == [1.0, 1.3, 1.3, 1.0]
+
+
+def test_files_a1111_reads_and_files_that_are_refused(tmp_path):
+    """A1111's older .pt (a ParameterDict), links to folders, names prompts spell alike, vectors
+    that are not finite, too many or too large for half precision, files too large to be
+    embeddings; the hash is A1111's: 12 hex digits of the file's sha256."""
+    import hashlib
+
+    (tmp_path / "shared").mkdir()
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    params = torch.nn.ParameterDict({"*": torch.nn.Parameter(_vectors(2, 7))})
+    torch.save({"string_to_param": params, "name": "x", "step": 3}, folder / "older.pt")
+    save_file({"emb_params": _vectors(1, 8)}, tmp_path / "shared" / "linked.safetensors")
+    (folder / "sub").symlink_to(tmp_path / "shared", target_is_directory=True)
+    (folder / "loop").symlink_to(folder, target_is_directory=True)  # walked once
+    (folder / "more").mkdir()  # the root's files come first, then each folder's
+    save_file({"emb_params": _vectors(1, 9)}, folder / "more" / "Older.safetensors")
+    save_file({"emb_params": torch.full((1, WIDTH), float("nan"))}, folder / "nan.safetensors")
+    save_file({"emb_params": _vectors(76, 10)}, folder / "many.safetensors")
+    save_file({"emb_params": torch.full((1, WIDTH), 1e6)}, folder / "huge.safetensors")
+    (folder / "checkpoint.safetensors").write_bytes(b"\0" * (17 << 20))
+    found = load_textual_inversions(folder, WIDTH, 75, allow_pickle=True, max_value=65504.0)
+    assert set(found.by_name) == {"older", "linked"}
+    assert torch.equal(found.by_name["older"].vectors, _vectors(2, 7))
+    digest = hashlib.sha256((folder / "older.pt").read_bytes()).hexdigest()
+    assert found.by_name["older"].short_hash == digest[:12]
+    assert "spell its name as 'older'" in found.skipped["more/Older.safetensors"]
+    assert "not finite" in found.skipped["nan.safetensors"]
+    assert "not finite, or too large" in found.skipped["huge.safetensors"]
+    assert "76 vectors" in found.skipped["many.safetensors"]
+    assert "17 MB, too large" in found.skipped["checkpoint.safetensors"]
+
+
+def test_comma_moves_and_truncation_keep_embeddings_with_their_place(model):
+    tokenizer = model.tokenizer
+    lookup = inversion_lookup(tokenizer, model.textual_inversions.by_name)
+    # a comma 4 tokens back at the chunk's end: the phrase, embedding included, moves on
+    text = " ".join(["cat"] * 71) + ", shinystyle dog dog"
+    first, second = prompt_chunks(tokenizer, text, "off", lookup)
+    assert len(first.ids) == 72 and first.fixes == []
+    assert [at for at, _ in second.fixes] == [0] and len(second.ids) == 4
+    # truncated at 75 with one of its 2 vectors inside: the first vector is kept
+    text = " ".join(["cat"] * 74) + " shinystyle"
+    tokens = truncated(prompt_tokens(tokenizer, text, "off", lookup), 75)
+    ((at, vectors),) = tokens.fixes
+    assert at == 74 and torch.equal(vectors, _vectors(2, 1)[:1])
+
+
+def test_the_longest_name_wins(tiny_sd1, tmp_path):
+    save_file({"emb_params": _vectors(1, 12)}, tmp_path / "shiny.safetensors")
+    save_file({"emb_params": _vectors(3, 13)}, tmp_path / "shinystyle.safetensors")
+    model = load_model(tiny_sd1, device="cpu", embeddings=tmp_path)
+    lookup = inversion_lookup(model.tokenizer, model.textual_inversions.by_name)
+    (chunk,) = prompt_chunks(model.tokenizer, "a shinystyle and a shiny cat", "off", lookup)
+    assert [len(vectors) for _, vectors in chunk.fixes] == [3, 1]
+
+
+def test_ti_hashes_name_what_the_picture_used(model, tmp_path):
+    from sdgen.pipelines.stages import ti_hashes
+
+    toycat = model.textual_inversions.by_name["toycat"].short_hash
+    shiny = model.textual_inversions.by_name["shinystyle"].short_hash
+    request = GenerationRequest("toycat", negative_prompt="shinystyle")
+    assert ti_hashes(model, request) == f"toycat: {toycat}, shinystyle: {shiny}"
+    # the negative prompt is not read without guidance
+    assert ti_hashes(model, request.replace(guidance_scale=1.0)) == f"toycat: {toycat}"
+    # past the 75 tokens that are read: not used
+    late = GenerationRequest(" ".join(["cat"] * 80) + " toycat", negative_prompt="")
+    assert ti_hashes(model, late) == ""
+    assert ti_hashes(model, late.replace(long_prompt="chunk")) == f"toycat: {toycat}"
 
 
 def test_other_threads_calls_are_not_fixed(model):
@@ -183,7 +254,9 @@ def test_the_server_lists_the_embeddings_and_reads_them(tmp_path, tiny_sd1, embe
         listed = client.get("/sdapi/v1/embeddings").json()
         assert listed["loaded"]["shinystyle"]["vectors"] == 2
         assert listed["loaded"]["toycat"]["shape"] == WIDTH
-        assert "allow pickles" in listed["skipped"]["oldstyle.pt"]["reason"]
+        # as A1111: "skipped" lists embeddings of another width, by name
+        wide = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None}
+        assert listed["skipped"] == {"wide": {**wide, "shape": 48, "vectors": 1}}
         body = {"prompt": "shinystyle circle", "steps": 2, "width": 32, "height": 32, "seed": 1}
         response = client.post("/sdapi/v1/txt2img", json=body)
         assert response.status_code == 200, response.text

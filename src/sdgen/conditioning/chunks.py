@@ -119,14 +119,22 @@ def prompt_tokens(
 
 
 def named_inversions(
-    tokenizer, text: str, emphasis: str, lookup: InversionLookup
+    tokenizer, text: str, emphasis: str, long_prompt: str, lookup: InversionLookup
 ) -> list[TextualInversion]:
-    """The textual inversions ``text`` names, in the order it first names them."""
+    """The textual inversions whose vectors ``text`` places, in the order it first names them:
+    read in chunks, all it names; truncated, those that start within the window."""
     found: dict[str, TextualInversion] = {}
-    if lookup:
-        for unit in _units(tokenizer, text, emphasis, lookup, breaks=True):
-            if unit is not None and unit[2] is not None:
-                found.setdefault(unit[2].name, unit[2])
+    if not lookup:
+        return []
+    size = tokenizer.model_max_length - 2
+    position = 0  # in the truncating reading's tokens
+    for unit in _units(tokenizer, text, emphasis, lookup, breaks=long_prompt == "chunk"):
+        if unit is None:
+            continue
+        inversion = unit[2]
+        if inversion is not None and (long_prompt == "chunk" or position < size):
+            found.setdefault(inversion.name, inversion)
+        position += 1 if inversion is None else len(inversion.vectors)
     return list(found.values())
 
 

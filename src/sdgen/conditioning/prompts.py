@@ -101,6 +101,11 @@ def _encode_windows(
     return emphasize(hidden, weights, emphasis) if emphasis != "off" else hidden
 
 
+# torch numbers a module's hooks with a counter it increments without a lock: two threads
+# adding hooks at once could get one number, and one hook would replace the other
+_HOOKS_LOCK = threading.Lock()
+
+
 @contextmanager
 def _input_embeddings_fixed(text_encoder, fixes: list[tuple[int, int, torch.Tensor]]):
     """While inside, the text encoder's token embeddings called from this thread have
@@ -119,11 +124,13 @@ def _input_embeddings_fixed(text_encoder, fixes: list[tuple[int, int, torch.Tens
             output[row, at : at + len(vectors)] = vectors.to(output.device, output.dtype)
         return output
 
-    handle = text_encoder.get_input_embeddings().register_forward_hook(fix)
+    with _HOOKS_LOCK:
+        handle = text_encoder.get_input_embeddings().register_forward_hook(fix)
     try:
         yield
     finally:
-        handle.remove()
+        with _HOOKS_LOCK:
+            handle.remove()
 
 
 # Negative prompts' chunks kept per model: 32 one-chunk negative prompts ((77, 768) fp32 is

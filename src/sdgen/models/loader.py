@@ -96,6 +96,7 @@ def load_model(
             components["text_encoder"].get_input_embeddings().embedding_dim,
             components["tokenizer"].model_max_length - 2,
             allow_pickle=allow_pickle,
+            max_value=torch.finfo(dtype).max,  # 65,504 in fp16
         )
     return LoadedModel(
         name=name,

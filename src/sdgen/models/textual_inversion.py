@@ -13,21 +13,21 @@ pickles are allowed (then through torch's weights-only loader), unreadable files
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from sdgen.errors import SdgenError
-from sdgen.models.safety import load_pickle_state_dict
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".safetensors", ".pt", ".bin")  # A1111 also reads embeddings hidden in pictures
 PICKLE_SUFFIXES = (".pt", ".bin")
 MAX_FILES = 10_000
+MAX_FILE_BYTES = 16 << 20  # an embedding is kilobytes (75 x 1024 fp32 vectors: 300 KB)
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,7 +49,9 @@ class TextualInversions:
     """The embeddings of a folder that fit a model, by name, and the files skipped, with why."""
 
     by_name: dict[str, TextualInversion]
-    skipped: dict[str, str]  # file name -> reason
+    skipped: dict[str, str]  # file (relative to the folder) -> reason
+    # embeddings of another width, by name -> (width, vectors): what A1111 lists as skipped
+    other_width: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
     def none(cls) -> TextualInversions:
@@ -57,11 +59,16 @@ class TextualInversions:
 
 
 def load_textual_inversions(
-    folder: str | Path, hidden_size: int, max_vectors: int, *, allow_pickle: bool = False
+    folder: str | Path,
+    hidden_size: int,
+    max_vectors: int,
+    *,
+    allow_pickle: bool = False,
+    max_value: float = float("inf"),
 ) -> TextualInversions:
     """Every embedding in ``folder`` whose vectors are ``hidden_size`` wide (the text encoder's
-    token embeddings) and at most ``max_vectors`` (the tokens of a prompt's window, 75), named
-    after its file.
+    token embeddings), at most ``max_vectors`` (the tokens of a prompt's window, 75) and at
+    most ``max_value`` in size (the model's precision's largest number), named after its file.
 
     Raises:
         SdgenError: ``folder`` is not a folder.
@@ -69,57 +76,110 @@ def load_textual_inversions(
     folder = Path(folder)
     if not folder.is_dir():
         raise SdgenError(f"embeddings: {folder} is not a folder of embedding files")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
+    files = _embedding_files(folder)
     loaded: dict[str, TextualInversion] = {}
-    skipped: dict[str, str] = {}
+    spelled: dict[str, str] = {}  # name as prompts spell it (CLIP lowercases) -> name
+    skipped = {str(p.relative_to(folder)): "past the first 10,000 files" for p in files[MAX_FILES:]}
+    other_width: dict[str, tuple[int, int]] = {}
     for path in files[:MAX_FILES]:
         label = str(path.relative_to(folder))
         try:
-            inversion = _load_file(path, hidden_size, max_vectors, allow_pickle)
+            inversion = _load_file(path, hidden_size, max_vectors, allow_pickle, max_value)
+        except _OtherWidth as mismatch:
+            other_width[path.stem] = (mismatch.width, mismatch.count)
+            skipped[label] = str(mismatch)
+            continue
         except _Skip as reason:
             skipped[label] = str(reason)
             continue
-        if inversion.name in loaded:
-            skipped[label] = f"the name {inversion.name!r} is taken by another file"
+        if inversion.name.lower() in spelled:
+            taken = spelled[inversion.name.lower()]
+            skipped[label] = f"prompts spell its name as {taken!r}'s, loaded from another file"
             continue
         loaded[inversion.name] = inversion
+        spelled[inversion.name.lower()] = inversion.name
     for label, reason in skipped.items():
         log.warning("embedding %s skipped: %s", label, reason)
-    return TextualInversions(loaded, skipped)
+    return TextualInversions(loaded, skipped, other_width)
+
+
+def _embedding_files(folder: Path) -> list[Path]:
+    """The embedding files under ``folder``, through linked folders too (as A1111's walk), each
+    real folder once."""
+    files, seen = [], set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders.sort()
+        files += [Path(root) / n for n in sorted(names) if Path(n).suffix.lower() in SUFFIXES]
+    return [path for path in files if path.is_file()]
 
 
 class _Skip(Exception):
     """Why a file is not loaded."""
 
 
+class _OtherWidth(_Skip):
+    """An embedding made for a text encoder of another width (e.g. SD 2.x's for SD 1.x)."""
+
+    def __init__(self, width: int, count: int, hidden_size: int):
+        super().__init__(f"vectors {width} wide; the model's text encoder takes {hidden_size}")
+        self.width, self.count = width, count
+
+
 def _load_file(
-    path: Path, hidden_size: int, max_vectors: int, allow_pickle: bool
+    path: Path, hidden_size: int, max_vectors: int, allow_pickle: bool, max_value: float
 ) -> TextualInversion:
+    if path.stat().st_size > MAX_FILE_BYTES:  # a checkpoint, not an embedding: not read
+        raise _Skip(f"{path.stat().st_size >> 20} MB, too large for an embedding")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
-            raise _Skip("a pickle file: convert it to .safetensors, or allow pickles")
-        try:
-            data = load_pickle_state_dict(path)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is skipped, named
-            raise _Skip(f"not readable by torch's weights-only loader ({err})") from None
+            raise _Skip(
+                "a pickle file: convert it to .safetensors (or, on the command line, "
+                "pass --allow-pickle)"
+            )
+        data = _load_pickle(path)
     else:
         from safetensors.torch import load_file
 
         try:
             data = load_file(path)
-        except Exception as err:  # noqa: BLE001
-            raise _Skip(f"not a safetensors file ({err})") from None
+        except Exception as err:  # noqa: BLE001 - any unreadable file is skipped, named
+            raise _Skip(f"not a safetensors file ({_first_line(err)})") from None
     vectors = _vectors(data)
     if vectors.shape[-1] != hidden_size:
-        raise _Skip(
-            f"vectors {vectors.shape[-1]} wide; the model's text encoder takes {hidden_size}"
-        )
+        raise _OtherWidth(vectors.shape[-1], vectors.shape[0], hidden_size)
     if vectors.shape[0] > max_vectors:
         raise _Skip(f"{vectors.shape[0]} vectors; a prompt's window holds {max_vectors}")
-    if not bool(torch.isfinite(vectors).all()):
-        raise _Skip("vectors that are not finite")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return TextualInversion(path.stem, vectors.detach().float().cpu().contiguous(), digest)
+    vectors = vectors.detach().float().cpu().contiguous()
+    if not bool(torch.isfinite(vectors).all()) or vectors.abs().max() > max_value:
+        raise _Skip("vectors that are not finite, or too large for the model's precision")
+    from sdgen.models.loaded import sha256_file  # imported here: loaded imports this module
+
+    return TextualInversion(path.stem, vectors, sha256_file(path))
+
+
+def _load_pickle(path: Path) -> dict:
+    """A pickle embedding through torch's weights-only loader; A1111's older .pt files hold
+    their vectors in a ParameterDict, the one class allowed besides tensors (as A1111's own
+    safe unpickler allows it)."""
+    try:
+        with torch.serialization.safe_globals([torch.nn.ParameterDict]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise _Skip(f"not readable by torch's weights-only loader ({_first_line(err)})") from None
+    return data
+
+
+def _first_line(error: Exception) -> str:
+    """An error's first line, without terminal escapes (torch's messages carry some)."""
+    import re
+
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return re.sub(r"\x1b\[[0-9;]*m", "", line)[:200]
 
 
 def _vectors(data: object) -> torch.Tensor:
@@ -128,7 +188,8 @@ def _vectors(data: object) -> torch.Tensor:
         raise _Skip("not an embedding (no tensors by name)")
     if "string_to_param" in data:  # A1111's .pt: {"string_to_param": {"*": (n, D)}, ...}
         params = data["string_to_param"]
-        tensors = list(params.values()) if isinstance(params, dict) else []
+        is_dict = isinstance(params, dict | torch.nn.ParameterDict)
+        tensors = list(params.values()) if is_dict else []
     elif "emb_params" in data:  # A1111's .safetensors
         tensors = [data["emb_params"]]
     elif "clip_l" in data or "clip_g" in data:

@@ -192,13 +192,19 @@ def text_conditioning(model: LoadedModel, request: GenerationRequest) -> TextEmb
 
 
 def ti_hashes(model: LoadedModel, request: GenerationRequest) -> str:
-    """A1111's ``TI hashes`` of the textual inversions ``request``'s prompts name: "name:
-    hash, ..." in the order they are first named; "" for none."""
+    """A1111's ``TI hashes`` of the textual inversions that ``request``'s prompts (and its
+    negative prompts, when it guides) place: "name: hash, ..." in the order they are first
+    named, without the ":" and "," A1111 also drops from names; "" for none."""
     lookup = inversions_of(model)
+    texts = [*request.prompts]
+    if uses_guidance(request.guidance_scale):
+        texts += request.negative_prompts
     named: dict[str, str] = {}
-    for text in (*request.prompts, *request.negative_prompts):
-        for inversion in named_inversions(model.tokenizer, text, request.emphasis, lookup):
-            named.setdefault(inversion.name, inversion.short_hash)
+    for text in texts:
+        reading = (request.emphasis, request.long_prompt, lookup)
+        for inversion in named_inversions(model.tokenizer, text, *reading):
+            name = inversion.name.replace(":", "").replace(",", "")
+            named.setdefault(name, inversion.short_hash)
     return ", ".join(f"{name}: {short}" for name, short in named.items())
 
 

@@ -275,22 +275,17 @@ class A1111Handler:
 
     def embeddings(self) -> dict:
         """``GET /sdapi/v1/embeddings``: the textual inversions prompts can name with the
-        current checkpoint (``sdgen serve --embeddings``), and the files skipped, as A1111
-        lists them."""
+        current checkpoint (``sdgen serve --embeddings``), and as A1111's "skipped" those made
+        for a text encoder of another width. Files that could not be read are not listed, as
+        in A1111: the server's log names them with the reason."""
         inversions = self.service.engine.model(self.checkpoint).textual_inversions
         loaded = {
-            name: {
-                "step": None,
-                "sd_checkpoint": None,
-                "sd_checkpoint_name": None,
-                "shape": int(inversion.vectors.shape[1]),
-                "vectors": int(inversion.vectors.shape[0]),
-            }
+            name: _embedding_item(*inversion.vectors.shape[::-1])
             for name, inversion in inversions.by_name.items()
         }
         skipped = {
-            file: {"step": None, "sd_checkpoint": None, "reason": reason}
-            for file, reason in inversions.skipped.items()
+            name: _embedding_item(width, count)
+            for name, (width, count) in inversions.other_width.items()
         }
         return {"loaded": loaded, "skipped": skipped}
 
@@ -326,6 +321,17 @@ class A1111Handler:
         if bare in names:
             return bare
         raise InvalidRequest(field, checkpoint, f"one of the served models: {', '.join(names)}")
+
+
+def _embedding_item(width: int, vectors: int) -> dict:
+    """One embedding as A1111's /embeddings lists it (sdgen records no training step)."""
+    return {
+        "step": None,
+        "sd_checkpoint": None,
+        "sd_checkpoint_name": None,
+        "shape": int(width),
+        "vectors": int(vectors),
+    }
 
 
 def _echoed(body: Txt2ImgRequest) -> dict[str, Any]:
