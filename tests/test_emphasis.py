@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdgen.conditioning.chunks import weighted_ids
+from sdgen.conditioning.chunks import layout, prompt_tokens
 from sdgen.conditioning.emphasis import ROUND, SQUARE, weighted_runs
 from sdgen.conditioning.prompts import encode_conditioning, encode_text
 from sdgen.errors import InvalidRequest
@@ -42,7 +42,8 @@ def test_the_weighted_embedding_is_a1111s(sd1_model):
     tokens are those of the text without its brackets."""
     tokenizer, encoder = sd1_model.tokenizer, sd1_model.text_encoder
     plain = torch.stack(encode_text(tokenizer, encoder, ["a red circle"], sd1_model.device))
-    ids, weights, _ = weighted_ids(tokenizer, "a (red:1.5) circle")
+    tokens = prompt_tokens(tokenizer, "a (red:1.5) circle", "original")
+    ids, weights = layout(tokenizer, tokens.ids, tokens.weights)
     assert ids == tokenizer("a red circle", padding="max_length").input_ids
     weights = torch.tensor([weights])
     assert weights[0].tolist().count(1.5) == 1  # the one token of "red"

@@ -208,12 +208,3 @@ def layout(tokenizer, ids: list[int], weights: list[float]) -> tuple[list[int], 
         [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * pad,
         [1.0, *weights, 1.0] + [1.0] * pad,
     )
-
-
-def weighted_ids(tokenizer, text: str) -> tuple[list[int], list[float], int]:
-    """The truncating reading of ``text`` with emphasis: its first 75 tokens and their weights
-    as the text encoder reads them (``layout``), and how many tokens the text had (without
-    start and end), for the truncation warning."""
-    tokens = prompt_tokens(tokenizer, text, "original")
-    kept = truncated(tokens, tokenizer.model_max_length - 2)
-    return (*layout(tokenizer, kept.ids, kept.weights), len(tokens.ids))
