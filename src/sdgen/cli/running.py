@@ -168,13 +168,6 @@ def _check_recorded_weights(model, request: GenerationRequest, options: RunOptio
     from sdgen.pipelines.stages import ti_hashes
 
     expected = options.model_hash
-    if options.ti_hashes is not None and ti_hashes(model, request) != options.ti_hashes:
-        raise InvalidRequest(
-            "embeddings",
-            str(options.embeddings) if options.embeddings else "none",
-            f"the embeddings the picture's prompts named (TI hashes {options.ti_hashes}; "
-            f"these give {ti_hashes(model, request) or 'none'}): --embeddings with them",
-        )
     if expected is not None and model.short_hash != expected:
         raise InvalidRequest(
             "model",
@@ -182,6 +175,15 @@ def _check_recorded_weights(model, request: GenerationRequest, options: RunOptio
             f"the weights recorded in the picture (Model hash {expected}; these are "
             f"{model.short_hash}), or --model to use another model on purpose",
         )
+    if options.ti_hashes is not None:
+        found = ti_hashes(model, request)
+        if found != options.ti_hashes:
+            raise InvalidRequest(
+                "embeddings",
+                str(options.embeddings) if options.embeddings else "none",
+                f"the embeddings the picture's prompts named (TI hashes {options.ti_hashes}; "
+                f"these give {found or 'none'}): --embeddings with them",
+            )
 
 
 def _step_recorders(options: RunOptions) -> dict:
