@@ -536,6 +536,8 @@ def test_progress_and_interrupt_stop_only_a1111_jobs(tmp_path):
         )
         native = client.post("/v1/jobs", json={"prompt": "x", "steps": 2, "seed": 1}).json()
         assert progress["state"]["sampling_steps"] == 150 and 0 < progress["progress"] < 1
+        timestamp = progress["state"]["job_timestamp"]  # when the job began, as A1111 gives it
+        assert len(timestamp) == 14 and timestamp.isdigit() and timestamp[:2] == "20"
         assert decode_png(progress["current_image"]).size[0] <= 128
         assert (
             client.get("/sdapi/v1/progress?skip_current_image=true").json()["current_image"] is None
@@ -546,6 +548,7 @@ def test_progress_and_interrupt_stop_only_a1111_jobs(tmp_path):
         # As A1111: the picture predicted at the step it stopped at, which its metadata names.
         assert response.status_code == 200 and len(response.json()["images"]) == 1
         assert json.loads(response.json()["info"])["status"] == "succeeded"
+        assert json.loads(response.json()["info"])["job_timestamp"] == timestamp
         fields = parse_parameters(decode_png(response.json()["images"][0]).text["parameters"])
         done, total = map(int, fields["Stopped at step"].split("/"))
         assert 1 < done < total == 150 and fields["Steps"] == "150"

@@ -144,7 +144,7 @@ class A1111Handler:
             "index_of_first_image": 0,
             "infotexts": [image.parameters for image in record.images],
             "styles": [],
-            "job_timestamp": datetime.fromtimestamp(record.created_at).strftime("%Y%m%d%H%M%S"),
+            "job_timestamp": _job_timestamp(record),
             "clip_skip": 1,
             # A1111's: the model is an inpainting one (its UNet sees the mask), not "a mask given"
             "is_using_inpainting_conditioning": model.unet.config.in_channels
@@ -167,8 +167,10 @@ class A1111Handler:
         fraction = live.step / live.total if live.total else 0.0
         elapsed = time.monotonic() - live.started
         eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+        record = self.service.store.get(job_id)
         state = ProgressState(
             job=f"task({job_id})",
+            job_timestamp=_job_timestamp(record) if record is not None else "0",
             job_count=queued + len(self.service.engine.running()),
             sampling_step=live.step,
             sampling_steps=live.total,
@@ -321,6 +323,12 @@ class A1111Handler:
         if bare in names:
             return bare
         raise InvalidRequest(field, checkpoint, f"one of the served models: {', '.join(names)}")
+
+
+def _job_timestamp(record: JobRecord) -> str:
+    """A1111's ``job_timestamp``: when the job began, as YYYYmmddHHMMSS in local time."""
+    began = record.started_at if record.started_at is not None else record.created_at
+    return datetime.fromtimestamp(began).strftime("%Y%m%d%H%M%S")
 
 
 def _embedding_item(width: int, vectors: int) -> dict:
