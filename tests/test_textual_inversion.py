@@ -263,3 +263,5 @@ def test_the_server_lists_the_embeddings_and_reads_them(tmp_path, tiny_sd1, embe
         png = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
         assert parse_parameters(png.text["parameters"])["TI hashes"].startswith("shinystyle: ")
         assert "TI hashes" in json.loads(response.json()["info"])["infotexts"][0]
+        (listed,) = client.get("/v1/models").json()  # the native API names them too
+        assert listed["embeddings"] == ["shinystyle", "toycat"]

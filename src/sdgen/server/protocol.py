@@ -142,6 +142,8 @@ class ModelInfo(BaseModel):
     name: str
     default: bool
     loaded_on: list[str]
+    # the textual inversions prompts can name (serve --embeddings), once the model is loaded
+    embeddings: list[str] = Field(default_factory=list)
 
 
 class SamplerInfo(BaseModel):

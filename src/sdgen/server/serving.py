@@ -172,14 +172,21 @@ class InfoHandler:
     def models(self) -> list[ModelInfo]:
         models = self.service.engine.models
         loaded = models.loaded()
-        return [
-            ModelInfo(
-                name=name,
-                default=name == models.default,
-                loaded_on=[device for loaded_name, device in loaded if loaded_name == name],
+        infos = []
+        for name in models.names:
+            devices = [device for loaded_name, device in loaded if loaded_name == name]
+            embeddings = []
+            if devices:
+                embeddings = sorted(models.get(name, devices[0]).textual_inversions.by_name)
+            infos.append(
+                ModelInfo(
+                    name=name,
+                    default=name == models.default,
+                    loaded_on=devices,
+                    embeddings=embeddings,
+                )
             )
-            for name in models.names
-        ]
+        return infos
 
     def samplers(self) -> list[SamplerInfo]:
         return [
