@@ -265,3 +265,14 @@ def test_the_server_lists_the_embeddings_and_reads_them(tmp_path, tiny_sd1, embe
         assert "TI hashes" in json.loads(response.json()["info"])["infotexts"][0]
         (listed,) = client.get("/v1/models").json()  # the native API names them too
         assert listed["embeddings"] == ["shinystyle", "toycat"]
+
+
+def test_a_folder_of_too_many_files_is_read_up_to_the_limit(tmp_path, monkeypatch):
+    from sdgen.models import textual_inversion
+
+    monkeypatch.setattr(textual_inversion, "MAX_FILES", 3)
+    for index in range(6):
+        save_file({"emb_params": _vectors(1, index)}, tmp_path / f"e{index}.safetensors")
+    found = load_textual_inversions(tmp_path, WIDTH, 75)
+    assert sorted(found.by_name) == ["e0", "e1", "e2"]
+    assert found.skipped == {"e3.safetensors": "past the first 3 files, as are the 2 after it"}

@@ -79,7 +79,11 @@ def load_textual_inversions(
     files = _embedding_files(folder)
     loaded: dict[str, TextualInversion] = {}
     spelled: dict[str, str] = {}  # name as prompts spell it (CLIP lowercases) -> name
-    skipped = {str(p.relative_to(folder)): "past the first 10,000 files" for p in files[MAX_FILES:]}
+    skipped: dict[str, str] = {}
+    if len(files) > MAX_FILES:  # one line for them all, from the first one left out
+        first = str(files[MAX_FILES].relative_to(folder))
+        after = len(files) - MAX_FILES - 1
+        skipped[first] = f"past the first {MAX_FILES} files, as are the {after} after it"
     other_width: dict[str, tuple[int, int]] = {}
     for path in files[:MAX_FILES]:
         label = str(path.relative_to(folder))
