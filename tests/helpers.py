@@ -1,4 +1,4 @@
-"""Picture comparisons for the tests."""
+"""Picture comparisons for the tests, and diffusers' pipeline to compare with."""
 
 from __future__ import annotations
 
@@ -15,3 +15,15 @@ def max_pixel_diff(a: Image.Image, b: Image.Image) -> int:
 
 def mean_pixel_diff(a: Image.Image, b: Image.Image) -> float:
     return float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean())
+
+
+def diffusers_pipeline(folder):
+    """diffusers' StableDiffusionPipeline on a model folder, without safety checker or
+    progress bar: the reference sdgen's pictures are compared with."""
+    import diffusers
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        folder, safety_checker=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

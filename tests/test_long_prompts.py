@@ -3,11 +3,10 @@ their embeddings, the UNet calls of rows of several lengths, and the pictures.""
 
 from __future__ import annotations
 
-import diffusers
 import numpy as np
 import pytest
 import torch
-from helpers import TOLERANCE, max_pixel_diff
+from helpers import TOLERANCE, diffusers_pipeline, max_pixel_diff
 
 from sdgen.conditioning.chunks import MAX_CHUNKS, layout, prompt_chunks
 from sdgen.conditioning.prompts import encode_text, truncation_warnings
@@ -143,10 +142,7 @@ def test_chunked_pictures_equal_diffusers_given_the_same_embeddings(tiny_sd1, sd
     tokenizer, encoder = sd1_model.tokenizer, sd1_model.text_encoder
     embeds = encode_text(tokenizer, encoder, [prompt, negative], sd1_model.device, "off", "chunk")
     assert [e.shape[0] for e in embeds] == [154, 154]
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-        tiny_sd1, safety_checker=None, requires_safety_checker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = diffusers_pipeline(tiny_sd1)
     reference = pipe(
         prompt_embeds=embeds[0][None],
         negative_prompt_embeds=embeds[1][None],

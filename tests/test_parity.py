@@ -5,7 +5,7 @@ from __future__ import annotations
 import diffusers
 import pytest
 import torch
-from helpers import TOLERANCE, max_pixel_diff, mean_pixel_diff
+from helpers import TOLERANCE, diffusers_pipeline, max_pixel_diff, mean_pixel_diff
 
 from sdgen.params import GenerationRequest
 from sdgen.pipelines.txt2img import txt2img
@@ -16,10 +16,7 @@ SEED, STEPS, WIDTH, HEIGHT = 1234, 5, 48, 32  # non-square on purpose
 
 
 def _diffusers_pipeline(folder):
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-        folder, safety_checker=None, requires_safety_checker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = diffusers_pipeline(folder)
     pipe.model_scheduler_config = dict(pipe.scheduler.config)  # before any swap below
     return pipe
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import threading
 
-import diffusers
 import numpy as np
 import pytest
 import torch
-from helpers import TOLERANCE, max_pixel_diff
+from helpers import TOLERANCE, diffusers_pipeline, max_pixel_diff
 from safetensors.torch import save_file
 
 from sdgen.conditioning.chunks import inversion_lookup, prompt_chunks, prompt_tokens, truncated
@@ -71,10 +70,7 @@ def test_a_named_embedding_gives_diffusers_picture(name, model, tiny_sd1, embedd
     request = GenerationRequest(prompt, negative_prompt="blue", steps=4, width=32, height=32)
     request = request.replace(seed=11)
     picture = generate(model, request).images[0]
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-        tiny_sd1, safety_checker=None, requires_safety_checker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = diffusers_pipeline(tiny_sd1)
     file = next(embeddings.rglob(f"{name}.safetensors"))
     pipe.load_textual_inversion(str(file), token=name)
     reference = pipe(
