@@ -9,7 +9,7 @@ from helpers import max_pixel_diff
 from PIL import Image
 
 from sdgen.engine.batching import Batcher
-from sdgen.errors import GenerationCancelled, GenerationStopped, InvalidRequest
+from sdgen.errors import GenerationCancelled, GenerationStopped
 from sdgen.models.loader import load_model
 from sdgen.params import GenerationRequest, InputPicture
 from sdgen.pipelines.generate import generate
@@ -188,15 +188,23 @@ def test_a_stopped_inpainting_keeps_the_init_picture_outside_the_mask(sd1_model)
     assert kept_difference(unblended) > 4 * max(kept_difference(stopped), 0.5)
 
 
-def test_incompatible_requests_are_refused(sd1_model):
+def test_requests_of_another_size_are_not_compatible_but_run_apart(sd1_model):
+    """The worker only joins requests of the batch's size (they share UNet calls); one of
+    another size that is added anyway (a hires fix's second pass is one) is called apart and
+    gets the pictures it gets alone."""
     batcher = Batcher(sd1_model)
     size = sd1_model.native_size
-    batcher.add(REQUESTS[0].replace(width=size, height=size))
+    first = REQUESTS[0].replace(width=size, height=size)
+    batcher.add(first)
     other = REQUESTS[1].replace(width=2 * size, height=size)
     assert not batcher.compatible(other)
-    with pytest.raises(InvalidRequest, match="size of the requests in this batch"):
-        batcher.add(other)
-    assert len(batcher.active) == 1
+    batcher.add(other)
+    done = batcher.run_until_done()
+    for request, finished in zip((first, other), done, strict=True):
+        assert finished.error is None
+        alone = txt2img(sd1_model, request).images[0]
+        assert finished.result.images[0].size == alone.size
+        assert max_pixel_diff(finished.result.images[0], alone) <= 1
 
 
 def _picture(size: int, seed: int, mode: str = "RGB") -> InputPicture:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdgen.errors import InvalidRequest
+from sdgen.hires import HiresFix
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 FAST_PATH_MODES = ("auto", "on", "off")  # how a model is loaded: sdgen.models.fast_path
@@ -85,6 +86,10 @@ class GenerationRequest:
     reads it all, in 75-token chunks, as A1111 (``sdgen.conditioning.chunks``), where ``BREAK``
     starts a new chunk when emphasis is on.
 
+    ``hires`` (txt2img only) adds A1111's hires fix: a second pass that upscales the pictures and
+    denoises them again at the larger size (``sdgen.hires.HiresFix``; a dict of its fields is
+    taken too). ``width`` and ``height`` stay the first pass's size, as in A1111's metadata.
+
     Inpainting's mask processing, as A1111 does it (all off by default, as in diffusers):
     ``mask_blur`` blurs the mask's edge by that many pixels (a Gaussian's standard deviation);
     ``padding_mask_crop`` repaints only the mask's bounding box, grown by that many pixels and
@@ -119,6 +124,7 @@ class GenerationRequest:
     overlay: bool = False
     emphasis: str = "off"
     long_prompt: str = "truncate"
+    hires: HiresFix | None = None
 
     def __post_init__(self) -> None:
         # Lists become tuples so the request stays hashable and immutable.
@@ -155,6 +161,9 @@ class GenerationRequest:
 
             object.__setattr__(self, "sampler", resolve_sampler(self.sampler).name)
         self._check_pictures()
+        object.__setattr__(self, "hires", HiresFix.from_value(self.hires))
+        if self.hires is not None and self.init_image is not None:
+            raise InvalidRequest("hires", "given", "nothing with an init_image: txt2img only")
 
     def _check_emphasis(self) -> None:
         if self.emphasis not in EMPHASIS_MODES:
@@ -305,6 +314,8 @@ class GenerationRequest:
                 out[key] = list(value)
             elif isinstance(value, InputPicture):
                 out[key] = {"sha256": value.sha256, "width": value.size[0], "height": value.size[1]}
+            elif isinstance(value, HiresFix):
+                out[key] = value.to_dict()
         return out
 
     @classmethod

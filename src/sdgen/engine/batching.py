@@ -64,26 +64,19 @@ class Batcher:
         self.active: list[PreparedRequest] = []
         # The running states' embeddings joined, kept while the same states run: rows of
         # several lengths are grouped once, not at every step.
-        self._joined: tuple[tuple, TextEmbeddings | None] = ((), None)
+        self._joined: dict[tuple[int, ...], tuple[tuple, TextEmbeddings]] = {}
 
     def add(
         self, request: GenerationRequest, callback: StepCallback | None = None
     ) -> PreparedRequest:
         """Start ``request`` at the next step; the returned ticket identifies it in ``Finished``.
+        A request of another size than those in flight joins too, but shares no UNet call with
+        them (``compatible`` says whether it would).
 
         Raises:
-            InvalidRequest: the request is invalid for the model, or its size differs from the
-                size of the requests in flight (its latents could not share their UNet calls).
+            InvalidRequest: the request is invalid for the model.
         """
         prepared = self._start(self.model, request, callback)
-        if self.active and prepared.state.signature != self.active[0].state.signature:
-            first = self.active[0].request
-            raise InvalidRequest(
-                "width/height",
-                f"{prepared.request.width}x{prepared.request.height}",
-                f"the size of the requests in this batch, {first.width}x{first.height}; "
-                "run it in a batch of its own",
-            )
         self.active.append(prepared)
         return prepared
 
@@ -104,8 +97,9 @@ class Batcher:
     def step(self) -> list[Finished]:
         """One iteration for every request in flight: one shared UNet call, then each its own
         guidance, scheduler step and callback. Returns the requests that left the batch."""
-        running = [p for p in self.active if not p.state.done]
-        finished = [self._finish(p) for p in self.active if p.state.done]
+        finished = [f for p in self.active if p.state.done and (f := self._next_pass(p))]
+        gone = {id(f.prepared) for f in finished}
+        running = [p for p in self.active if not p.state.done and id(p) not in gone]
         if running:
             noise_preds = self._unet_calls(running, finished)
             for prepared, noise_pred in zip(running, noise_preds, strict=True):
@@ -119,12 +113,12 @@ class Batcher:
                 except Exception as err:  # noqa: BLE001 - its own callback stops only this request
                     finished.append(Finished(prepared, error=err))
                     continue
-                if prepared.state.done:
-                    finished.append(self._finish(prepared))
+                if prepared.state.done and (ended := self._next_pass(prepared)):
+                    finished.append(ended)
         gone = {id(f.prepared) for f in finished}
         self.active = [p for p in self.active if id(p) not in gone]
         if not self.active:
-            self._joined = ((), None)  # nothing of the finished requests is kept
+            self._joined = {}  # nothing of the finished requests is kept
         return finished
 
     def run_until_done(self) -> list[Finished]:
@@ -133,6 +127,16 @@ class Batcher:
         while self.active:
             finished.extend(self.step())
         return finished
+
+    def _next_pass(self, prepared: PreparedRequest) -> Finished | None:
+        """A request whose pass is done: None when its next pass (the hires fix's) starts,
+        else finished; a next pass that cannot start ends it with the error."""
+        try:
+            if prepared.start_next_pass():
+                return None
+        except Exception as err:  # noqa: BLE001 - e.g. out of memory upscaling: this request only
+            return Finished(prepared, error=_without_frames(err))
+        return self._finish(prepared)
 
     def _finish(
         self, prepared: PreparedRequest, stopped: GenerationStopped | None = None
@@ -167,9 +171,22 @@ class Batcher:
         return predictions
 
     def _shared_unet_call(self, running: list[PreparedRequest]) -> list[torch.Tensor]:
-        """One UNet call over every request's rows (one per embedding length, when their
-        prompts' lengths differ: ``predict_noise``); each request's slice of the prediction."""
-        states = [p.state for p in running]
+        """Each request's prediction, from one UNet call per latent shape among them (a hires
+        fix's second pass is larger); a shape's rows called together, ``_same_shape_call``."""
+        groups: dict[tuple, list[int]] = {}
+        for i, prepared in enumerate(running):
+            groups.setdefault(prepared.state.signature, []).append(i)
+        predictions: list[torch.Tensor] = [None] * len(running)  # type: ignore[list-item]
+        for indices in groups.values():
+            states = [running[i].state for i in indices]
+            for i, prediction in zip(indices, self._same_shape_call(states), strict=True):
+                predictions[i] = prediction
+        return predictions
+
+    def _same_shape_call(self, states: list) -> list[torch.Tensor]:
+        """One UNet call over the rows of ``states`` of one latent shape (one per embedding
+        length, when their prompts' lengths differ: ``predict_noise``); each state's slice of
+        the prediction."""
         model_inputs = [s.unet_input() for s in states]  # each (2B or B, C', h, w)
         rows = [x.shape[0] for x in model_inputs]
         # (N,): each row its own request's timestep, in the form ``denoise_state`` passes it
@@ -181,17 +198,16 @@ class Batcher:
 
     def _joined_embeddings(self, states: list) -> TextEmbeddings:
         """The text embeddings of ``states``' rows, one after another; the same object while
-        the same states run (compared by identity: the tuple holds them, so none is freed and
-        its id reused)."""
-        joined_states, joined = self._joined
-        if (
-            joined is None
-            or len(joined_states) != len(states)
-            or any(a is not b for a, b in zip(joined_states, states, strict=False))
-        ):
+        the same states run (keyed by the states' ids: the entry holds the states, so none is
+        freed and its id reused). Entries of states that no longer run together are dropped
+        when another set is joined."""
+        key = tuple(id(s) for s in states)
+        if key not in self._joined:
+            running = {id(p.state) for p in self.active}
+            self._joined = {k: v for k, v in self._joined.items() if running.issuperset(k)}
             joined = TextEmbeddings.cat([s.embeddings for s in states])
-            self._joined = (tuple(states), joined)
-        return joined
+            self._joined[key] = (tuple(states), joined)
+        return self._joined[key][1]
 
 
 def _without_frames(error: Exception) -> Exception:

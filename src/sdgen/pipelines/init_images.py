@@ -108,7 +108,13 @@ def strength_timesteps(scheduler, steps: int, strength: float) -> tuple[torch.Te
             f"at least 1/{steps} = {1 / steps!r} with {steps} steps (strength x steps >= 1, so "
             "a step runs)",
         )
+    return final_timesteps(scheduler, steps, run), run
+
+
+def final_timesteps(scheduler, steps: int, run: int) -> torch.Tensor:
+    """The last ``run`` of the scheduler's ``steps`` steps (counted as the user counts them);
+    the scheduler is told where they begin."""
     start = (steps - run) * scheduler.order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
-    return scheduler.timesteps[start:], run
+    return scheduler.timesteps[start:]

@@ -60,6 +60,17 @@ class PreparedRequest:
     # The decoded pictures -> the request's output (inpainting pastes them back into the init
     # picture where its mask options ask).
     finish: Callable[[list[Image.Image]], list[Image.Image]] | None = None
+    # The final latents of ``state`` -> the state of the request's next pass (the hires fix's
+    # second pass), run before the pictures are decoded.
+    next_pass: Callable[[torch.Tensor], DenoisingState] | None = None
+
+    def start_next_pass(self) -> bool:
+        """Replace the finished ``state`` by the next pass's; False when there is none."""
+        if self.next_pass is None:
+            return False
+        next_pass, self.next_pass = self.next_pass, None
+        self.state = next_pass(self.state.latents)
+        return True
 
     def result(
         self, model: LoadedModel, stopped: GenerationStopped | None = None
@@ -95,8 +106,11 @@ class PreparedRequest:
 def run_alone(model: LoadedModel, prepared: PreparedRequest) -> GenerationResult:
     """Denoise ``prepared`` on its own (one UNet call per iteration) and decode it; a callback
     that raises GenerationStopped ends it with the pictures predicted at that step."""
+    unet = denoising_unet(model)
     try:
-        denoise_state(denoising_unet(model), prepared.state)
+        denoise_state(unet, prepared.state)
+        while prepared.start_next_pass():
+            denoise_state(unet, prepared.state)
     except GenerationStopped as stopped:
         return prepared.result(model, stopped)
     return prepared.result(model)
@@ -116,6 +130,8 @@ def resolve_request(model: LoadedModel, request: GenerationRequest) -> Generatio
         precision=precision_name(model.dtype),  # "auto" resolved: the picture depends on it
     )
     check_size(request.width, request.height, model.vae_scale_factor)
+    if request.hires is not None:  # the second pass's size, too
+        request.hires.sizes(request.width, request.height, model.vae_scale_factor)
     return request
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
+from sdgen.pipelines.hires_pass import counted_steps, hires_scheduler, start_hires_pass
 from sdgen.pipelines.stages import (
     GenerationResult,
     PreparedRequest,
@@ -54,7 +57,21 @@ def start_txt2img(
         generators=generators,
         eta=request.eta,
     )
-    return PreparedRequest(request, DenoisingState(run, latents, embeddings, callback))
+    if request.hires is None:
+        return PreparedRequest(request, DenoisingState(run, latents, embeddings, callback))
+    # The hires fix: a second pass at the larger size, its steps counted after these.
+    second = hires_scheduler(model, request)[2]  # checked now, before any step runs
+    total = request.steps + second
+    state = DenoisingState(run, latents, embeddings, counted_steps(callback, 0, total))
+    then = partial(
+        start_hires_pass,
+        model,
+        request,
+        embeddings=embeddings,
+        generators=generators,
+        callback=counted_steps(callback, request.steps, total),
+    )
+    return PreparedRequest(request, state, next_pass=then)
 
 
 def noise_latents(

@@ -78,11 +78,12 @@ for _s in SAMPLERS.values():
 _ALIASES[_key("PLMS")] = "pndm"
 
 
-def resolve_sampler(name: str) -> Sampler:
-    """The sampler called ``name`` (sdgen or A1111 spelling, any case)."""
+def resolve_sampler(name: str, field: str = "sampler") -> Sampler:
+    """The sampler called ``name`` (sdgen or A1111 spelling, any case); an error names
+    ``field``."""
     if not isinstance(name, str) or _key(name) not in _ALIASES:
         known = ", ".join(f"{s.name} ({s.display_name})" for s in SAMPLERS.values())
-        raise InvalidRequest("sampler", name, f"one of {known}")
+        raise InvalidRequest(field, name, f"one of {known}")
     return SAMPLERS[_ALIASES[_key(name)]]
 
 

@@ -1,0 +1,146 @@
+"""The hires fix's second pass (``sdgen.hires.HiresFix``): txt2img's latents upscaled, then
+denoised again as img2img at the larger size.
+
+It is diffusers' img2img pipeline run on txt2img's upscaled latents with the same generators
+(latents as ``image``, A1111's latent upscalers), or on its decoded pictures resized by PIL
+(A1111's Lanczos and Nearest): each image's generator (seed + i) goes on drawing, after the
+first pass's draws, the VAE sample of its resized picture, the noise, then the sampler's draws.
+The steps are counted as A1111 counts them: the pass runs ``steps`` steps, the last ones of a
+schedule of ``int(steps / strength)`` (``HiresFix.pass_steps``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sdgen.errors import InvalidRequest
+from sdgen.media.images import decode_latents
+from sdgen.models.loaded import LoadedModel
+from sdgen.params import GenerationRequest
+from sdgen.pipelines.init_images import final_timesteps, latent_samples, pixels_tensor
+from sdgen.pipelines.stages import new_scheduler
+from sdgen.sampling.embeddings import TextEmbeddings
+from sdgen.sampling.loop import DenoisingState, Step, StepCallback, prepare_run
+from sdgen.sampling.noise import initial_latents
+
+# HIRES_UPSCALERS that interpolate the latents -> torch's (mode, antialias), A1111's table
+LATENT_MODES = {
+    "latent": ("bilinear", False),
+    "latent_antialiased": ("bilinear", True),
+    "latent_bicubic": ("bicubic", False),
+    "latent_bicubic_antialiased": ("bicubic", True),
+    "latent_nearest": ("nearest", False),
+    "latent_nearest_exact": ("nearest-exact", False),
+}
+# the others resize the decoded pictures -> PIL's filter
+PICTURE_FILTERS = {"lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
+
+
+def hires_scheduler(model: LoadedModel, request: GenerationRequest):
+    """The second pass's fresh scheduler, the timesteps it runs (the last ``run`` steps of its
+    schedule) and ``run``; errors name the hires fields."""
+    hires = request.hires
+    run, schedule = hires.pass_steps(request.steps)
+    sampler = hires.sampler or request.sampler
+    try:
+        scheduler = new_scheduler(model, request.replace(sampler=sampler, steps=schedule))
+    except InvalidRequest as err:
+        if err.field != "steps":
+            raise
+        raise InvalidRequest(
+            "hires.steps",
+            run,
+            f"more steps: the second pass's schedule of {schedule} steps is too short for "
+            f"{sampler or 'this model’s sampler'} ({err.allowed})",
+        ) from None
+    return scheduler, final_timesteps(scheduler, schedule, run), run
+
+
+def start_hires_pass(
+    model: LoadedModel,
+    request: GenerationRequest,
+    latents: torch.Tensor,
+    embeddings: TextEmbeddings,
+    generators: list[torch.Generator],
+    callback: StepCallback | None,
+) -> DenoisingState:
+    """The second pass of ``request`` set up from the first pass's final ``latents``
+    (B, C, h, w): upscaled, noised ``hires.strength`` of the way, with the first pass's text
+    ``embeddings`` and the images' ``generators``, which go on drawing."""
+    # 1. A fresh scheduler (the hires sampler's, else the request's); the last steps run.
+    scheduler, timesteps, steps = hires_scheduler(model, request)
+    # 2. The latents at the larger size (B, C, H/f, W/f).
+    init_latents = upscaled_latents(model, request, latents, generators)
+    # 3. Noised to the first step that runs, from each image's own generator.
+    noise = initial_latents(
+        generators, init_latents.shape[1:], device=model.device, dtype=model.dtype
+    )
+    start = timesteps[:1].repeat(init_latents.shape[0])
+    noised = scheduler.add_noise(init_latents.to(model.dtype), noise, start)
+    run = prepare_run(
+        scheduler,
+        guidance_scale=request.guidance_scale,
+        generators=generators,
+        timesteps=timesteps,
+        steps=steps,
+        eta=request.eta,
+    )
+    return DenoisingState(run, noised, embeddings, callback)
+
+
+def upscaled_latents(
+    model: LoadedModel,
+    request: GenerationRequest,
+    latents: torch.Tensor,
+    generators: list[torch.Generator],
+) -> torch.Tensor:
+    """The first pass's ``latents`` (B, C, h, w) at the second pass's size (B, C, H/f, W/f):
+    interpolated, or decoded, resized and encoded again (one VAE sample per image, from its
+    generator); scaled to cover the size, then its middle cropped, as A1111 does."""
+    factor = model.vae_scale_factor
+    hires = request.hires
+    cover, size = hires.sizes(request.width, request.height, factor)
+    if hires.upscaler in LATENT_MODES:
+        mode, antialias = LATENT_MODES[hires.upscaler]
+        upscaled = F.interpolate(  # in float32: bicubic and antialias take no fp16 on the CPU
+            latents.to(torch.float32),
+            size=(cover[1] // factor, cover[0] // factor),
+            mode=mode,
+            antialias=antialias,
+        ).to(latents.dtype)
+    else:
+        resample = PICTURE_FILTERS[hires.upscaler]
+        pictures = [p.resize(cover, resample=resample) for p in decode_latents(model.vae, latents)]
+        upscaled = torch.cat(
+            [
+                latent_samples(model.vae, pixels_tensor(p).to(model.dtype), [g])
+                for p, g in zip(pictures, generators, strict=True)
+            ]
+        )
+    return _crop_middle(upscaled, cover, size, factor)
+
+
+def _crop_middle(latents: torch.Tensor, cover, size, factor: int) -> torch.Tensor:
+    """The middle ``size`` of latents upscaled to ``cover``, as A1111 crops its hires latents
+    (the odd row or column off the far side)."""
+    crop_x, crop_y = (cover[0] - size[0]) // factor, (cover[1] - size[1]) // factor
+    height, width = latents.shape[2:]
+    return latents[
+        :, :, crop_y // 2 : height - (crop_y + 1) // 2, crop_x // 2 : width - (crop_x + 1) // 2
+    ]
+
+
+def counted_steps(callback: StepCallback | None, offset: int, total: int) -> StepCallback | None:
+    """``callback`` with its steps counted over both passes: this pass's steps after ``offset``
+    steps, of ``total``, so progress, stopping and videos see one run."""
+    if callback is None:
+        return None
+
+    def report(step: Step) -> None:
+        callback(dataclasses.replace(step, index=step.index + offset, total=total))
+
+    return report

@@ -1,0 +1,262 @@
+"""The hires fix: parity with diffusers' txt2img and img2img pipelines composed as the fix does
+it, sizes and steps as A1111 counts them, batching, progress, stopping, metadata."""
+
+from __future__ import annotations
+
+import diffusers
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TOLERANCE, diffusers_pipeline, max_pixel_diff
+from PIL import Image
+
+from sdgen.errors import GenerationStopped, InvalidRequest
+from sdgen.hires import HiresFix
+from sdgen.params import GenerationRequest
+from sdgen.pipelines.generate import generate
+from sdgen.sampling.samplers import SAMPLERS
+
+PROMPT, NEGATIVE = "a red circle on a blue background", "green"
+SEED, STEPS, WIDTH, HEIGHT = 77, 5, 32, 48  # non-square on purpose
+
+
+def _request(**changes) -> GenerationRequest:
+    base = GenerationRequest(
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        steps=STEPS,
+        seed=SEED,
+        width=WIDTH,
+        height=HEIGHT,
+        sampler="euler_a",
+        hires=HiresFix(scale=1.5, steps=3, strength=0.6),
+    )
+    return base.replace(**changes)
+
+
+@pytest.fixture(scope="module")
+def pipes(tiny_sd1):
+    txt2img = diffusers_pipeline(tiny_sd1)
+    img2img = diffusers.StableDiffusionImg2ImgPipeline(**txt2img.components)
+    img2img.set_progress_bar_config(disable=True)
+    return txt2img, img2img, dict(txt2img.scheduler.config)
+
+
+def _scheduler(sampler: str, config: dict):
+    entry = SAMPLERS[sampler]
+    return getattr(diffusers, entry.scheduler_class).from_config(config, **entry.options)
+
+
+def _reference(pipes, request: GenerationRequest, index: int, upscale):
+    """Picture ``index`` as diffusers makes it: txt2img's latents, ``upscale``d, then img2img
+    with the same generator, running ``run`` steps of a ``schedule``-step schedule."""
+    txt2img, img2img, config = pipes
+    hires = request.hires
+    generator = torch.Generator("cpu").manual_seed(request.seed + index)
+    common = dict(prompt=PROMPT, negative_prompt=NEGATIVE, guidance_scale=7.5)
+    txt2img.scheduler = _scheduler(request.sampler, config)
+    latents = txt2img(
+        **common,
+        width=request.width,
+        height=request.height,
+        num_inference_steps=request.steps,
+        generator=generator,
+        output_type="latent",
+    ).images  # (1, 4, h, w)
+    image = upscale(latents, txt2img)
+    img2img.scheduler = _scheduler(hires.sampler or request.sampler, config)
+    run, schedule = hires.pass_steps(request.steps)
+    return img2img(
+        **common,
+        image=image,
+        strength=min(1.0, (run + 0.5) / schedule),  # diffusers runs int(schedule * strength)
+        num_inference_steps=schedule,
+        generator=generator,
+    ).images[0]
+
+
+def _latent_upscale(size, mode="bilinear", antialias=False):
+    def upscale(latents, pipe):
+        factor = pipe.vae_scale_factor
+        shape = (size[1] // factor, size[0] // factor)
+        return F.interpolate(latents, size=shape, mode=mode, antialias=antialias)
+
+    return upscale
+
+
+@pytest.mark.parametrize(
+    "upscaler,mode,antialias",
+    [("latent", "bilinear", False), ("latent_bicubic_antialiased", "bicubic", True)],
+)
+def test_latent_hires_matches_diffusers(upscaler, mode, antialias, pipes, sd1_model):
+    hires = HiresFix(scale=1.5, steps=3, strength=0.6, upscaler=upscaler)
+    request = _request(num_images=2, hires=hires)
+    result = generate(sd1_model, request)
+    assert [image.size for image in result.images] == [(48, 72)] * 2
+    for i, image in enumerate(result.images):
+        reference = _reference(pipes, request, i, _latent_upscale((48, 72), mode, antialias))
+        assert max_pixel_diff(image, reference) <= TOLERANCE, f"image {i}"
+
+
+def test_lanczos_hires_matches_diffusers(pipes, sd1_model):
+    request = _request(hires=HiresFix(scale=2, strength=0.5, upscaler="lanczos", sampler="ddim"))
+
+    @torch.no_grad()
+    def upscale(latents, pipe):
+        picture = pipe.image_processor.postprocess(
+            pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+        )[0]
+        return picture.resize((64, 96), resample=3)  # PIL's Lanczos
+
+    result = generate(sd1_model, request)
+    assert result.images[0].size == (64, 96)
+    assert max_pixel_diff(result.images[0], _reference(pipes, request, 0, upscale)) <= TOLERANCE
+
+
+class Steps:
+    """A step callback that keeps (index, total, latent size) of every step."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.seen, self.stop_at, self.denoised = [], stop_at, None
+
+    def __call__(self, step):
+        self.seen.append((step.index, step.total, tuple(step.latents.shape[2:])))
+        if step.index + 1 == self.stop_at:
+            self.denoised = step.denoised.clone()
+            raise GenerationStopped(step.index + 1, step.total, step.denoised)
+
+
+def test_progress_counts_both_passes_as_one_run(sd1_model):
+    steps = Steps()
+    generate(sd1_model, _request(), steps)  # 5 steps, then 3 at 1.5x
+    factor = sd1_model.vae_scale_factor
+    small, large = (HEIGHT // factor, WIDTH // factor), (72 // factor, 48 // factor)
+    assert steps.seen == [(i, 8, small) for i in range(5)] + [(i, 8, large) for i in range(5, 8)]
+
+
+@pytest.mark.parametrize("stop_at,size", [(2, (WIDTH, HEIGHT)), (7, (48, 72))])
+def test_a_stopped_hires_request_keeps_the_pictures_of_its_step(stop_at, size, sd1_model):
+    from sdgen.media.images import decode_latents
+
+    steps = Steps(stop_at)
+    result = generate(sd1_model, _request(), steps)
+    assert result.stopped_at == (stop_at, 8) and result.images[0].size == size
+    expected = decode_latents(sd1_model.vae, steps.denoised)[0]
+    assert max_pixel_diff(result.images[0], expected) == 0
+
+
+def test_batched_hires_requests_equal_each_alone(sd1_model):
+    """A hires request's second pass is larger than the requests it started with: the batch
+    calls it apart, and every request gets its pictures alone, steps reported alike."""
+    from sdgen.engine.batching import Batcher
+
+    requests = [
+        _request(),
+        _request(prompt="a green tree", seed=5, hires=None),
+        _request(prompt="a cat", seed=9, sampler="dpmpp_2m", hires=HiresFix(scale=2)),
+    ]
+    batcher = Batcher(sd1_model)
+    recorders = [Steps() for _ in requests]
+    pairs = enumerate(zip(requests, recorders, strict=True))
+    tickets = {id(batcher.add(r, c)): i for i, (r, c) in pairs}
+    finished = {tickets[id(done.prepared)]: done for done in batcher.run_until_done()}
+    for i, request in enumerate(requests):
+        alone_steps = Steps()
+        alone = generate(sd1_model, request, alone_steps)
+        assert finished[i].error is None
+        assert max_pixel_diff(finished[i].result.images[0], alone.images[0]) <= 1
+        assert recorders[i].seen == alone_steps.seen
+
+
+@pytest.mark.parametrize(
+    "hires,cover,size",
+    [
+        (HiresFix(scale=2), (64, 96), (64, 96)),
+        (HiresFix(width=64), (64, 96), (64, 96)),  # the aspect ratio gives the height
+        (HiresFix(height=72), (48, 72), (48, 72)),
+        (HiresFix(width=64, height=64), (64, 96), (64, 64)),  # covered, its middle cropped
+        (HiresFix(width=96, height=48), (96, 144), (96, 48)),
+    ],
+)
+def test_sizes_as_a1111_calculates_them(hires, cover, size, sd1_model):
+    assert hires.sizes(WIDTH, HEIGHT, 8) == (cover, size)
+    result = generate(sd1_model, _request(hires=hires, steps=2))
+    assert result.images[0].size == size
+
+
+def test_a_cropped_hires_pass_takes_the_middle_of_the_upscaled_latents(sd1_model):
+    """Both sides given: the latents upscaled to cover the size are cropped to their middle,
+    an odd row or column off the far side, as A1111 crops them."""
+    from sdgen.pipelines.hires_pass import _crop_middle
+
+    latents = torch.arange(2 * 12 * 8, dtype=torch.float32).reshape(1, 2, 12, 8)
+    cropped = _crop_middle(latents, (64, 96), (64, 64), 8)
+    assert torch.equal(cropped, latents[:, :, 2:10])
+    odd = _crop_middle(latents, (64, 96), (64, 72), 8)  # 3 rows off: 1 at the top, 2 below
+    assert torch.equal(odd, latents[:, :, 1:10])
+
+
+@pytest.mark.parametrize(
+    "hires,field,message",
+    [
+        (HiresFix(scale=1.3), "hires.scale", r"not 41x62: e.g. 1.5 \(48x72\) or 2 \(64x96\)"),
+        (HiresFix(width=52), "hires.width", "a multiple of 8, this model's latent factor$"),
+        (HiresFix(width=40), "hires.height", "the 32x48 picture's aspect ratio gives it"),
+    ],
+)
+def test_sizes_not_made_of_multiples_of_the_latent_factor_are_refused(hires, field, message):
+    with pytest.raises(InvalidRequest, match=message) as err:
+        hires.sizes(WIDTH, HEIGHT, 8)
+    assert err.value.field == field
+
+
+def test_the_model_checks_the_second_pass_before_any_step(sd1_model):
+    steps = Steps()
+    factor = sd1_model.vae_scale_factor
+    with pytest.raises(InvalidRequest) as err:  # 32 * 1.3 = 41.6
+        generate(sd1_model, _request(hires=HiresFix(scale=1.3 if factor > 1 else 9)), steps)
+    assert err.value.field == "hires.scale"
+    assert steps.seen == []
+
+
+def test_a_second_pass_too_short_for_its_sampler_is_refused_by_its_field():
+    """The embedded model's schedule starts PLMS with Runge-Kutta steps: 4 at least."""
+    from sdgen.models.loader import load_model
+
+    model, steps = load_model(device="cpu"), Steps()
+    request = _request(width=64, height=64, sampler="pndm", hires=HiresFix(steps=2, strength=1))
+    with pytest.raises(InvalidRequest, match="schedule of 2 steps is too short for pndm") as err:
+        generate(model, request, steps)
+    assert err.value.field == "hires.steps" and steps.seen == []
+
+
+@pytest.mark.parametrize(
+    "fields,field",
+    [
+        (dict(scale=0.5), "hires.scale"),
+        (dict(scale=float("nan")), "hires.scale"),
+        (dict(strength=0), "hires.strength"),
+        (dict(steps=0), "hires.steps"),
+        (dict(upscaler="R-ESRGAN 4x+"), "hires.upscaler"),
+        (dict(sampler="nope"), "hires.sampler"),
+        (dict(width=True), "hires.width"),
+    ],
+)
+def test_bad_hires_settings_are_refused_by_name(fields, field):
+    with pytest.raises(InvalidRequest) as err:
+        HiresFix(**fields)
+    assert err.value.field == field
+
+
+def test_hires_is_txt2img_only_and_round_trips_as_a_dict():
+    from sdgen.params import InputPicture
+
+    picture = InputPicture.from_image(Image.new("RGB", (32, 48)))
+    with pytest.raises(InvalidRequest, match="txt2img only"):
+        _request(init_image=picture)
+    with pytest.raises(InvalidRequest) as err:
+        _request(hires={"scale": 2, "denoise": 0.5})
+    assert err.value.field == "hires.denoise"
+    request = _request(hires=HiresFix(scale=2, upscaler="lanczos", sampler="DPM++ 2M"))
+    assert request.hires.sampler == "dpmpp_2m"
+    assert GenerationRequest.from_dict(request.to_dict()) == request
