@@ -260,3 +260,25 @@ def test_hires_is_txt2img_only_and_round_trips_as_a_dict():
     request = _request(hires=HiresFix(scale=2, upscaler="lanczos", sampler="DPM++ 2M"))
     assert request.hires.sampler == "dpmpp_2m"
     assert GenerationRequest.from_dict(request.to_dict()) == request
+
+
+def test_metadata_records_the_hires_fix_as_a1111_writes_it(sd1_model, tmp_path):
+    from sdgen.api import save_result
+    from sdgen.media.metadata import parse_parameters, read_request
+
+    hires = HiresFix(scale=1.5, steps=3, strength=0.6, upscaler="latent_nearest_exact")
+    result = generate(sd1_model, _request(hires=hires))
+    path = save_result(result, sd1_model, tmp_path)[0]
+    text = Image.open(path).text["parameters"]
+    assert "Size: 32x48" in text  # the first pass's, as A1111 writes it
+    assert (
+        "Denoising strength: 0.6, RNG: CPU, Emphasis: None, Hires upscale: 1.5, Hires steps: 3, "
+        "Hires upscaler: Latent (nearest-exact), Version" in text
+    )
+    assert read_request(path) == result.request
+    other = _request(hires=HiresFix(width=64, sampler="dpmpp_2m_karras"), steps=2)
+    path = save_result(generate(sd1_model, other), sd1_model, tmp_path)[0]
+    fields = parse_parameters(Image.open(path).text["parameters"])
+    assert fields["Hires sampler"] == "DPM++ 2M" and fields["Hires schedule type"] == "Karras"
+    assert fields["Hires resize"] == "64x0" and fields["Hires upscaler"] == "Latent"
+    assert fields["Denoising strength"] == "0.7" and "Hires steps" not in fields

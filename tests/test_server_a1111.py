@@ -195,7 +195,18 @@ A1111_INVALID = [
     ({"sampler_name": "Euler", "scheduler": "Karras"}, "scheduler"),  # DPM++ 2M's only
     ({"sampler_name": "Warp drive", "scheduler": "Karras"}, "sampler_name"),
     ({"seed": -5}, "seed"),
-    ({"enable_hr": True}, "enable_hr"),
+    # the hires fix, named as A1111 clients send it
+    ({"enable_hr": True, "hr_scale": 1.3}, "hr_scale"),  # 83x83: not multiples of 8
+    ({"enable_hr": True, "hr_scale": 40}, "hr_scale"),
+    ({"enable_hr": True, "width": 512, "height": 512, "hr_scale": 8}, "hr_scale"),  # past 2048²
+    ({"enable_hr": True, "hr_resize_x": 100}, "hr_resize_x"),
+    ({"enable_hr": True, "hr_second_pass_steps": 151}, "hr_second_pass_steps"),
+    ({"enable_hr": True, "denoising_strength": 0}, "denoising_strength"),
+    ({"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"),
+    ({"enable_hr": True, "hr_sampler_name": "Warp drive"}, "hr_sampler_name"),
+    ({"enable_hr": True, "hr_prompt": "a blue circle"}, "hr_prompt"),
+    ({"enable_hr": True, "hr_checkpoint_name": "other.safetensors"}, "hr_checkpoint_name"),
+    ({"enable_hr": True, "firstphase_width": 256}, "firstphase_width"),
     ({"restore_faces": True}, "restore_faces"),
     ({"subseed_strength": 0.5}, "subseed_strength"),
     ({"styles": ["cinematic"]}, "styles"),
@@ -273,6 +284,7 @@ def test_invalid_a1111_requests_are_422_naming_a1111_fields(client, change, fiel
         ),
         ({"mask": MASK_BASE64, "inpaint_full_res_padding": -1}, "inpaint_full_res_padding"),
         ({"mask": MASK_BASE64, "mask_round": False}, "mask_round"),
+        ({"enable_hr": True}, "enable_hr"),  # txt2img's
     ],
 )
 def test_invalid_img2img_inputs_are_422(client, change, field):
@@ -834,3 +846,74 @@ def test_the_emphasis_mode_is_an_a1111_setting(client):
         client.post("/sdapi/v1/options", json={"emphasis": "Original"})
     odd = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": True})
     assert odd.status_code == 422 and "true" in odd.json()["error"]["message"]  # JSON, not 1
+
+
+def test_the_hires_fix_is_sdgens_with_a1111s_counting(client):
+    """enable_hr: the pictures are sdgen's hires fix of the same settings, at the larger size;
+    the infotext says so as A1111 writes it, and the progress counted both passes."""
+    from sdgen.hires import HiresFix
+
+    body = {
+        **WEBUIAPI_TXT2IMG,
+        "enable_hr": True,
+        "hr_scale": 1.5,
+        "hr_second_pass_steps": 2,
+        "hr_upscaler": "Latent (bicubic antialiased)",
+        "hr_sampler_name": "DPM++ 2M",
+        "hr_scheduler": "Karras",
+        "batch_size": 1,
+    }
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    hires = HiresFix(
+        scale=1.5,
+        steps=2,
+        strength=0.7,
+        upscaler="latent_bicubic_antialiased",
+        sampler="dpmpp_2m_karras",
+    )
+    request = GenerationRequest(
+        "a red circle",
+        steps=3,
+        seed=1234,
+        guidance_scale=7.0,
+        sampler="euler_a",
+        width=64,
+        height=64,
+        hires=hires,
+    )
+    picture = decode_png(response.json()["images"][0])
+    assert picture.size == (96, 96) and _same(picture, serial_pictures(request)[0])
+    fields = parse_parameters(picture.text["parameters"])
+    assert fields["Size"] == "64x64"  # the first pass's, as A1111 writes it
+    assert fields["Hires upscale"] == "1.5" and fields["Hires steps"] == "2"
+    assert fields["Hires upscaler"] == "Latent (bicubic antialiased)"
+    assert fields["Hires sampler"] == "DPM++ 2M" and fields["Hires schedule type"] == "Karras"
+    assert fields["Denoising strength"] == "0.7"
+    info = json.loads(response.json()["info"])
+    assert info["denoising_strength"] == 0.7
+
+
+def test_a1111_hires_defaults_and_upscaler_names():
+    from sdgen.server.a1111.protocol import Txt2ImgRequest
+
+    def hires(**fields):
+        body = {"enable_hr": True, "width": 64, "height": 64, **fields}
+        return Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20).hires
+
+    bare = hires()  # A1111's defaults: 2x, Latent, 0.75, the first pass's steps and sampler
+    assert (bare.scale, bare.upscaler, bare.strength, bare.steps, bare.sampler) == (
+        2.0,
+        "latent",
+        0.75,
+        None,
+        None,
+    )
+    assert hires(hr_upscaler="None").upscaler == "lanczos"  # A1111 resizes with Lanczos
+    assert hires(hr_upscaler="Nearest").upscaler == "nearest"
+    assert (
+        hires(hr_sampler_name="Use same sampler", hr_scheduler="Use same scheduler").sampler is None
+    )
+    assert hires(sampler_name="DPM++ 2M", hr_scheduler="Karras").sampler == "dpmpp_2m_karras"
+    assert hires(hr_resize_x=128, hr_resize_y=96).sizes(64, 64, 8) == ((128, 128), (128, 96))
+    assert hires(hr_prompt="a red circle", prompt="a red circle").scale == 2.0  # the same prompt

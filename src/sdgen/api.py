@@ -17,18 +17,27 @@ def image_record(
     """The metadata of picture ``index`` of ``result``, with facts found after generation."""
     request = result.image_request(index)
     if request.sampler:
-        sampler = resolve_sampler(request.sampler)
-        label = (sampler.a1111_name, sampler.schedule_type)
+        label = _sampler_label(request.sampler)
     else:  # a model whose own scheduler is not in the registry
         label = (model.scheduler_config["_class_name"], None)
+    hires_sampler = request.hires.sampler if request.hires is not None else None
     return ImageRecord(
         request=request,
         sampler_label=label,
+        hires_sampler_label=_sampler_label(hires_sampler)
+        if hires_sampler not in (None, request.sampler)
+        else None,
         model_name=model.display_name,
         model_hash=model.short_hash,
         version=f"sdgen {version('sdgen')}",
         extra={**_inversions_extra(model, request), **_stopped_extra(result), **(extra or {})},
     )
+
+
+def _sampler_label(name: str) -> tuple[str, str | None]:
+    """A1111's "Sampler" and "Schedule type" of sampler ``name``."""
+    sampler = resolve_sampler(name)
+    return sampler.a1111_name, sampler.schedule_type
 
 
 def _inversions_extra(model: LoadedModel, request) -> dict:

@@ -65,6 +65,22 @@ class Limits:
                 size_field, f"{width}x{height}", f"a size of at most {self.max_pixels} pixels"
             )
 
+    def check_hires(self, request: GenerationRequest, factor: int) -> None:
+        """The hires fix's second pass against the same bounds: its pictures' size, its steps."""
+        hires = request.hires
+        if hires.steps is not None and hires.steps > self.max_steps:
+            raise InvalidRequest(
+                "hires.steps", hires.steps, f"a whole number from 1 to {self.max_steps}"
+            )
+        width, height = hires.sizes(request.width, request.height, factor)[1]
+        if width * height > self.max_pixels:
+            field = "hires.scale" if hires.width is None and hires.height is None else "hires.width"
+            raise InvalidRequest(
+                field,
+                getattr(hires, field.split(".")[1]),
+                f"a second pass of at most {self.max_pixels} pixels, not {width}x{height}",
+            )
+
 
 def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) -> GenerationRequest:
     """``request`` resolved against ``model`` (seed, size, sampler) after every cheap check.
@@ -74,6 +90,7 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
     """
     # Imported here: the pipelines pull in diffusers; the engine's callers may not need them.
     from sdgen.conditioning.prompts import check_prompt_lengths
+    from sdgen.pipelines.hires_pass import hires_scheduler
     from sdgen.pipelines.init_images import sized_picture, strength_timesteps
     from sdgen.pipelines.masking import check_inpaint_pictures
     from sdgen.pipelines.stages import inversions_of, new_scheduler, resolve_request
@@ -102,4 +119,7 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
                     "pastes the repainted area back into it",
                 )
         strength_timesteps(scheduler, resolved.steps, resolved.strength)
+    if resolved.hires is not None:
+        limits.check_hires(resolved, model.vae_scale_factor)
+        hires_scheduler(model, resolved)  # steps its sampler can take
     return resolved

@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from sdgen.errors import SdgenError
+from sdgen.hires import HIRES_UPSCALERS
 from sdgen.params import GenerationRequest, InputPicture
 
 JSON_KEY = "sdgen"
@@ -43,6 +44,8 @@ class ImageRecord:
     # Facts found after generation, e.g. {"CLIP score": 24.1, "CLIP rank": 1, "NSFW": True}:
     # written into A1111's settings line and the JSON chunk's "extra".
     extra: dict[str, object] = field(default_factory=dict)
+    # A1111 "Hires sampler" and "Hires schedule type", where the hires fix's sampler differs
+    hires_sampler_label: tuple[str, str | None] | None = None
 
     def parameters_text(self) -> str:
         """A1111's infotext: prompt, ``Negative prompt:`` line, then the settings line."""
@@ -57,7 +60,7 @@ class ImageRecord:
             "Size": f"{r.width}x{r.height}",
             "Model hash": self.model_hash,
             "Model": self.model_name,
-            "Denoising strength": f"{r.strength:g}" if r.init_image is not None else None,
+            "Denoising strength": _denoising_strength(r),
             "Init image hash": r.init_image.sha256[:12] if r.init_image is not None else None,
             "Mask hash": r.mask.sha256[:12] if r.mask is not None else None,
             # where the noise is drawn (A1111 writes it unless GPU, its default): each
@@ -68,6 +71,7 @@ class ImageRecord:
             # A1111's "None" (brackets are text)
             "Emphasis": {"off": "None", "no_norm": "No norm"}.get(r.emphasis),
             **_mask_processing(r),
+            **_hires_fix(r, self.hires_sampler_label),
             **self.extra,
             "Version": self.version,
         }
@@ -86,6 +90,32 @@ class ImageRecord:
                 "extra": self.extra,
             }
         )
+
+
+def _denoising_strength(r: GenerationRequest) -> str | None:
+    """img2img's strength, or the hires fix's (A1111 writes both as "Denoising strength")."""
+    if r.init_image is not None:
+        return f"{r.strength:g}"
+    return f"{r.hires.strength:g}" if r.hires is not None else None
+
+
+def _hires_fix(r: GenerationRequest, sampler_label: tuple[str, str | None] | None) -> dict:
+    """The hires fix's settings under A1111's infotext keys, in the order A1111 adds them."""
+    hires = r.hires
+    if hires is None:
+        return {}
+    sampler, schedule = sampler_label or (None, None)
+    if hires.width is None and hires.height is None:
+        size = {"Hires upscale": f"{hires.scale:g}"}
+    else:  # A1111 writes 0 for the side it works out itself
+        size = {"Hires resize": f"{hires.width or 0}x{hires.height or 0}"}
+    return {
+        "Hires sampler": sampler,
+        "Hires schedule type": schedule,
+        **size,
+        "Hires steps": hires.steps,
+        "Hires upscaler": HIRES_UPSCALERS[hires.upscaler],
+    }
 
 
 def _mask_processing(r: GenerationRequest) -> dict[str, object]:

@@ -31,6 +31,7 @@ from sdgen.ui import INDEX_HTML, STATIC_DIR
 from .a1111.routes import router as a1111_router
 from .a1111.serving import A1111Handler
 from .config import ServerConfig
+from .protocol import NESTED_FIELDS
 from .routes import router
 from .security import RequestGuard
 from .service import JobService
@@ -129,6 +130,8 @@ async def _validation_error(request: Request, err: RequestValidationError) -> JS
     first = err.errors()[0]
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
     field = "body" if first.get("type") == "json_invalid" or not location else location[0]
+    if field in NESTED_FIELDS and len(location) > 1:  # e.g. "hires.scale"
+        field = ".".join(location[:2])
     message = f"{field}: {first.get('msg', 'invalid')}"
     return error_response(422, "invalid_request", message, field)
 

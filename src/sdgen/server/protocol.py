@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdgen.hires import HIRES_UPSCALERS, HiresFix
 from sdgen.params import MASKED_CONTENTS, RESIZE_MODES, GenerationRequest
 
 from .pictures import decode_picture
@@ -17,6 +18,24 @@ from .store import STATUSES, JobRecord
 Status = Literal[STATUSES]  # the store's statuses, one list
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationRequest)}
+_HIRES = {f.name: f.default for f in dataclasses.fields(HiresFix)}
+# Fields that hold an object of their own: a 422 names the field inside it ("hires.scale").
+NESTED_FIELDS = ("hires",)
+
+
+class HiresSettings(BaseModel):
+    """The hires fix of a txt2img job (``sdgen.hires.HiresFix``): a second pass at a larger
+    size."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    scale: float = Field(_HIRES["scale"], description="the larger size: this times the size")
+    width: int | None = Field(None, description="or this width (and height: cover and crop)")
+    height: int | None = Field(None, description="or this height")
+    steps: int | None = Field(None, description="steps the second pass runs; null: steps")
+    strength: float = Field(_HIRES["strength"], description="how much is noised again, (0, 1]")
+    upscaler: str = Field(_HIRES["upscaler"], description=", ".join(HIRES_UPSCALERS))
+    sampler: str | None = Field(None, description="the second pass's; null: the job's")
 
 
 class JobCreate(BaseModel):
@@ -73,6 +92,9 @@ class JobCreate(BaseModel):
     overlay: bool = Field(
         _DEFAULTS["overlay"],
         description="inpainting: paste the init picture back where the mask keeps it",
+    )
+    hires: HiresSettings | None = Field(
+        None, description="txt2img: A1111's hires fix, a second pass at a larger size"
     )
 
     def to_request(self, max_pixels: int) -> GenerationRequest:

@@ -2,11 +2,18 @@
 and their conversion to the one request type.
 
 A1111 clients send every field of A1111's processing classes. Fields that do not change the
-picture (saving, comments) are accepted and ignored; features sdgen does not have (hires fix,
-face restoration, tiling, variation seeds, scripts, styles, sampler settings other than the
-defaults: Euler a's ``eta`` other than 1, ``s_churn``, ``s_noise``, ``s_tmin``, ``s_tmax``;
-img2img's ``initial_noise_multiplier``, ``latent_mask``) are refused with 422 naming the field
-when they are switched on, rather than silently giving a different picture.
+picture (saving, comments) are accepted and ignored; features sdgen does not have (the hires
+fix's own prompts or checkpoint, face restoration, tiling, variation seeds, scripts, styles,
+sampler settings other than the defaults: Euler a's ``eta`` other than 1, ``s_churn``,
+``s_noise``, ``s_tmin``, ``s_tmax``; img2img's ``initial_noise_multiplier``, ``latent_mask``)
+are refused with 422 naming the field when they are switched on, rather than silently giving a
+different picture.
+
+The hires fix (``enable_hr``) is sdgen's ``hires``: ``hr_scale`` or ``hr_resize_x`` and
+``hr_resize_y``, ``hr_second_pass_steps``, ``denoising_strength`` (0.75 when missing, A1111's
+txt2img default), ``hr_upscaler`` (A1111's latent upscalers, Lanczos, Nearest and None, which
+resizes with Lanczos too; no upscaler models), ``hr_sampler_name`` and ``hr_scheduler``. A
+scale whose size is not made of multiples of 8 is refused (A1111 rounds it down).
 ``include_init_images`` only says whether the response echoes the input pictures.
 So is a ``scheduler`` (schedule type) that sdgen does not have with the sampler asked for
 (``schedule_types``), where A1111 would fall back to Automatic.
@@ -37,6 +44,7 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdgen.errors import InvalidRequest
+from sdgen.hires import HIRES_UPSCALERS
 from sdgen.params import GenerationRequest, InputPicture
 from sdgen.sampling.samplers import resolve_sampler
 
@@ -54,7 +62,19 @@ A1111_FIELDS = {
     "model": "override_settings.sd_model_checkpoint",
     "masked_content": "inpainting_fill",
     "padding_mask_crop": "inpaint_full_res_padding",
+    "hires.scale": "hr_scale",
+    "hires.width": "hr_resize_x",
+    "hires.height": "hr_resize_y",
+    "hires.steps": "hr_second_pass_steps",
+    "hires.strength": "denoising_strength",
+    "hires.upscaler": "hr_upscaler",
+    "hires.sampler": "hr_sampler_name",
 }
+# A1111's hires upscaler labels -> sdgen's (its "None" resizes with Lanczos, as "Lanczos" does)
+HIRES_UPSCALER_NAMES = {label: name for name, label in HIRES_UPSCALERS.items()} | {
+    "None": "lanczos"
+}
+HIRES_TXT2IMG_STRENGTH = 0.75  # A1111's StableDiffusionProcessingTxt2Img.denoising_strength
 # A1111's resize_mode -> sdgen's (3, "Just resize (latent upscale)", it does not have).
 RESIZE_MODES = {0: "stretch", 1: "crop", 2: "fill"}
 # A1111's inpainting_fill (its "Masked content" choices, in order) -> sdgen's masked_content.
@@ -153,7 +173,50 @@ class Txt2ImgRequest(BaseModel):
             "eta": self._ddim_eta(),
             "emphasis": self._emphasis(emphasis),
             "long_prompt": "chunk",  # A1111 reads every prompt in 75-token chunks
+            "hires": self._hires(),
         }
+
+    def _hires(self) -> dict[str, Any] | None:
+        """sdgen's hires settings for A1111's hires fix (``enable_hr``), else None."""
+        if not self.enable_hr:
+            return None
+        if self.hr_upscaler is not None and self.hr_upscaler not in HIRES_UPSCALER_NAMES:
+            raise InvalidRequest(
+                "hr_upscaler",
+                self.hr_upscaler,
+                f"one of {', '.join(HIRES_UPSCALER_NAMES)} (sdgen has no upscaler models)",
+            )
+        strength = self.denoising_strength
+        return {
+            "scale": self.hr_scale,
+            "width": self.hr_resize_x or None,  # 0: from the scale, or the other side
+            "height": self.hr_resize_y or None,
+            "steps": self.hr_second_pass_steps or None,  # 0: the first pass's
+            "strength": HIRES_TXT2IMG_STRENGTH if strength is None else strength,
+            "upscaler": HIRES_UPSCALER_NAMES.get(self.hr_upscaler, "latent"),  # None: Latent
+            "sampler": self._hires_sampler(),
+        }
+
+    def _hires_sampler(self) -> str | None:
+        """The hires pass's sampler and schedule type as one name, where they are not the first
+        pass's (A1111's "Use same sampler" / "Use same scheduler", or none)."""
+        sampler = self.hr_sampler_name
+        schedule = self.hr_scheduler
+        sampler = None if sampler in (None, "", "Use same sampler") else sampler
+        schedule = None if schedule in (None, "", "Use same scheduler") else schedule
+        if sampler is None and schedule is None:
+            return None
+        try:
+            return sampler_with_schedule(
+                sampler or self.sampler_name or self.sampler_index, schedule or self.scheduler
+            )
+        except InvalidRequest as err:  # named as sent: the hires pass's own, where given
+            given = {
+                "sampler": ("hr_sampler_name", sampler),
+                "scheduler": ("hr_scheduler", schedule),
+            }
+            field, value = given.get(err.field, (err.field, None))
+            raise InvalidRequest(field if value else err.field, err.value, err.allowed) from None
 
     def _emphasis(self, default: str) -> str:
         """sdgen's emphasis mode for A1111's (its ``emphasis`` setting, if overridden)."""
@@ -174,7 +237,15 @@ class Txt2ImgRequest(BaseModel):
     def _switched_on(self) -> dict[str, bool]:
         """Each feature sdgen does not have -> whether this request asks for it."""
         return {
-            "enable_hr": self.enable_hr,
+            # the hires fix's parts sdgen does not have: another checkpoint or prompt for the
+            # second pass, A1111's old hires sizes
+            "hr_checkpoint_name": self.enable_hr
+            and self.hr_checkpoint_name not in (None, "", "Use same checkpoint"),
+            "hr_prompt": self.enable_hr and self.hr_prompt not in ("", self.prompt),
+            "hr_negative_prompt": self.enable_hr
+            and self.hr_negative_prompt not in ("", self.negative_prompt),
+            "firstphase_width": self.enable_hr and self.firstphase_width != 0,
+            "firstphase_height": self.enable_hr and self.firstphase_height != 0,
             "restore_faces": bool(self.restore_faces),
             "tiling": bool(self.tiling),
             "subseed_strength": self.subseed_strength != 0,
@@ -219,6 +290,13 @@ class Txt2ImgRequest(BaseModel):
 _ALLOWED = {
     "eta": "1 or none with Euler a (diffusers' Euler a has eta 1 only)",
     "mask_round": "true on sdgen (its latent mask is rounded, A1111's default)",
+    "enable_hr": "false: the hires fix is txt2img's",
+    "hr_prompt": "empty or the prompt: sdgen's second pass uses the first pass's prompts",
+    "hr_negative_prompt": "empty or the negative prompt: sdgen's second pass uses the first "
+    "pass's prompts",
+    "hr_checkpoint_name": "none: sdgen's second pass uses the first pass's model",
+    "firstphase_width": "0 (A1111's old hires sizes): hr_scale or hr_resize_x/hr_resize_y",
+    "firstphase_height": "0 (A1111's old hires sizes): hr_scale or hr_resize_x/hr_resize_y",
 }
 
 
@@ -248,6 +326,7 @@ class Img2ImgRequest(Txt2ImgRequest):
             "initial_noise_multiplier": self.initial_noise_multiplier not in (None, 1),
             "latent_mask": self.latent_mask is not None,
             "mask_round": self.mask is not None and not self.mask_round,
+            "enable_hr": self.enable_hr,  # A1111's hires fix is txt2img's
         }
 
     def to_request(

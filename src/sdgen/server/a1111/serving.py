@@ -137,7 +137,7 @@ class A1111Handler:
             "sd_vae_hash": None,
             "seed_resize_from_w": -1,
             "seed_resize_from_h": -1,
-            "denoising_strength": request["strength"] if request.get("init_image") else None,
+            "denoising_strength": _denoising_strength(request),
             "extra_generation_params": {"Schedule type": sampler.schedule_type}
             if sampler and sampler.schedule_type
             else {},
@@ -323,6 +323,13 @@ class A1111Handler:
         if bare in names:
             return bare
         raise InvalidRequest(field, checkpoint, f"one of the served models: {', '.join(names)}")
+
+
+def _denoising_strength(request: dict) -> float | None:
+    """img2img's strength or the hires fix's, A1111's one ``denoising_strength``."""
+    if request.get("init_image"):
+        return request["strength"]
+    return request["hires"]["strength"] if request.get("hires") else None
 
 
 def _job_timestamp(record: JobRecord) -> str:
