@@ -55,6 +55,20 @@ def test_txt2img_job_gives_the_serial_picture_with_its_metadata(tmp_path):
             assert parse_parameters(result["parameters"])["Seed"] == str(7 + index)
 
 
+def test_a_hires_job_gives_the_serial_pictures_at_the_larger_size(tmp_path):
+    from sdgen.hires import HiresFix
+
+    hires = {"scale": 1.5, "steps": 2, "strength": 0.5, "upscaler": "lanczos"}
+    with client_for(tmp_path) as client:
+        job = client.post("/v1/jobs", json={**FAST, "hires": hires}).json()
+        assert job["request"]["hires"]["upscaler"] == "lanczos"
+        job = wait_for(client, job["id"])
+        assert job["status"] == "succeeded" and job["progress"]["total"] == 3 + 2
+        picture = decode_png(client.get(job["results"][0]["url"]).content)
+        request = GenerationRequest("a red circle", steps=3, seed=7, hires=HiresFix(**hires))
+        assert picture.size == (96, 96) and _equal(picture, serial_picture(request))
+
+
 def test_an_empty_prompt_is_an_unconditional_job(tmp_path):
     with client_for(tmp_path) as client:
         job = client.post("/v1/jobs", json={"prompt": "  ", "steps": 2, "seed": 1}).json()

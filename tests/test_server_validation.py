@@ -76,6 +76,18 @@ INVALID = [
     ({"steps": "5"}, "steps"),
     ({"resize": "yes", "init_image": RED}, "resize"),
     ({"init_image": png_base64(Image.new("RGB", (4096, 4096)))}, "init_image"),  # its size
+    # the hires fix, named inside its object
+    ({"hires": {"scale": 1.3}}, "hires.scale"),  # 83x83: not multiples of 8, never rounded
+    ({"hires": {"scale": "2"}}, "hires.scale"),
+    ({"hires": {"scale": 4}, "width": 1024, "height": 1024}, "hires.scale"),  # pixel budget
+    ({"hires": {"width": 100}}, "hires.width"),
+    ({"hires": {"steps": 151}}, "hires.steps"),  # over the server's maximum
+    ({"hires": {"strength": 0}}, "hires.strength"),
+    ({"hires": {"upscaler": "4x-UltraSharp"}}, "hires.upscaler"),
+    ({"hires": {"sampler": "warp drive"}}, "hires.sampler"),
+    ({"hires": {"denoise": 0.5}}, "hires.denoise"),
+    ({"hires": 2}, "hires"),
+    ({"hires": {}, "init_image": RED}, "hires"),  # txt2img's
 ]
 
 

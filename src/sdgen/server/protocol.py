@@ -189,7 +189,7 @@ def job_info(
 ) -> JobInfo:
     """The API's view of a stored job, with the live progress of a running one."""
     if record.status == "succeeded":
-        total = total or record.request.get("steps", 0)
+        total = total or _steps(record.request)
         step = total
     fraction = 1.0 if record.status == "succeeded" else (step / total if total else 0.0)
     return JobInfo(
@@ -217,3 +217,11 @@ def job_info(
         ],
         events_url=f"/v1/jobs/{record.id}/events",
     )
+
+
+def _steps(request: dict) -> int:
+    """The steps a stored request runs, as its progress counts them: the hires fix's after the
+    first pass's."""
+    steps = request.get("steps", 0)
+    hires = request.get("hires")
+    return steps + ((hires.get("steps") or steps) if isinstance(hires, dict) else 0)
