@@ -282,3 +282,49 @@ def test_metadata_records_the_hires_fix_as_a1111_writes_it(sd1_model, tmp_path):
     assert fields["Hires sampler"] == "DPM++ 2M" and fields["Hires schedule type"] == "Karras"
     assert fields["Hires resize"] == "64x0" and fields["Hires upscaler"] == "Latent"
     assert fields["Denoising strength"] == "0.7" and "Hires steps" not in fields
+
+
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    from sdgen.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_cli_adds_a_second_pass_and_reproduces_it(capsys, tmp_path, tiny_sd1):
+    from pathlib import Path
+
+    args = ["--model", tiny_sd1, "--steps", 3, "--seed", 4, "--width", 32, "--height", 48]
+    hires = ["--hires-width", 48, "--hires-steps", 2, "--hires-upscaler", "nearest"]
+    video = tmp_path / "denoise.gif"
+    code, out, err = _cli(
+        capsys, "generate", PROMPT, *args, *hires, "--save-steps", video, "--out", tmp_path / "a"
+    )
+    assert code == 0, err
+    picture = Path(out.splitlines()[0])
+    with Image.open(picture) as image, Image.open(video) as frames:
+        assert image.size == (48, 72)
+        assert frames.size == (48, 72) and frames.n_frames == 5  # 3 steps, then 2 larger
+        assert (
+            "Hires resize: 48x0, Hires steps: 2, Hires upscaler: Nearest"
+            in image.text["parameters"]
+        )
+    code, out, err = _cli(capsys, "reproduce", picture, "--out", tmp_path / "b")
+    assert code == 0, err
+    with Image.open(picture) as a, Image.open(out.strip()) as b:
+        assert max_pixel_diff(a, b) == 0
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--hires-steps", 2], "--hires-steps: 2 is not allowed; a second pass to apply to"),
+        (["--hires-scale", 1.33], "hires.scale: 1.33 is not allowed"),  # 53x53
+        (["--hires-scale", 2, "--hires-upscaler", "esrgan"], "'esrgan' is not one of"),
+    ],
+)
+def test_cli_hires_mistakes_exit_2_in_one_line(flags, message, capsys, tmp_path, tiny_sd1):
+    args = ["--model", tiny_sd1, "--steps", 2, "--width", 40, "--height", 40]
+    code, _, err = _cli(capsys, "generate", PROMPT, *args, *flags, "--out", tmp_path)
+    assert code == 2 and message in err and "Traceback" not in err

@@ -12,6 +12,8 @@ import click
 
 from sdgen.cli.common import cli, model_options, with_options
 from sdgen.cli.running import RunOptions, run
+from sdgen.errors import InvalidRequest
+from sdgen.hires import DEFAULT_HIRES_STRENGTH, HIRES_UPSCALERS, HiresFix
 from sdgen.params import (
     DEFAULT_STRENGTH,
     EMPHASIS_MODES,
@@ -127,14 +129,65 @@ def _request(prompt: str, kwargs: dict, **fields) -> GenerationRequest:
     )
 
 
+def _hires_options(func):
+    """A1111's hires fix: a second pass at a larger size (on with a scale or a size)."""
+    options = [
+        click.option(
+            "--hires-scale",
+            type=float,
+            help="add a second pass at this many times the size (A1111's hires fix), e.g. 2",
+        ),
+        click.option("--hires-width", type=int, help="or a second pass at this width"),
+        click.option(
+            "--hires-height",
+            type=int,
+            help="and/or height (both: scaled to cover the size, its middle cropped)",
+        ),
+        click.option(
+            "--hires-steps", type=int, help="steps the second pass runs [default: --steps]"
+        ),
+        click.option(
+            "--hires-strength",
+            type=float,
+            help=f"how much the upscaled picture is noised again, (0, 1] [default: "
+            f"{DEFAULT_HIRES_STRENGTH}]",
+        ),
+        click.option(
+            "--hires-upscaler",
+            type=click.Choice(HIRES_UPSCALERS),
+            help="upscale the latents (latent*) or the decoded pictures (lanczos, nearest) "
+            "[default: latent]",
+        ),
+        click.option("--hires-sampler", help="the second pass's sampler [default: --sampler]"),
+    ]
+    return with_options(func, options)
+
+
+def _hires(kwargs: dict) -> HiresFix | None:
+    """The hires fix the --hires-* flags ask for; None without a scale or size."""
+    names = ("scale", "width", "height", "steps", "strength", "upscaler", "sampler")
+    given = {name: kwargs[f"hires_{name}"] for name in names if kwargs[f"hires_{name}"] is not None}
+    if not given.keys() & {"scale", "width", "height"}:
+        if given:
+            name = next(iter(given))
+            raise InvalidRequest(
+                f"--hires-{name}",
+                given[name],
+                "a second pass to apply to: --hires-scale, --hires-width or --hires-height",
+            )
+        return None
+    return HiresFix(**given)
+
+
 @cli.command()
 @click.argument("prompt")
 @request_options
+@_hires_options
 @model_options
 @output_options
 def generate(prompt, **kwargs) -> None:
     """Generate pictures from PROMPT and print their paths."""
-    run(_request(prompt, kwargs), RunOptions.from_kwargs(kwargs))
+    run(_request(prompt, kwargs, hires=_hires(kwargs)), RunOptions.from_kwargs(kwargs))
 
 
 def _init_options(default_strength: float):

@@ -70,13 +70,22 @@ class StepFrames:
         self.indices.append(step.index)
 
     def pictures(self, model: LoadedModel) -> list[Image.Image]:
-        """The kept steps as pictures of the output size, in step order."""
-        if not self.tensors:
-            return []
-        latents = torch.stack(self.tensors)  # (N, C, h, w)
-        if self.preview == "x0":
-            return decode_latents(model.vae, latents.to(model.device))
-        return approximate_pictures(model, latents)
+        """The kept steps as pictures of their pass's size (a hires fix's second pass is
+        larger), in step order."""
+        pictures: list[Image.Image] = []
+        start = 0
+        while start < len(self.tensors):  # each run of one latent shape at once
+            shape = self.tensors[start].shape
+            end = start
+            while end < len(self.tensors) and self.tensors[end].shape == shape:
+                end += 1
+            latents = torch.stack(self.tensors[start:end])  # (N, C, h, w)
+            if self.preview == "x0":
+                pictures += decode_latents(model.vae, latents.to(model.device))
+            else:
+                pictures += approximate_pictures(model, latents)
+            start = end
+        return pictures
 
 
 @torch.no_grad()
@@ -162,7 +171,8 @@ def write_video(frames: list[Image.Image], path: Path, fps: int = 8) -> Path:
     """Write ``frames`` as an .mp4, .gif or .webp video (by ``path``'s suffix); return ``path``.
 
     Args:
-        frames: pictures of one size, in order.
+        frames: pictures in order; frames smaller than the last (a hires fix's first pass)
+            are resized to its size.
         path: where to write; its folder is created. An existing file is replaced.
         fps: frames per second.
     Returns:
@@ -173,6 +183,8 @@ def write_video(frames: list[Image.Image], path: Path, fps: int = 8) -> Path:
         raise ValueError("write_video: no frames to write")
     if fps < 1:
         raise InvalidRequest("fps", fps, "a whole number of frames per second, 1 or more")
+    size = frames[-1].size
+    frames = [f if f.size == size else f.resize(size, Image.Resampling.LANCZOS) for f in frames]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     WRITERS[path.suffix.lower()](frames, path, fps)
