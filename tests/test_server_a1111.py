@@ -728,6 +728,19 @@ def test_lists_of_what_sdgen_has_none_of_answer_empty(client):
     assert client.get("/sdapi/v1/upscalers-typo").status_code == 404
 
 
+def test_the_hires_upscalers_are_listed_as_a1111_lists_them(client):
+    upscalers = client.get("/sdapi/v1/upscalers").json()
+    assert [u["name"] for u in upscalers] == ["Lanczos", "Nearest", "None"]
+    assert set(upscalers[0]) == {"name", "model_name", "model_path", "model_url", "scale"}
+    modes = [m["name"] for m in client.get("/sdapi/v1/latent-upscale-modes").json()]
+    assert modes[0] == "Latent" and "Latent (nearest-exact)" in modes and len(modes) == 6
+    for name in [u["name"] for u in upscalers] + modes:  # each one a hires fix takes
+        body = {**WEBUIAPI_TXT2IMG, "enable_hr": True, "hr_upscaler": name, "steps": 1}
+        body |= {"batch_size": 1, "hr_second_pass_steps": 1, "width": 32, "height": 32}
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200, (name, response.text)
+
+
 def test_a_transparent_init_picture_is_laid_on_white_as_a1111_does():
     """A1111 flattens an init picture onto its img2img background colour (white by default);
     dropping the alpha would show whatever colour the transparent pixels hold (here black)."""

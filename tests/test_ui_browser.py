@@ -506,3 +506,36 @@ def test_a_cleared_mask_sends_no_mask_and_a_mask_fields_error_shows_next_to_it(
         choose_init_picture(page, init_path)
         assert page.locator("#mask-options").is_hidden() and clear.is_disabled()
         assert page.evaluate(UNLABELLED) == []
+
+
+def test_the_hires_fix_is_sent_when_ticked_and_its_errors_show_by_its_fields(browser, server):
+    with open_page(browser) as (page, _):
+        load(page, server.url)
+        fill_form(page, prompt="a red circle", steps=2, seed=5)
+        scale = page.get_by_label("Upscale by")
+        assert scale.is_disabled()  # until the box is ticked
+        body = generate_and_read_body(page)
+        assert "hires" not in body
+        wait_gallery_loaded(page, 1)
+
+        page.get_by_label("Add a second pass at a larger size").check()
+        scale.fill("1.3")  # 83x83: not multiples of 8
+        page.get_by_label("Upscaler").select_option("lanczos")
+        generate(page)
+        error = page.locator('[id="hires.scale-error"]')
+        error.wait_for()
+        page.wait_for_function("() => document.getElementById('hires.scale-error').textContent")
+        assert error.text_content().startswith("hires.scale: 1.3 is not allowed")
+        assert scale.get_attribute("aria-invalid") == "true"
+
+        scale.fill("1.5")
+        page.get_by_label("Hires steps").fill("2")
+        page.get_by_label("Denoising strength").fill("0.5")
+        body = generate_and_read_body(page)
+        assert body["hires"] == {"scale": 1.5, "steps": 2, "strength": 0.5, "upscaler": "lanczos"}
+        wait_gallery_loaded(page, 2)
+        job = server.api(f"/v1/jobs/{newest_job_id(page)}")
+        assert job["status"] == "succeeded" and job["request"]["hires"]["scale"] == 1.5
+        picture = decode_png(httpx.get(server.url + job["results"][0]["url"], timeout=10).content)
+        assert picture.size == (96, 96)
+        assert page.evaluate(UNLABELLED) == []

@@ -29,6 +29,7 @@ HIRES_UPSCALERS = {
     "lanczos": "Lanczos",
     "nearest": "Nearest",
 }
+LATENT_UPSCALERS = tuple(name for name in HIRES_UPSCALERS if name.startswith("latent"))
 DEFAULT_HIRES_STRENGTH = 0.7  # A1111's UI default for the second pass's denoising strength
 MAX_HIRES_SCALE = 8.0  # A1111's slider stops at 4; the server's pixel limit applies as well
 _SCALES_TO_SUGGEST = (1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from sdgen.hires import LATENT_UPSCALERS
+
 from ..serving import ApiError
 from .protocol import (
+    HIRES_UPSCALER_NAMES,
     GenerationResponse,
     Img2ImgRequest,
     PngInfoRequest,
@@ -90,13 +93,28 @@ def scripts(request: Request) -> dict:
     return {"txt2img": [], "img2img": []}
 
 
-# A1111's lists of what sdgen has none of (upscalers, VAEs, LoRAs ...). Clients read them when
-# they connect (SillyTavern reads upscalers, latent upscale modes and VAEs), so they answer
-# empty, as an A1111 without them would, rather than 404; using any of them is refused in the
-# generation calls (hires fix, styles ...).
+@router.get("/upscalers")
+def upscalers() -> list[dict]:
+    """The hires fix's picture upscalers, as A1111 lists its built-in ones (no models)."""
+    names = [n for n, upscaler in HIRES_UPSCALER_NAMES.items() if upscaler not in LATENT_UPSCALERS]
+    return [
+        {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+        for name in names
+    ]
+
+
+@router.get("/latent-upscale-modes")
+def latent_upscale_modes() -> list[dict]:
+    """The hires fix's latent upscalers, under A1111's names."""
+    names = [n for n, upscaler in HIRES_UPSCALER_NAMES.items() if upscaler in LATENT_UPSCALERS]
+    return [{"name": name} for name in names]
+
+
+# A1111's lists of what sdgen has none of (VAEs, LoRAs ...). Clients read them when they connect
+# (SillyTavern reads upscalers, latent upscale modes and VAEs), so they answer empty, as an
+# A1111 without them would, rather than 404; using any of them is refused in the generation
+# calls (styles ...).
 NONE_OF = (
-    "upscalers",
-    "latent-upscale-modes",
     "sd-vae",
     "hypernetworks",
     "face-restorers",

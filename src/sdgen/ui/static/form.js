@@ -8,6 +8,7 @@ import { clearMask, maskPicture, resetMask, setupMaskPainter } from "./mask.js";
 const TEXT_FIELDS = ["prompt", "negative_prompt"];
 const NUMBER_FIELDS = ["width", "height", "steps", "guidance_scale", "seed", "num_images"];
 const CHOICE_FIELDS = ["model", "sampler", "emphasis", "long_prompt"];
+const HIRES_NUMBERS = ["scale", "steps", "strength"]; // inputs "hires.scale", ...
 
 const $ = (id) => document.getElementById(id);
 
@@ -24,6 +25,7 @@ export function jobBody() {
     const value = numberOf(name);
     if (value !== undefined) body[name] = value;
   }
+  if ($("hires-on").checked) body.hires = hiresOptions();
   if (initPicture) {
     body.init_image = initPicture;
     body.strength = Number($("strength").value);
@@ -45,6 +47,17 @@ function numberOf(name) {
   const value = Number(text);
   if (!Number.isFinite(value)) throw fieldError(name, `${labelOf(name)}: not a number`);
   return value;
+}
+
+// The hires fix's settings (the server names its errors "hires.scale", the inputs' ids).
+function hiresOptions() {
+  const hires = {};
+  for (const name of HIRES_NUMBERS) {
+    const value = numberOf(`hires.${name}`);
+    if (value !== undefined) hires[name] = value;
+  }
+  if ($("hires.upscaler").value) hires.upscaler = $("hires.upscaler").value;
+  return hires;
 }
 
 // Inpainting's options, sent with a painted mask only (the server refuses them without one).
@@ -161,6 +174,8 @@ export function setupForm() {
     if (file) await useInitPicture(file);
   });
   $("init-clear").addEventListener("click", clearInitPicture);
+  const hiresOn = $("hires-on");
+  hiresOn.addEventListener("change", () => ($("hires-options").disabled = !hiresOn.checked));
   setupMaskPainter();
   // An edited field loses its error: the message described the value that was sent.
   $("job-form").addEventListener("input", (event) => {
