@@ -14,6 +14,7 @@ import importlib
 
 _EXPORTS = {
     "GenerationRequest": "sdgen.params",
+    "HiresFix": "sdgen.hires",
     "load_model": "sdgen.models.loader",
     "LoadedModel": "sdgen.models.loaded",
     "txt2img": "sdgen.pipelines.txt2img",
