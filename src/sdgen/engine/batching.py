@@ -1,8 +1,9 @@
 """Batching across requests: one shared UNet call per step for every request in flight.
 
-Requests that share a model, a latent shape and a precision are denoised together, step by step.
-Each keeps its own scheduler, generators, text embeddings, guidance scale, timesteps and
-callback; only the UNet call is shared. A step concatenates every request's UNet input, [uncond;
+Requests on one model are denoised together, step by step; those of one latent shape share a
+UNet call (the engine's workers join requests of the batch's size; a hires fix's second pass is
+larger, and is called apart while it runs). Each keeps its own scheduler, generators, text
+embeddings, guidance scale, timesteps and callback; only the UNet call is shared. A step concatenates every request's UNet input, [uncond;
 text] when it guides, else [text], with each row's own timestep as a (N,) tensor, which
 diffusers' UNet accepts; rows whose text embeddings differ in length (prompts read in 75-token
 chunks) are called one length at a time (``sdgen.sampling.embeddings``). Then each request
@@ -13,7 +14,8 @@ kernels' batch-size-dependent rounding (<= 1/255 measured, see tests/test_batchi
 txt2img, img2img and inpainting requests mix freely: each is set up by its own pipeline's
 ``start`` (img2img's noised init latents and shorter timesteps, inpainting's extra channels or
 blending hook live in its ``DenoisingState``). A request joins at any step boundary
-(``Batcher.add``) and leaves when its last step is done, decoded into a ``GenerationResult``.
+(``Batcher.add``) and leaves when its last step is done, decoded into a ``GenerationResult``;
+one with a next pass (the hires fix) starts it then, at the same step boundary, instead.
 A shared call that runs out of device memory is retried one request at a time.
 """
 
