@@ -322,6 +322,7 @@ def test_the_cli_adds_a_second_pass_and_reproduces_it(capsys, tmp_path, tiny_sd1
         (["--hires-steps", 2], "--hires-steps: 2 is not allowed; a second pass to apply to"),
         (["--hires-scale", 1.33], "hires.scale: 1.33 is not allowed"),  # 53x53
         (["--hires-scale", 2, "--hires-upscaler", "esrgan"], "'esrgan' is not one of"),
+        (["--hires-scale", 2, "--hires-width", 80], "--hires-scale: 2.0 is not allowed; nothing"),
     ],
 )
 def test_cli_hires_mistakes_exit_2_in_one_line(flags, message, capsys, tmp_path, tiny_sd1):

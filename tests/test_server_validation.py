@@ -81,6 +81,7 @@ INVALID = [
     ({"hires": {"scale": "2"}}, "hires.scale"),
     ({"hires": {"scale": 4}, "width": 1024, "height": 1024}, "hires.scale"),  # pixel budget
     ({"hires": {"width": 100}}, "hires.width"),
+    ({"hires": {"scale": 2, "width": 128}}, "hires.scale"),  # one size: a scale or a width
     ({"hires": {"steps": 151}}, "hires.steps"),  # over the server's maximum
     ({"hires": {"strength": 0}}, "hires.strength"),
     ({"hires": {"upscaler": "4x-UltraSharp"}}, "hires.upscaler"),

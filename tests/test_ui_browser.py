@@ -397,7 +397,9 @@ def choose_init_picture(page, path: Path) -> None:
 
 
 def paint(page, start: tuple[float, float], end: tuple[float, float]) -> None:
-    """One stroke with the mouse, in CSS pixels from the mask canvas's top left corner."""
+    """One stroke with the mouse, in CSS pixels from the mask canvas's top left corner (scrolled
+    into view first: the mouse moves in the window's coordinates)."""
+    page.locator("#mask-canvas").scroll_into_view_if_needed()
     box = page.locator("#mask-canvas").bounding_box()
     page.mouse.move(box["x"] + start[0], box["y"] + start[1])
     page.mouse.down()
@@ -538,4 +540,6 @@ def test_the_hires_fix_is_sent_when_ticked_and_its_errors_show_by_its_fields(bro
         assert job["status"] == "succeeded" and job["request"]["hires"]["scale"] == 1.5
         picture = decode_png(httpx.get(server.url + job["results"][0]["url"], timeout=10).content)
         assert picture.size == (96, 96)
+        caption = page.locator("#gallery .result figcaption").first.text_content()
+        assert "96×96" in caption and "hires fix from 64×64, lanczos, 2 steps" in caption
         assert page.evaluate(UNLABELLED) == []

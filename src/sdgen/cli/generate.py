@@ -176,6 +176,10 @@ def _hires(kwargs: dict) -> HiresFix | None:
                 "a second pass to apply to: --hires-scale, --hires-width or --hires-height",
             )
         return None
+    if "scale" in given and given.keys() & {"width", "height"}:
+        raise InvalidRequest(
+            "--hires-scale", given["scale"], "nothing with --hires-width/--hires-height: one size"
+        )
     return HiresFix(**given)
 
 

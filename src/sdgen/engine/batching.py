@@ -3,13 +3,14 @@
 Requests on one model are denoised together, step by step; those of one latent shape share a
 UNet call (the engine's workers join requests of the batch's size; a hires fix's second pass is
 larger, and is called apart while it runs). Each keeps its own scheduler, generators, text
-embeddings, guidance scale, timesteps and callback; only the UNet call is shared. A step concatenates every request's UNet input, [uncond;
-text] when it guides, else [text], with each row's own timestep as a (N,) tensor, which
-diffusers' UNet accepts; rows whose text embeddings differ in length (prompts read in 75-token
-chunks) are called one length at a time (``sdgen.sampling.embeddings``). Then each request
-applies its own guidance and scheduler step (``DenoisingState.advance``, what ``denoise_state``
-runs for a request alone), so a request's pictures are the ones it gets alone, up to the CPU
-kernels' batch-size-dependent rounding (<= 1/255 measured, see tests/test_batching.py).
+embeddings, guidance scale, timesteps and callback; only the UNet call is shared. A step
+concatenates every request's UNet input, [uncond; text] when it guides, else [text], with each
+row's own timestep as a (N,) tensor, which diffusers' UNet accepts; rows whose text embeddings
+differ in length (prompts read in 75-token chunks) are called one length at a time
+(``sdgen.sampling.embeddings``). Then each request applies its own guidance and scheduler step
+(``DenoisingState.advance``, what ``denoise_state`` runs for a request alone), so a request's
+pictures are the ones it gets alone, up to the CPU kernels' batch-size-dependent rounding
+(<= 1/255 measured, see tests/test_batching.py).
 
 txt2img, img2img and inpainting requests mix freely: each is set up by its own pipeline's
 ``start`` (img2img's noised init latents and shorter timesteps, inpainting's extra channels or

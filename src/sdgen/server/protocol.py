@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdgen.errors import InvalidRequest
 from sdgen.hires import HIRES_UPSCALERS, HiresFix
 from sdgen.params import MASKED_CONTENTS, RESIZE_MODES, GenerationRequest
 
@@ -99,6 +100,9 @@ class JobCreate(BaseModel):
 
     def to_request(self, max_pixels: int) -> GenerationRequest:
         """The GenerationRequest (validated there); pictures decoded with a pixel bound."""
+        hires = self.hires
+        if hires and "scale" in hires.model_fields_set and (hires.width or hires.height):
+            raise InvalidRequest("hires.scale", hires.scale, "none with a width or height")
         fields = self.model_dump(exclude={"init_image", "mask"})
         if self.init_image is not None:
             fields["init_image"] = decode_picture(

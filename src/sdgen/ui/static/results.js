@@ -17,6 +17,12 @@ export function settingsText(request, image) {
   if (request.init_image) {
     parts.push(`${request.mask ? "inpainting" : "img2img"}, strength ${request.strength}`);
   }
+  if (request.hires) {
+    // the picture's own size is shown above: the first pass's here
+    const { steps, strength, upscaler } = request.hires;
+    parts.push(`hires fix from ${request.width}×${request.height}, ${upscaler}, ` +
+      `${steps || request.steps} steps, strength ${strength}`);
+  }
   // A stopped job's picture is the prediction at that step (its metadata says which).
   const stopped = /Stopped at step: (\d+\/\d+)/.exec(image.parameters || "");
   if (stopped) parts.push(`stopped at step ${stopped[1]}`);
