@@ -423,3 +423,19 @@ def test_long_prompt_chunk_is_recorded_and_reproduced(capsys, tmp_path):
     assert code == 2 and "BREAK only with long_prompt chunk" in err, err
     code, out, err = run(capsys, "generate", "x", "--long-prompt", "split")
     assert code == 2 and "split" in err, err
+
+
+def test_clip_skip_is_recorded_and_reproduced(capsys, tmp_path):
+    args = ["--steps", 2, "--width", 64, "--height", 64, "--seed", 9, "--clip-skip", 2]
+    code, out, err = run(capsys, "generate", "a red circle", *args, "--out", tmp_path / "a")
+    assert code == 0, err
+    picture = Path(out.strip())
+    with Image.open(picture) as image:
+        assert parse_parameters(image.text["parameters"])["Clip skip"] == "2"
+    assert read_request(picture).clip_skip == 2
+    code, out, err = run(capsys, "reproduce", picture, "--out", tmp_path / "b")
+    assert code == 0, err
+    with Image.open(picture) as a, Image.open(out.strip()) as b:
+        assert max_pixel_diff(a, b) == 0
+    code, _, err = run(capsys, "generate", "x", *args[:-1], 4, "--out", tmp_path / "c")
+    assert code == 2 and "clip_skip: 4 is not allowed; 1 to 3" in err  # the miniature's 3 layers

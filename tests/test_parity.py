@@ -138,3 +138,55 @@ def test_sdgen_generate_writes_diffusers_pictures(tmp_path, capsys, pipelines, t
         )
         with Image.open(path) as image:
             assert max_pixel_diff(image.convert("RGB"), reference) <= TOLERANCE
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+@pytest.mark.parametrize("reading", [{}, {"long_prompt": "chunk", "emphasis": "original"}])
+def test_clip_skip_matches_diffusers_with_one_less(
+    family, reading, pipelines, sd1_model, sd2_model
+):
+    """A1111's clip skip 2 is diffusers' clip_skip=1: the penultimate layer through the final
+    layer norm; the same through sdgen's chunked and emphasis readings (a prompt without
+    brackets, within 75 tokens); and a negative prompt cached at clip skip 1 is not reused.
+
+    As A1111, sdgen reads the negative prompt at the same layer. diffusers 0.42's
+    StableDiffusionPipeline applies clip_skip to the prompt only (its SDXL pipelines were fixed
+    for this, diffusers PR #13973), so the reference is diffusers' ``encode_prompt`` with
+    clip_skip=1 for the prompt and for the negative prompt, passed in as embeddings."""
+    from types import SimpleNamespace
+
+    model = {"sd1": sd1_model, "sd2": sd2_model}[family]
+    pipe = pipelines[family]
+    encoder = pipe.text_encoder
+    if not hasattr(encoder, "text_model"):
+        # diffusers 0.42's clip_skip branch reads text_encoder.text_model.final_layer_norm,
+        # which transformers 5.6+ flattened away (diffusers issue #14124); the guard of
+        # diffusers PR #14043, as a plain attribute (not a submodule)
+        encoder.__dict__["text_model"] = SimpleNamespace(final_layer_norm=encoder.final_layer_norm)
+    base = GenerationRequest(
+        PROMPT, negative_prompt=NEGATIVE, steps=STEPS, sampler="euler", seed=SEED, **reading
+    )
+    common = dict(
+        prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, width=64, height=64
+    )
+    last = txt2img(model, base.replace(width=64, height=64)).images[0]  # caches NEGATIVE
+    skipped = txt2img(model, base.replace(width=64, height=64, clip_skip=2)).images[0]
+    embeds = {
+        name: pipe.encode_prompt(text, "cpu", 1, False, clip_skip=1)[0]
+        for name, text in (("prompt_embeds", PROMPT), ("negative_prompt_embeds", NEGATIVE))
+    }
+    size = dict(num_inference_steps=STEPS, width=64, height=64)
+    reference = _reference(pipe, "euler", SEED, **embeds, **size)
+    assert max_pixel_diff(skipped, reference) <= TOLERANCE
+    assert max_pixel_diff(last, reference) > 10  # clip skip changes the picture
+    assert max_pixel_diff(last, _reference(pipe, "euler", SEED, **common)) <= TOLERANCE
+
+
+def test_clip_skip_past_the_text_encoders_layers_is_refused(sd1_model):
+    from sdgen.errors import InvalidRequest
+
+    layers = sd1_model.text_encoder.config.num_hidden_layers
+    with pytest.raises(InvalidRequest, match=f"1 to {layers}: this model's text encoder"):
+        txt2img(sd1_model, GenerationRequest(PROMPT, steps=1, clip_skip=layers + 1))
+    with pytest.raises(InvalidRequest, match="from 1 to 12"):
+        GenerationRequest(PROMPT, clip_skip=0)

@@ -216,7 +216,9 @@ A1111_INVALID = [
         "alwayson_scripts.ControlNet",
     ),
     ({"override_settings": {"sd_model_checkpoint": "../x"}}, "override_settings"),
-    ({"override_settings": {"CLIP_stop_at_last_layers": 2}}, "override_settings"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 13}}, "override_settings"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 1.5}}, "override_settings"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 12}}, "override_settings"),  # 3 layers
     ({"eta": 0.5}, "eta"),  # Euler a: diffusers' ancestral step has eta 1 only
     ({"eta": 0.0}, "eta"),
     ({"sampler_name": "DDIM", "eta": 1.5}, "eta"),  # DDIM's: 0..1
@@ -701,7 +703,9 @@ def test_options_switch_the_model_a1111_calls_use(tmp_path, tiny_sd1):
         everything = client.get("/sdapi/v1/options").json()  # Open WebUI posts it all back
         assert client.post("/sdapi/v1/options", json=everything).status_code == 200
         assert everything["CLIP_stop_at_last_layers"] == 1 and everything["randn_source"] == "CPU"
-        other = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2})
+        other = client.post(
+            "/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 0, "sd_model_checkpoint": "x"}
+        )
         assert other.status_code == 422
         assert other.json()["error"]["field"] == "CLIP_stop_at_last_layers"
         assert handler.checkpoint == served[0]  # a refused call changes nothing
@@ -766,7 +770,6 @@ def test_settings_at_the_values_sdgen_runs_with_are_accepted():
     body = {**WEBUIAPI_TXT2IMG, "override_settings": same}
     assert Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20).steps == 3
     for key, value in [
-        ("CLIP_stop_at_last_layers", 2),
         ("sd_vae", "kl-f8.safetensors"),
         ("comma_padding_backtrack", 0),
     ]:
@@ -930,3 +933,36 @@ def test_a1111_hires_defaults_and_upscaler_names():
     assert hires(sampler_name="DPM++ 2M", hr_scheduler="Karras").sampler == "dpmpp_2m_karras"
     assert hires(hr_resize_x=128, hr_resize_y=96).sizes(64, 64, 8) == ((128, 128), (128, 96))
     assert hires(hr_prompt="a red circle", prompt="a red circle").scale == 2.0  # the same prompt
+
+
+def test_clip_skip_is_an_a1111_setting(client):
+    """CLIP_stop_at_last_layers, per call (override_settings, as SillyTavern sends it) or until
+    a restart (POST /options): sdgen's clip_skip, recorded as A1111's "Clip skip"."""
+    body = {**WEBUIAPI_TXT2IMG, "batch_size": 1}
+    expected = GenerationRequest(
+        "a red circle",
+        steps=3,
+        seed=1234,
+        guidance_scale=7.0,
+        sampler="euler_a",
+        width=64,
+        height=64,
+        clip_skip=2,
+    )
+    picture = serial_pictures(expected)[0]
+    override = {**body, "override_settings": {"CLIP_stop_at_last_layers": 2}}
+    response = client.post("/sdapi/v1/txt2img", json=override)
+    assert response.status_code == 200, response.text
+    sent = decode_png(response.json()["images"][0])
+    assert _same(sent, picture)
+    assert parse_parameters(sent.text["parameters"])["Clip skip"] == "2"
+    assert json.loads(response.json()["info"])["clip_skip"] == 2
+    plain = decode_png(client.post("/sdapi/v1/txt2img", json=body).json()["images"][0])
+    assert not _same(plain, picture) and "Clip skip" not in plain.text["parameters"]
+    try:
+        assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2.0}).is_success
+        assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
+        again = decode_png(client.post("/sdapi/v1/txt2img", json=body).json()["images"][0])
+        assert _same(again, picture)
+    finally:
+        client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})

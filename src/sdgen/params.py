@@ -38,6 +38,7 @@ EMPHASIS_MODES = ("off", "original", "no_norm")
 # 75-token chunks whose embeddings are joined (A1111, ComfyUI): sdgen.conditioning.chunks.
 LONG_PROMPT_MODES = ("truncate", "chunk")
 MAX_MASK_BLUR = 256  # pixels (A1111's UI goes to 64)
+MAX_CLIP_SKIP = 12  # A1111's slider; a model's text encoder may have fewer layers
 MAX_SIDE = 65_536  # pixels: the most a size (or a padding around a mask) can be
 
 
@@ -86,6 +87,10 @@ class GenerationRequest:
     reads it all, in 75-token chunks, as A1111 (``sdgen.conditioning.chunks``), where ``BREAK``
     starts a new chunk when emphasis is on.
 
+    ``clip_skip`` is A1111's "Clip skip": the prompts are read from the text encoder's
+    ``clip_skip``-th layer from the end (1, the default: its last), then its final layer norm, as
+    diffusers' ``clip_skip`` argument does with one less (diffusers' 1 is A1111's 2).
+
     ``hires`` (txt2img only) adds A1111's hires fix: a second pass that upscales the pictures and
     denoises them again at the larger size (``sdgen.hires.HiresFix``; a dict of its fields is
     taken too). ``width`` and ``height`` stay the first pass's size, as in A1111's metadata.
@@ -124,6 +129,7 @@ class GenerationRequest:
     overlay: bool = False
     emphasis: str = "off"
     long_prompt: str = "truncate"
+    clip_skip: int = 1
     hires: HiresFix | None = None
 
     def __post_init__(self) -> None:
@@ -147,6 +153,7 @@ class GenerationRequest:
             )
         _check_int("num_images", self.num_images, 1, 10_000)
         _check_int("steps", self.steps, 1, 10_000)
+        _check_int("clip_skip", self.clip_skip, 1, MAX_CLIP_SKIP)
         _check_guidance(self.guidance_scale)
         for name in ("width", "height"):
             if getattr(self, name) is not None:

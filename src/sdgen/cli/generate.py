@@ -61,6 +61,14 @@ def request_options(func):
             show_default=True,
             help="DDIM's eta, 0..1: 0 is deterministic, 1 adds fresh noise every step",
         ),
+        click.option(
+            "--clip-skip",
+            type=int,
+            default=1,
+            show_default=True,
+            help="A1111's clip skip: read the prompts from the text encoder's N-th layer from "
+            "the end (2 for NovelAI-based anime models; diffusers' clip_skip is N - 1)",
+        ),
         click.option("--width", type=int, help="default: the model's native size"),
         click.option("--height", type=int, help="default: the model's native size"),
     ]
@@ -120,6 +128,7 @@ def _request(prompt: str, kwargs: dict, **fields) -> GenerationRequest:
         eta=kwargs["eta"],
         emphasis=kwargs["emphasis"],
         long_prompt=kwargs["long_prompt"],
+        clip_skip=kwargs["clip_skip"],
         width=kwargs["width"],
         height=kwargs["height"],
         seed=kwargs["seed"],

@@ -40,16 +40,17 @@ def encode_text(
     emphasis: str = "off",
     long_prompt: str = "truncate",
     inversions: InversionLookup | None = None,
+    clip_skip: int = 1,
 ) -> list[torch.Tensor]:
     """The text encoder's last hidden states for each of ``texts``: (77, D) each, or with
     ``long_prompt`` "chunk" 77 positions per 75-token chunk (``sdgen.conditioning.chunks``).
     With an ``emphasis`` mode, A1111's (words:1.2) syntax weighs them
     (``sdgen.conditioning.emphasis``); the textual inversions of ``inversions`` are read
-    where the texts name them."""
+    where the texts name them; ``clip_skip`` > 1 reads an earlier layer (``hidden_states``)."""
     if long_prompt == "chunk":
         chunks = [prompt_chunks(tokenizer, text, emphasis, inversions) for text in texts]
         contents = [chunk for text_chunks in chunks for chunk in text_chunks]
-        hidden = _encode_windows(tokenizer, text_encoder, contents, device, emphasis)
+        hidden = _encode_windows(tokenizer, text_encoder, contents, device, emphasis, clip_skip)
         return [part.flatten(0, 1) for part in hidden.split([len(c) for c in chunks])]
     if emphasis != "off" or inversions:
         size = tokenizer.model_max_length - 2
@@ -64,7 +65,8 @@ def encode_text(
                     text[:80],
                 )
             contents.append(truncated(tokens, size))
-        return list(_encode_windows(tokenizer, text_encoder, contents, device, emphasis))
+        windows = _encode_windows(tokenizer, text_encoder, contents, device, emphasis, clip_skip)
+        return list(windows)
     max_length = tokenizer.model_max_length
     tokens = tokenize(
         tokenizer,
@@ -78,11 +80,22 @@ def encode_text(
     mask = None
     if getattr(text_encoder.config, "use_attention_mask", False):
         mask = tokens.attention_mask.to(device)
-    return list(text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0])
+    return list(hidden_states(text_encoder, tokens.input_ids.to(device), mask, clip_skip))
+
+
+def hidden_states(text_encoder, ids: torch.Tensor, mask, clip_skip: int = 1) -> torch.Tensor:
+    """(N, 77, D): the text encoder's last hidden state (after its final layer norm), or with
+    ``clip_skip`` > 1 the output of its ``clip_skip``-th layer from the end through that norm,
+    as diffusers' pipelines compute it (their ``clip_skip`` is one less) and A1111 does."""
+    if clip_skip == 1:
+        return text_encoder(ids, attention_mask=mask)[0]
+    output = text_encoder(ids, attention_mask=mask, output_hidden_states=True)
+    text_model = getattr(text_encoder, "text_model", text_encoder)  # transformers < 5 wraps it
+    return text_model.final_layer_norm(output.hidden_states[-clip_skip])
 
 
 def _encode_windows(
-    tokenizer, text_encoder, contents: list[Chunk], device, emphasis: str
+    tokenizer, text_encoder, contents: list[Chunk], device, emphasis: str, clip_skip: int = 1
 ) -> torch.Tensor:
     """(N, 77, D) hidden states of N windows of at most 75 tokens, laid out as the text
     encoder reads them (``layout``), with their textual inversion vectors in place, each
@@ -97,7 +110,7 @@ def _encode_windows(
         mask = (torch.arange(ids.shape[1], device=device) <= ends[:, None]).long()
     fixes = [(row, 1 + at, v) for row, chunk in enumerate(contents) for at, v in chunk.fixes]
     with _input_embeddings_fixed(text_encoder, fixes):
-        hidden = text_encoder(ids, attention_mask=mask)[0]
+        hidden = hidden_states(text_encoder, ids, mask, clip_skip)
     return emphasize(hidden, weights, emphasis) if emphasis != "off" else hidden
 
 
@@ -146,10 +159,11 @@ def encode_conditioning(
     guided: bool,
     device: torch.device,
     dtype: torch.dtype,
-    negative_cache: dict[tuple[str, str, str], torch.Tensor] | None = None,
+    negative_cache: dict[tuple[str, str, str, int], torch.Tensor] | None = None,
     emphasis: str = "off",
     long_prompt: str = "truncate",
     inversions: InversionLookup | None = None,
+    clip_skip: int = 1,
 ) -> TextEmbeddings:
     """The UNet's conditioning for a batch of images, one (prompt, negative) pair per image.
 
@@ -157,12 +171,12 @@ def encode_conditioning(
     ``guide`` splits; each (77, D), or 77 positions per chunk with ``long_prompt`` "chunk". The
     distinct prompts are encoded in one call. Each distinct negative prompt is encoded in a
     call of its own, so that its embedding is the same whether it comes from
-    ``negative_cache`` ((text, emphasis, long_prompt) -> (L, D), filled here, the oldest
+    ``negative_cache`` ((text, emphasis, long_prompt, clip_skip) -> (L, D), filled here, the oldest
     dropped past ``NEGATIVE_CACHE_SIZE`` chunks) or not: the usual empty one is encoded once
     per model. ``inversions``: the model's textual inversions, the same for all its calls.
     """
     prompts = list(dict.fromkeys(p for p, _ in image_prompts))
-    reading = (emphasis, long_prompt, inversions)
+    reading = (emphasis, long_prompt, inversions, clip_skip)
     encoded = encode_text(tokenizer, text_encoder, prompts, device, *reading)
     embedding = {p: e.to(dtype) for p, e in zip(prompts, encoded, strict=True)}
     rows = [embedding[p] for p, _ in image_prompts]
@@ -182,11 +196,12 @@ def _negative_embedding(
     tokenizer, text_encoder, reading: tuple, device: torch.device, dtype, cache: dict
 ) -> torch.Tensor:
     """(L, D) embedding of one negative prompt, ``reading`` = (text, emphasis, long_prompt,
-    inversions), from ``cache`` or encoded alone into it; cached under (text, emphasis,
-    long_prompt): a model's inversions never change."""
-    key = reading[:3]
+    inversions, clip_skip), from ``cache`` or encoded alone into it; cached under (text,
+    emphasis, long_prompt, clip_skip): a model's inversions never change."""
+    text, emphasis, long_prompt, _, clip_skip = reading
+    key = (text, emphasis, long_prompt, clip_skip)
     if key not in cache:
-        embedding = encode_text(tokenizer, text_encoder, [key[0]], device, *reading[1:])[0]
+        embedding = encode_text(tokenizer, text_encoder, [text], device, *reading[1:])[0]
         embedding = embedding.to(dtype)
         window = tokenizer.model_max_length
         kept = sum(len(e) // window for e in cache.values())

@@ -61,6 +61,7 @@ class ImageRecord:
             "Model hash": self.model_hash,
             "Model": self.model_name,
             "Denoising strength": _denoising_strength(r),
+            "Clip skip": r.clip_skip if r.clip_skip > 1 else None,  # A1111 writes it past 1
             "Init image hash": r.init_image.sha256[:12] if r.init_image is not None else None,
             "Mask hash": r.mask.sha256[:12] if r.mask is not None else None,
             # where the noise is drawn (A1111 writes it unless GPU, its default): each

@@ -130,6 +130,11 @@ def resolve_request(model: LoadedModel, request: GenerationRequest) -> Generatio
         precision=precision_name(model.dtype),  # "auto" resolved: the picture depends on it
     )
     check_size(request.width, request.height, model.vae_scale_factor)
+    layers = model.text_encoder.config.num_hidden_layers
+    if request.clip_skip > layers:
+        raise InvalidRequest(
+            "clip_skip", request.clip_skip, f"1 to {layers}: this model's text encoder's layers"
+        )
     if request.hires is not None:  # the second pass's size, too
         request.hires.sizes(request.width, request.height, model.vae_scale_factor)
     return request
@@ -204,6 +209,7 @@ def text_conditioning(model: LoadedModel, request: GenerationRequest) -> TextEmb
         emphasis=request.emphasis,
         long_prompt=request.long_prompt,
         inversions=inversions_of(model),
+        clip_skip=request.clip_skip,
     )
 
 

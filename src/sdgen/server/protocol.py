@@ -77,6 +77,11 @@ class JobCreate(BaseModel):
         description="a prompt past 75 tokens: truncate (its first 75, as diffusers) or chunk "
         "(75-token chunks, as A1111; BREAK starts one when emphasis is on)",
     )
+    clip_skip: int = Field(
+        _DEFAULTS["clip_skip"],
+        description="A1111's clip skip: the text encoder's layer from the end the prompts are "
+        "read from (1: its last)",
+    )
     # Inpainting's mask processing (A1111's); each needs a mask.
     mask_blur: int = Field(
         _DEFAULTS["mask_blur"], description="inpainting: blur the mask's edge by this many pixels"

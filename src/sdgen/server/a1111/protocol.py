@@ -50,11 +50,12 @@ from sdgen.sampling.samplers import resolve_sampler
 
 from ..pictures import decode_picture
 from .schedule_types import sampler_with_schedule
-from .settings import check_fixed_setting, emphasis_mode
+from .settings import CHANGEABLE, check_fixed_setting, clip_skip_setting, emphasis_mode
 
 # sdgen's request fields -> the A1111 field a client sent them as (for 422 messages).
 A1111_FIELDS = {
     "guidance_scale": "cfg_scale",
+    "clip_skip": "override_settings.CLIP_stop_at_last_layers",
     "num_images": "batch_size",
     "sampler": "sampler_name",
     "init_image": "init_images",
@@ -143,14 +144,15 @@ class Txt2ImgRequest(BaseModel):
     infotext: str | None = None
 
     def to_request(
-        self, model: str | None, max_pixels: int, emphasis: str = "original"
+        self, model: str | None, max_pixels: int, emphasis: str = "original", clip_skip: int = 1
     ) -> GenerationRequest:
         """The GenerationRequest this asks for; InvalidRequest with A1111's field names.
-        ``emphasis`` is the server's A1111 emphasis mode (POST /options), unless the request's
-        ``override_settings`` names one."""
+        ``emphasis`` and ``clip_skip`` are the server's A1111 settings (POST /options), unless
+        the request's ``override_settings`` names them."""
         self._refuse_unsupported()
         try:
-            return GenerationRequest(**self._fields(model, max_pixels, emphasis))
+            fields = self._fields(model, max_pixels, emphasis)
+            return GenerationRequest(**fields, clip_skip=self._clip_skip(clip_skip))
         except InvalidRequest as err:
             raise a1111_error(err) from err
 
@@ -218,6 +220,12 @@ class Txt2ImgRequest(BaseModel):
             field, value = given.get(err.field, (err.field, None))
             raise InvalidRequest(field if value else err.field, err.value, err.allowed) from None
 
+    def _clip_skip(self, default: int) -> int:
+        """sdgen's clip skip: A1111's ``CLIP_stop_at_last_layers``, if overridden."""
+        value = (self.override_settings or {}).get("CLIP_stop_at_last_layers")
+        field = "override_settings.CLIP_stop_at_last_layers"
+        return default if value is None else clip_skip_setting(field, value)
+
     def _emphasis(self, default: str) -> str:
         """sdgen's emphasis mode for A1111's (its ``emphasis`` setting, if overridden)."""
         label = (self.override_settings or {}).get("emphasis")
@@ -282,7 +290,7 @@ class Txt2ImgRequest(BaseModel):
                     f"alwayson_scripts.{script}", "enabled", "no scripts: sdgen has none"
                 )
         for key, value in (self.override_settings or {}).items():
-            if key not in ("sd_model_checkpoint", "emphasis"):
+            if key not in CHANGEABLE:
                 check_fixed_setting(f"override_settings.{key}", key, value)
 
 
@@ -330,11 +338,11 @@ class Img2ImgRequest(Txt2ImgRequest):
         }
 
     def to_request(
-        self, model: str | None, max_pixels: int, emphasis: str = "original"
+        self, model: str | None, max_pixels: int, emphasis: str = "original", clip_skip: int = 1
     ) -> GenerationRequest:
         """As txt2img's; a blur refused is named as sent: ``mask_blur`` or ``mask_blur_x``."""
         try:
-            return super().to_request(model, max_pixels, emphasis)
+            return super().to_request(model, max_pixels, emphasis, clip_skip)
         except InvalidRequest as err:
             if err.field == "mask_blur" and self.mask_blur is None:  # it came from mask_blur_x
                 raise InvalidRequest("mask_blur_x", err.value, err.allowed) from err

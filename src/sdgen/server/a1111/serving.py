@@ -41,7 +41,14 @@ from .protocol import (
     a1111_error,
 )
 from .schedule_types import offered_schedule_types
-from .settings import EMPHASIS_LABELS, FIXED_SETTINGS, check_fixed_setting, emphasis_mode
+from .settings import (
+    CHANGEABLE,
+    EMPHASIS_LABELS,
+    FIXED_SETTINGS,
+    check_fixed_setting,
+    clip_skip_setting,
+    emphasis_mode,
+)
 
 ORIGIN = "a1111"
 
@@ -56,6 +63,7 @@ class A1111Handler:
         # goes back to the server's first model); None: the server's first model.
         self.checkpoint: str | None = None
         self.emphasis = "original"  # A1111's default emphasis mode, until POST /options
+        self.clip_skip = 1  # A1111's CLIP_stop_at_last_layers, until POST /options
 
     async def txt2img(self, body: Txt2ImgRequest) -> GenerationResponse:
         return await self._generate(body)
@@ -79,7 +87,8 @@ class A1111Handler:
         return await run_in_threadpool(self._response, body, record)  # reads and encodes PNGs
 
     def _submit(self, body: Txt2ImgRequest, model: str | None) -> JobRecord:
-        request = body.to_request(model, self.config.max_input_pixels, self.emphasis)
+        limit = self.config.max_input_pixels
+        request = body.to_request(model, limit, self.emphasis, self.clip_skip)
         try:
             return self.service.submit(request, origin=ORIGIN)
         except InvalidRequest as err:
@@ -145,7 +154,7 @@ class A1111Handler:
             "infotexts": [image.parameters for image in record.images],
             "styles": [],
             "job_timestamp": _job_timestamp(record),
-            "clip_skip": 1,
+            "clip_skip": request.get("clip_skip", 1),
             # A1111's: the model is an inpainting one (its UNet sees the mask), not "a mask given"
             "is_using_inpainting_conditioning": model.unet.config.in_channels
             == INPAINTING_CHANNELS,
@@ -296,21 +305,29 @@ class A1111Handler:
         current = next((m for m in models if m.model_name == self.checkpoint), models[0])
         fixed = {key: values[0] for key, values in FIXED_SETTINGS.items()}
         emphasis = next(k for k, v in EMPHASIS_LABELS.items() if v == self.emphasis)
-        return {"sd_model_checkpoint": current.title, "emphasis": emphasis, **fixed}
+        return {
+            "sd_model_checkpoint": current.title,
+            "emphasis": emphasis,
+            "CLIP_stop_at_last_layers": self.clip_skip,
+            **fixed,
+        }
 
     def set_options(self, options: dict[str, Any]) -> None:
-        """``POST /sdapi/v1/options``: the checkpoint and emphasis mode A1111 calls use from
-        now on; any other setting only at the value sdgen runs with (``FIXED_SETTINGS``). All
-        are checked before any is set."""
+        """``POST /sdapi/v1/options``: the checkpoint, emphasis mode and clip skip A1111 calls
+        use from now on; any other setting only at the value sdgen runs with
+        (``FIXED_SETTINGS``). All are checked before any is set."""
         for key, value in options.items():
-            if key not in ("sd_model_checkpoint", "emphasis"):
+            if key not in CHANGEABLE:
                 check_fixed_setting(key, key, value)
-        emphasis, checkpoint = self.emphasis, self.checkpoint
+        emphasis, checkpoint, clip_skip = self.emphasis, self.checkpoint, self.clip_skip
         if "emphasis" in options:
             emphasis = emphasis_mode("emphasis", options["emphasis"])
+        if "CLIP_stop_at_last_layers" in options:
+            key = "CLIP_stop_at_last_layers"
+            clip_skip = clip_skip_setting(key, options[key])
         if "sd_model_checkpoint" in options:
             checkpoint = self._model_name(options["sd_model_checkpoint"], "sd_model_checkpoint")
-        self.emphasis, self.checkpoint = emphasis, checkpoint
+        self.emphasis, self.checkpoint, self.clip_skip = emphasis, checkpoint, clip_skip
 
     def _model_name(self, checkpoint: Any, field: str) -> str | None:
         """A1111 names checkpoints by title, "name [hash]"; a served model's name is its own."""

@@ -1,20 +1,24 @@
 """A1111's settings (its ``opts``, sent in ``override_settings`` and ``POST /options``) as far
-as sdgen has them: the checkpoint and the emphasis mode can change; the others sdgen always runs
-at one value, accepted at that value and refused at any other.
+as sdgen has them: the checkpoint, the emphasis mode and clip skip can change; the others sdgen
+always runs at one value, accepted at that value and refused at any other.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 from sdgen.conditioning.chunks import COMMA_BACKTRACK
 from sdgen.errors import InvalidRequest
+from sdgen.params import MAX_CLIP_SKIP
+
+# The settings that can change, per call (override_settings) or until a restart (POST /options).
+CHANGEABLE = ("sd_model_checkpoint", "emphasis", "CLIP_stop_at_last_layers")
 
 # A1111 settings (its ``opts``) that sdgen always runs at one value -> the values that mean it.
 # Clients send them in override_settings and POST /options (SillyTavern sends clip skip with
 # every call; Open WebUI posts back what GET /options gave); another value is refused.
 FIXED_SETTINGS: dict[str, tuple] = {
-    "CLIP_stop_at_last_layers": (1,),  # clip skip 1: the text encoder's last layer
     "sd_vae": ("Automatic", "None", None),  # the checkpoint's own VAE
     "samples_format": ("png",),  # sdgen's pictures are PNGs
     "eta_noise_seed_delta": (0,),  # ENSD
@@ -30,6 +34,16 @@ FIXED_SETTINGS: dict[str, tuple] = {
 
 # A1111's emphasis modes (its "emphasis" setting) -> sdgen's: "None" reads brackets as text.
 EMPHASIS_LABELS = {"Original": "original", "No norm": "no_norm", "None": "off"}
+
+
+def clip_skip_setting(field: str, value: object) -> int:
+    """A1111's ``CLIP_stop_at_last_layers`` as sdgen's ``clip_skip``, or InvalidRequest naming
+    ``field`` (a whole number; 2.0 is 2, as A1111's slider stores it)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    whole = number and math.isfinite(value) and value == int(value)
+    if not whole or not 1 <= value <= MAX_CLIP_SKIP:
+        raise InvalidRequest(field, _AsJson(value), f"a whole number from 1 to {MAX_CLIP_SKIP}")
+    return int(value)
 
 
 def emphasis_mode(field: str, label: object) -> str:
@@ -65,6 +79,5 @@ def check_fixed_setting(field: str, key: str, value: object) -> None:
     raise InvalidRequest(
         field,
         shown,
-        f"only sd_model_checkpoint and emphasis can change on sdgen; fixed: "
-        f"{', '.join(FIXED_SETTINGS)}",
+        f"only {', '.join(CHANGEABLE)} can change on sdgen; fixed: {', '.join(FIXED_SETTINGS)}",
     )
