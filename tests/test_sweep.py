@@ -294,6 +294,27 @@ def test_sweep_strength_axis_runs_img2img(tmp_path, tiny_sd1):
     assert [read_request(p, {"init_image": _input(init)}).strength for p in paths[:2]] == [0.3, 0.6]
 
 
+def test_sweep_clip_skip_axis(tmp_path, tiny_sd1):
+    """A1111's X/Y plot axis: each cell read at its clip skip (the tiny model has 2 layers)."""
+    from sdgen.models.loader import load_model
+    from sdgen.pipelines.generate import generate
+
+    args = ["--clip-skip", "1,2", "--steps", 2, "--seed", 3]
+    code, out, err = run("sweep", "a circle", *args, *tiny_args(tiny_sd1, tmp_path))
+    assert code == 0, err
+    paths = [Path(line) for line in out.splitlines()]
+    with Image.open(paths[-1]) as grid:
+        axes = json.loads(grid.text[SWEEP_KEY])["axes"]
+    labels = ["clip skip 1", "clip skip 2"]
+    assert [(a["name"], a["labels"]) for a in axes] == [("clip_skip", labels)]
+    assert [read_request(p).clip_skip for p in paths[:2]] == [1, 2]
+    alone = generate(load_model(tiny_sd1, device="cpu"), read_request(paths[1])).images[0]
+    assert np.array_equal(pixels(paths[1]), pixels(alone))
+    assert not np.array_equal(pixels(paths[0]), pixels(paths[1]))
+    code, out, err = run("sweep", "a circle", "--clip-skip", "1,3", *tiny_args(tiny_sd1, tmp_path))
+    assert code == 2 and "clip_skip: 3 is not allowed; 1 to 2" in err
+
+
 def _input(path: Path) -> InputPicture:
     from sdgen.media.images import read_picture
 

@@ -27,6 +27,7 @@ AXIS_FLAGS = {
     "seed": "seeds",
     "sampler": "sampler",
     "strength": "strength",
+    "clip_skip": "clip_skip",
 }
 _ORDER_KEY = "sdgen.sweep.order"  # ctx.meta: the axis flags in command-line order
 
@@ -39,8 +40,8 @@ def _remember_order(ctx: click.Context, param: click.Parameter, value: object) -
 
 
 def sweep_options(func):
-    """``request_options``, with comma lists for --guidance, --steps and --sampler; --seeds,
-    --strength, --init-image and --resize."""
+    """``request_options``, with comma lists for --guidance, --steps, --sampler and
+    --clip-skip; --seeds, --strength, --init-image and --resize."""
     func = request_options(func)
     # request_options makes new Option objects on every call: changing them changes this command.
     changes = {
@@ -48,7 +49,7 @@ def sweep_options(func):
         "num_images": {"hidden": True},  # one picture a cell; sweep_requests refuses others
     }
     for param in func.__click_params__:
-        if param.name in ("guidance", "steps", "sampler"):
+        if param.name in ("guidance", "steps", "sampler", "clip_skip"):
             param.type = click.STRING  # parsed per axis by sdgen.pipelines.sweep.parse_axis
             param.callback = _remember_order
             param.help = f"{param.help or param.name}; comma-separated values to sweep"

@@ -57,6 +57,10 @@ SWEEP_AXES: dict[str, SweepAxis] = {
         partial(_prefixed, "strength"),
         "comma-separated numbers from 0 to 1, e.g. 0.3,0.6",
     ),
+    # A1111's X/Y plot has it: the layer a model was trained with shows at a glance
+    "clip_skip": SweepAxis(
+        "clip_skip", int, partial(_prefixed, "clip skip"), "comma-separated whole numbers, e.g. 1,2"
+    ),
 }
 
 
