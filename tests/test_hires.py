@@ -329,3 +329,41 @@ def test_cli_hires_mistakes_exit_2_in_one_line(flags, message, capsys, tmp_path,
     args = ["--model", tiny_sd1, "--steps", 2, "--width", 40, "--height", 40]
     code, _, err = _cli(capsys, "generate", PROMPT, *args, *flags, "--out", tmp_path)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_ddim_eta_goes_to_a_second_pass_only_where_its_sampler_has_one(pipes, sd1_model):
+    """A DDIM first pass with eta and a second pass with a sampler without one (A1111 runs it so:
+    its eta_ddim is DDIM's only) is the DDIM run's latents, then the other sampler's pass."""
+    request = _request(sampler="ddim", eta=0.5, hires=HiresFix(scale=1.5, steps=2, sampler="euler"))
+    result = generate(sd1_model, request)
+    txt2img, img2img, config = pipes
+    generator = torch.Generator("cpu").manual_seed(SEED)
+    common = dict(prompt=PROMPT, negative_prompt=NEGATIVE, guidance_scale=7.5)
+    txt2img.scheduler = _scheduler("ddim", config)
+    latents = txt2img(
+        **common,
+        width=WIDTH,
+        height=HEIGHT,
+        num_inference_steps=STEPS,
+        eta=0.5,
+        generator=generator,
+        output_type="latent",
+    ).images
+    img2img.scheduler = _scheduler("euler", config)
+    run, schedule = request.hires.pass_steps(STEPS)
+    reference = img2img(
+        **common,
+        image=_latent_upscale((48, 72))(latents, txt2img),
+        strength=min(1.0, (run + 0.5) / schedule),
+        num_inference_steps=schedule,
+        generator=generator,
+    ).images[0]
+    assert max_pixel_diff(result.images[0], reference) <= TOLERANCE
+
+
+def test_a_second_pass_past_the_models_timesteps_is_refused_by_its_strength(sd1_model):
+    with pytest.raises(
+        InvalidRequest, match="at least 0.005: the second pass runs the last 5"
+    ) as err:
+        generate(sd1_model, _request(hires=HiresFix(scale=1.5, strength=0.004)))
+    assert err.value.field == "hires.strength"

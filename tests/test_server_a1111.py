@@ -932,6 +932,7 @@ def test_a1111_hires_defaults_and_upscaler_names():
     )
     assert hires(sampler_name="DPM++ 2M", hr_scheduler="Karras").sampler == "dpmpp_2m_karras"
     assert hires(hr_resize_x=128, hr_resize_y=96).sizes(64, 64, 8) == ((128, 128), (128, 96))
+    assert hires(hr_resize_x=128, hr_scale=0).width == 128  # A1111 ignores the scale then
     assert hires(hr_prompt="a red circle", prompt="a red circle").scale == 2.0  # the same prompt
 
 
@@ -960,6 +961,12 @@ def test_clip_skip_is_an_a1111_setting(client):
     plain = decode_png(client.post("/sdapi/v1/txt2img", json=body).json()["images"][0])
     assert not _same(plain, picture) and "Clip skip" not in plain.text["parameters"]
     try:
+        # past the miniature's 3 layers, set by POST /options: named so, not as an override
+        assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 5}).is_success
+        refused = client.post("/sdapi/v1/txt2img", json=body)
+        assert refused.status_code == 422
+        assert refused.json()["error"]["field"] == "CLIP_stop_at_last_layers"
+        assert "POST /sdapi/v1/options" in refused.json()["error"]["message"]
         assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2.0}).is_success
         assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
         again = decode_png(client.post("/sdapi/v1/txt2img", json=body).json()["images"][0])

@@ -82,6 +82,10 @@ INVALID = [
     ({"hires": {"scale": 1.3}}, "hires.scale"),  # 83x83: not multiples of 8, never rounded
     ({"hires": {"scale": "2"}}, "hires.scale"),
     ({"hires": {"scale": 4}, "width": 1024, "height": 1024}, "hires.scale"),  # pixel budget
+    # 16384x256 fits the budget, but is cropped from the 16384x16384 the picture is upscaled to
+    ({"hires": {"width": 16384, "height": 256}}, "hires.width"),
+    ({"hires": {"height": 4096}}, "hires.height"),  # 4096x4096: the side given is named
+    ({"hires": {"strength": 0.001}}, "hires.strength"),  # a schedule of 50,000 steps
     ({"hires": {"width": 100}}, "hires.width"),
     ({"hires": {"scale": 2, "width": 128}}, "hires.scale"),  # one size: a scale or a width
     ({"hires": {"steps": 151}}, "hires.steps"),  # over the server's maximum

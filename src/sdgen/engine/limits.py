@@ -72,13 +72,16 @@ class Limits:
             raise InvalidRequest(
                 "hires.steps", hires.steps, f"a whole number from 1 to {self.max_steps}"
             )
-        width, height = hires.sizes(request.width, request.height, factor)[1]
+        # The size the pictures are upscaled to before the middle is cropped: it is what is
+        # computed (and, with a picture upscaler, encoded), so it is what must fit.
+        (width, height), size = hires.sizes(request.width, request.height, factor)
         if width * height > self.max_pixels:
-            field = "hires.scale" if hires.width is None and hires.height is None else "hires.width"
+            name = next((n for n in ("width", "height") if getattr(hires, n) is not None), "scale")
+            cropped = "" if (width, height) == size else f", cropped to {size[0]}x{size[1]}"
             raise InvalidRequest(
-                field,
-                getattr(hires, field.split(".")[1]),
-                f"a second pass of at most {self.max_pixels} pixels, not {width}x{height}",
+                f"hires.{name}",
+                getattr(hires, name),
+                f"a second pass of at most {self.max_pixels} pixels, not {width}x{height}{cropped}",
             )
 
 

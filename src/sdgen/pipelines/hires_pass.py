@@ -12,6 +12,7 @@ schedule of ``int(steps / strength)`` (``HiresFix.pass_steps``).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -42,12 +43,22 @@ PICTURE_FILTERS = {"lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampl
 
 def hires_scheduler(model: LoadedModel, request: GenerationRequest):
     """The second pass's fresh scheduler, the timesteps it runs (the last ``run`` steps of its
-    schedule) and ``run``; errors name the hires fields."""
+    schedule), ``run`` and its eta (the request's DDIM eta where its sampler has one, else 0,
+    as A1111's eta_ddim); errors name the hires fields."""
     hires = request.hires
     run, schedule = hires.pass_steps(request.steps)
+    trained = model.scheduler_config.get("num_train_timesteps", 1000)
+    if schedule > trained:  # a schedule of more steps than the model has timesteps
+        raise InvalidRequest(
+            "hires.strength",
+            hires.strength,
+            f"at least {run / trained:.4g}: the second pass runs the last {run} steps of "
+            f"int({run} / strength) steps, at most this model's {trained} timesteps",
+        )
     sampler = hires.sampler or request.sampler
+    second = request.replace(sampler=sampler, steps=schedule, eta=0.0)
     try:
-        scheduler = new_scheduler(model, request.replace(sampler=sampler, steps=schedule))
+        scheduler = new_scheduler(model, second)
     except InvalidRequest as err:
         if err.field != "steps":
             raise
@@ -57,7 +68,8 @@ def hires_scheduler(model: LoadedModel, request: GenerationRequest):
             f"more steps: the second pass's schedule of {schedule} steps is too short for "
             f"{sampler or 'this model’s sampler'} ({err.allowed})",
         ) from None
-    return scheduler, final_timesteps(scheduler, schedule, run), run
+    eta = request.eta if "eta" in inspect.signature(scheduler.step).parameters else 0.0
+    return scheduler, final_timesteps(scheduler, schedule, run), run, eta
 
 
 def start_hires_pass(
@@ -72,7 +84,7 @@ def start_hires_pass(
     (B, C, h, w): upscaled, noised ``hires.strength`` of the way, with the first pass's text
     ``embeddings`` and the images' ``generators``, which go on drawing."""
     # 1. A fresh scheduler (the hires sampler's, else the request's); the last steps run.
-    scheduler, timesteps, steps = hires_scheduler(model, request)
+    scheduler, timesteps, steps, eta = hires_scheduler(model, request)
     # 2. The latents at the larger size (B, C, H/f, W/f).
     init_latents = upscaled_latents(model, request, latents, generators)
     # 3. Noised to the first step that runs, from each image's own generator.
@@ -87,7 +99,7 @@ def start_hires_pass(
         generators=generators,
         timesteps=timesteps,
         steps=steps,
-        eta=request.eta,
+        eta=eta,
     )
     return DenoisingState(run, noised, embeddings, callback)
 

@@ -189,8 +189,9 @@ class Txt2ImgRequest(BaseModel):
                 f"one of {', '.join(HIRES_UPSCALER_NAMES)} (sdgen has no upscaler models)",
             )
         strength = self.denoising_strength
+        resize = self.hr_resize_x or self.hr_resize_y  # then A1111 ignores hr_scale
         return {
-            "scale": self.hr_scale,
+            **({} if resize else {"scale": self.hr_scale}),
             "width": self.hr_resize_x or None,  # 0: from the scale, or the other side
             "height": self.hr_resize_y or None,
             "steps": self.hr_second_pass_steps or None,  # 0: the first pass's

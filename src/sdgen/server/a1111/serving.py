@@ -92,6 +92,10 @@ class A1111Handler:
         try:
             return self.service.submit(request, origin=ORIGIN)
         except InvalidRequest as err:
+            overridden = "CLIP_stop_at_last_layers" in (body.override_settings or {})
+            if err.field == "clip_skip" and not overridden:  # the POST /options setting's
+                allowed = f"{err.allowed} (set by POST /sdapi/v1/options)"
+                raise InvalidRequest("CLIP_stop_at_last_layers", err.value, allowed) from err
             raise a1111_error(err) from err
 
     def _response(self, body: Txt2ImgRequest, record: JobRecord) -> GenerationResponse:
