@@ -10,9 +10,9 @@ Light on purpose, like ``sdgen.params``: no torch here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from sdgen.checks import is_number, is_whole
 from sdgen.errors import InvalidRequest
 
 # How the first pass's result is brought to the larger size, as A1111's hires upscalers do it
@@ -58,17 +58,17 @@ class HiresFix:
 
     def __post_init__(self) -> None:
         allowed = f"a number from 1 to {MAX_HIRES_SCALE:g}"
-        if not _number(self.scale) or not 1.0 <= self.scale <= MAX_HIRES_SCALE:
+        if not is_number(self.scale) or not 1.0 <= self.scale <= MAX_HIRES_SCALE:
             raise InvalidRequest("hires.scale", self.scale, allowed)
         for name in ("width", "height"):
             value = getattr(self, name)
-            if value is not None and not (_whole(value) and 1 <= value <= 65_536):
+            if value is not None and not (is_whole(value) and 1 <= value <= 65_536):
                 raise InvalidRequest(f"hires.{name}", value, "a whole number from 1 to 65536")
-        if self.steps is not None and not (_whole(self.steps) and 1 <= self.steps <= 10_000):
+        if self.steps is not None and not (is_whole(self.steps) and 1 <= self.steps <= 10_000):
             raise InvalidRequest(
                 "hires.steps", self.steps, "a whole number from 1 to 10000 (or none: the steps)"
             )
-        if not _number(self.strength) or not 0.0 < self.strength <= 1.0:
+        if not is_number(self.strength) or not 0.0 < self.strength <= 1.0:
             raise InvalidRequest(
                 "hires.strength", self.strength, "a number above 0, at most 1 (1 noises it all)"
             )
@@ -149,11 +149,3 @@ def _scale_hint(width: int, height: int, factor: int, size: tuple[int, int]) -> 
         f"a scale that makes {width}x{height} a size of multiples of {factor} (this model's "
         f"latent factor), not {size[0]}x{size[1]}: {hint}"
     )
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

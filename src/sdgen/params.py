@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdgen.checks import check_fraction, check_guidance, check_int, check_text
 from sdgen.errors import InvalidRequest
 from sdgen.hires import HiresFix
 
@@ -138,8 +138,8 @@ class GenerationRequest:
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
-        _check_text("prompt", self.prompt)
-        _check_text("negative_prompt", self.negative_prompt)
+        check_text("prompt", self.prompt)
+        check_text("negative_prompt", self.negative_prompt)
         self._check_emphasis()
         if isinstance(self.prompt, tuple) and not self.prompt:
             raise InvalidRequest("prompt", [], "give at least one prompt")
@@ -151,15 +151,15 @@ class GenerationRequest:
                 list(self.negative_prompt),
                 f"give one negative prompt, or one per prompt ({len(self.prompts)})",
             )
-        _check_int("num_images", self.num_images, 1, 10_000)
-        _check_int("steps", self.steps, 1, 10_000)
-        _check_int("clip_skip", self.clip_skip, 1, MAX_CLIP_SKIP)
-        _check_guidance(self.guidance_scale)
+        check_int("num_images", self.num_images, 1, 10_000)
+        check_int("steps", self.steps, 1, 10_000)
+        check_int("clip_skip", self.clip_skip, 1, MAX_CLIP_SKIP)
+        check_guidance(self.guidance_scale)
         for name in ("width", "height"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1, MAX_SIDE)
+                check_int(name, getattr(self, name), 1, MAX_SIDE)
         if self.seed is not None:  # picture i takes seed + i: the last must be a seed too
-            _check_int("seed", self.seed, 0, MAX_SEED - 10_000 - (self.total_images - 1))
+            check_int("seed", self.seed, 0, MAX_SEED - 10_000 - (self.total_images - 1))
         if self.precision not in PRECISIONS:
             raise InvalidRequest("precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         if self.sampler is not None:
@@ -195,12 +195,9 @@ class GenerationRequest:
                 raise InvalidRequest(name, value, "a picture (InputPicture) or nothing")
         if self.mask is not None and self.init_image is None:
             raise InvalidRequest("mask", "given", "a mask needs an init_image to inpaint")
-        allowed = "a number from 0 to 1 (0 keeps the init picture, 1 replaces it)"
         if self.strength is not None:
-            if isinstance(self.strength, bool) or not isinstance(self.strength, int | float):
-                raise InvalidRequest("strength", self.strength, allowed)
-            if not (math.isfinite(self.strength) and 0.0 <= self.strength <= 1.0):
-                raise InvalidRequest("strength", self.strength, allowed)
+            allowed = "a number from 0 to 1 (0 keeps the init picture, 1 replaces it)"
+            check_fraction("strength", self.strength, allowed)
         if not isinstance(self.resize, bool):
             raise InvalidRequest("resize", self.resize, "true or false")
         if self.resize_mode not in RESIZE_MODES:
@@ -213,17 +210,13 @@ class GenerationRequest:
                 self.resize_mode,
                 "stretch, unless an init picture is resized (resize=True, --resize)",
             )
-        allowed = "a number from 0 to 1 (DDIM's eta: 0 is deterministic)"
-        if isinstance(self.eta, bool) or not isinstance(self.eta, int | float):
-            raise InvalidRequest("eta", self.eta, allowed)
-        if not (math.isfinite(self.eta) and 0.0 <= self.eta <= 1.0):
-            raise InvalidRequest("eta", self.eta, allowed)
+        check_fraction("eta", self.eta, "a number from 0 to 1 (DDIM's eta: 0 is deterministic)")
         self._check_mask_processing()
 
     def _check_mask_processing(self) -> None:
-        _check_int("mask_blur", self.mask_blur, 0, MAX_MASK_BLUR)
+        check_int("mask_blur", self.mask_blur, 0, MAX_MASK_BLUR)
         if self.padding_mask_crop is not None:
-            _check_int("padding_mask_crop", self.padding_mask_crop, 0, MAX_SIDE)
+            check_int("padding_mask_crop", self.padding_mask_crop, 0, MAX_SIDE)
         if self.masked_content not in MASKED_CONTENTS:
             raise InvalidRequest(
                 "masked_content", self.masked_content, f"one of {', '.join(MASKED_CONTENTS)}"
@@ -373,32 +366,3 @@ def _short(recorded: object) -> str:
         return str(recorded)
     size = f"{recorded.get('width')}x{recorded.get('height')}"
     return f"{size}, sha256 {str(recorded.get('sha256', ''))[:12]}"
-
-
-def _check_text(field: str, value: object) -> None:
-    items = value if isinstance(value, tuple) else (value,)
-    if not all(isinstance(item, str) for item in items):
-        raise InvalidRequest(field, value, "a string or a list of strings")
-    for item in items:
-        try:
-            item.encode("utf-8")
-        except UnicodeEncodeError as err:  # a lone surrogate, e.g. "\ud83d" from JSON
-            bad = item[err.start : err.end].encode("unicode_escape").decode()
-            raise InvalidRequest(
-                field, bad, "text in valid Unicode (an unpaired surrogate is not a character)"
-            ) from None
-
-
-def _check_int(field: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(field, value, f"a whole number from {low} to {high}")
-    if not low <= value <= high:
-        raise InvalidRequest(field, value, f"a whole number from {low} to {high}")
-
-
-def _check_guidance(value: object) -> None:
-    allowed = "a finite number (1 or less turns classifier-free guidance off)"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequest("guidance_scale", value, allowed)
-    if not math.isfinite(value):
-        raise InvalidRequest("guidance_scale", value, allowed)

@@ -6,8 +6,8 @@ always runs at one value, accepted at that value and refused at any other.
 from __future__ import annotations
 
 import json
-import math
 
+from sdgen.checks import is_number
 from sdgen.conditioning.chunks import COMMA_BACKTRACK
 from sdgen.errors import InvalidRequest
 from sdgen.params import MAX_CLIP_SKIP
@@ -39,8 +39,7 @@ EMPHASIS_LABELS = {"Original": "original", "No norm": "no_norm", "None": "off"}
 def clip_skip_setting(field: str, value: object) -> int:
     """A1111's ``CLIP_stop_at_last_layers`` as sdgen's ``clip_skip``, or InvalidRequest naming
     ``field`` (a whole number; 2.0 is 2, as A1111's slider stores it)."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    whole = number and math.isfinite(value) and value == int(value)
+    whole = is_number(value) and value == int(value)
     if not whole or not 1 <= value <= MAX_CLIP_SKIP:
         raise InvalidRequest(field, _AsJson(value), f"a whole number from 1 to {MAX_CLIP_SKIP}")
     return int(value)
