@@ -43,6 +43,8 @@ INVALID = [
     ({"steps": 0}, "steps"),
     ({"steps": 151}, "steps"),  # over the server's maximum
     ({"steps": 2.5}, "steps"),
+    ({"variation_seed": 5}, "variation_seed"),  # without a strength it would change nothing
+    ({"variation_strength": 2}, "variation_strength"),
     ({"clip_skip": 0}, "clip_skip"),
     ({"clip_skip": 4}, "clip_skip"),  # the miniature's text encoder has 3 layers
     ({"eta": 1.5}, "eta"),  # DDIM's eta: 0..1

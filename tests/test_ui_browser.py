@@ -186,6 +186,7 @@ def test_generate_shows_progress_then_the_picture_and_reuse_seed_fills_the_seed(
         page.get_by_label("Emphasis (words:1.2)").select_option("original")
         page.get_by_label("Prompts past 75 tokens").select_option("chunk")
         page.get_by_label("Clip skip", exact=True).fill("2")
+        page.get_by_label("Variation strength", exact=True).fill("0.25")
         fill_form(page, prompt="a (red:1.2) circle on a blue background", steps=20)  # random seed
         generate(page)
         job_id = newest_job_id(page)
@@ -210,6 +211,8 @@ def test_generate_shows_progress_then_the_picture_and_reuse_seed_fills_the_seed(
         assert job["request"]["sampler"] == sampler
         assert job["request"]["emphasis"] == "original"
         assert job["request"]["long_prompt"] == "chunk" and job["request"]["clip_skip"] == 2
+        assert job["request"]["variation_strength"] == 0.25  # its seed drawn at random
+        assert job["request"]["variation_seed"] is not None
         seed = job["results"][0]["seed"]
         result = page.locator("#gallery .result").first
         assert result.get_attribute("data-image-id") == job["results"][0]["id"]

@@ -87,6 +87,11 @@ class GenerationRequest:
     reads it all, in 75-token chunks, as A1111 (``sdgen.conditioning.chunks``), where ``BREAK``
     starts a new chunk when emphasis is on.
 
+    ``variation_strength`` (0..1) and ``variation_seed`` are A1111's variation seeds: each
+    image's starting noise is slerped, that much of the way, toward the noise of its variation
+    seed (``variation_seed + i``; drawn at random when not given), so pictures near a seed's
+    picture can be explored; 0 (the default) leaves the noise alone.
+
     ``clip_skip`` is A1111's "Clip skip": the prompts are read from the text encoder's
     ``clip_skip``-th layer from the end (1, the default: its last), then its final layer norm, as
     diffusers' ``clip_skip`` argument does with one less (diffusers' 1 is A1111's 2).
@@ -115,6 +120,8 @@ class GenerationRequest:
     width: int | None = None
     height: int | None = None
     seed: int | None = None
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
     precision: str = "auto"
     device: str = "auto"
     init_image: InputPicture | None = None
@@ -158,8 +165,15 @@ class GenerationRequest:
         for name in ("width", "height"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), 1, MAX_SIDE)
-        if self.seed is not None:  # picture i takes seed + i: the last must be a seed too
-            check_int("seed", self.seed, 0, MAX_SEED - 10_000 - (self.total_images - 1))
+        for name in ("seed", "variation_seed"):  # picture i takes seed + i: so must the last
+            if getattr(self, name) is not None:
+                last = MAX_SEED - 10_000 - (self.total_images - 1)
+                check_int(name, getattr(self, name), 0, last)
+        allowed = "a number from 0 to 1 (0: no variation; 1: the variation seed's noise)"
+        check_fraction("variation_strength", self.variation_strength, allowed)
+        if self.variation_seed is not None and not self.variation_strength:
+            allowed = "nothing without a variation_strength above 0, which it would not change"
+            raise InvalidRequest("variation_seed", self.variation_seed, allowed)
         if self.precision not in PRECISIONS:
             raise InvalidRequest("precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         if self.sampler is not None:
@@ -297,10 +311,31 @@ class GenerationRequest:
         return [pair for pair in pairs for _ in range(self.num_images)]
 
     def with_seed(self) -> GenerationRequest:
-        """This request with a seed: its own, or one drawn at random (then recorded everywhere)."""
-        if self.seed is not None:
-            return self
-        return dataclasses.replace(self, seed=secrets.randbelow(MAX_RANDOM_SEED))
+        """This request with a seed (and a variation seed where a variation strength asks for
+        one): its own, or one drawn at random (then recorded everywhere)."""
+        drawn: dict[str, int] = {}
+        if self.seed is None:
+            drawn["seed"] = secrets.randbelow(MAX_RANDOM_SEED)
+        if self.variation_strength and self.variation_seed is None:
+            drawn["variation_seed"] = secrets.randbelow(MAX_RANDOM_SEED)
+        return dataclasses.replace(self, **drawn) if drawn else self
+
+    def from_image(self, index: int, **changes: object) -> GenerationRequest:
+        """The request whose first picture is this one's picture ``index``: its seeds moved on
+        by ``index`` (a seed has been drawn), with ``changes``."""
+        variation = self.variation_seed
+        return self.replace(
+            seed=self.seed + index,
+            variation_seed=None if variation is None else variation + index,
+            **changes,
+        )
+
+    @property
+    def variation(self) -> tuple[int, float] | None:
+        """(variation seed, strength) where the noise is varied (the seed drawn), else None."""
+        if not self.variation_strength:
+            return None
+        return self.variation_seed, self.variation_strength
 
     def replace(self, **changes: object) -> GenerationRequest:
         """A copy with some fields changed, validated again."""

@@ -69,6 +69,19 @@ def request_options(func):
             help="A1111's clip skip: read the prompts from the text encoder's N-th layer from "
             "the end (2 for NovelAI-based anime models; diffusers' clip_skip is N - 1)",
         ),
+        click.option(
+            "--variation-strength",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="A1111's variation seeds: move each picture's noise this far (0..1) toward "
+            "the noise of its variation seed",
+        ),
+        click.option(
+            "--variation-seed",
+            type=int,
+            help="the first picture's variation seed (random if not given)",
+        ),
         click.option("--width", type=int, help="default: the model's native size"),
         click.option("--height", type=int, help="default: the model's native size"),
     ]
@@ -132,6 +145,8 @@ def _request(prompt: str, kwargs: dict, **fields) -> GenerationRequest:
         width=kwargs["width"],
         height=kwargs["height"],
         seed=kwargs["seed"],
+        variation_seed=kwargs["variation_seed"],
+        variation_strength=kwargs["variation_strength"],
         precision=kwargs["precision"] or "auto",
         device=kwargs["device"],
         **fields,

@@ -85,11 +85,11 @@ def generate_on_devices(
     request = resolve_request(models[0], request)
     pairs = request.image_prompts()
     runs = [
-        request.replace(
+        request.from_image(
+            part.start,
             prompt=tuple(pairs[i][0] for i in part),
             negative_prompt=tuple(pairs[i][1] for i in part),
             num_images=1,
-            seed=request.seed + part.start,
         )
         for part in parts
     ]

@@ -88,8 +88,12 @@ def start_hires_pass(
     # 2. The latents at the larger size (B, C, H/f, W/f).
     init_latents = upscaled_latents(model, request, latents, generators)
     # 3. Noised to the first step that runs, from each image's own generator.
-    noise = initial_latents(
-        generators, init_latents.shape[1:], device=model.device, dtype=model.dtype
+    noise = initial_latents(  # varied as A1111 varies its second pass's noise
+        generators,
+        init_latents.shape[1:],
+        device=model.device,
+        dtype=model.dtype,
+        variation=request.variation,
     )
     start = timesteps[:1].repeat(init_latents.shape[0])
     noised = scheduler.add_noise(init_latents.to(model.dtype), noise, start)

@@ -54,7 +54,11 @@ def start_img2img(
     generators = image_generators(request.seed, request.total_images)
     init_latents = latent_samples(model.vae, picture_tensor(request).to(model.dtype), generators)
     noise = initial_latents(
-        generators, init_latents.shape[1:], device=model.device, dtype=model.dtype
+        generators,
+        init_latents.shape[1:],
+        device=model.device,
+        dtype=model.dtype,
+        variation=request.variation,
     )
     start = timesteps[:1].repeat(init_latents.shape[0])
     latents = scheduler.add_noise(init_latents.to(model.dtype), noise, start)

@@ -128,7 +128,9 @@ def _prepare(model, request, scheduler, timesteps, generators, pixels, mask):
     image_latents = masked_latents = None
     if not (inpainting_unet and from_noise):
         image_latents = latent_samples(model.vae, pixels, generators).to(model.dtype)
-    noise = initial_latents(generators, shape, device=model.device, dtype=model.dtype)
+    noise = initial_latents(
+        generators, shape, device=model.device, dtype=model.dtype, variation=request.variation
+    )
     if inpainting_unet:
         masked_pixels = pixels * (mask < 0.5)
         masked_latents = latent_samples(model.vae, masked_pixels, generators).to(model.dtype)

@@ -42,9 +42,7 @@ class GenerationResult:
     def image_request(self, index: int) -> GenerationRequest:
         """The single-picture request that gives image ``index`` alone."""
         prompt, negative = self.request.image_prompts()[index]
-        return self.request.replace(
-            prompt=prompt, negative_prompt=negative, num_images=1, seed=self.seeds[index]
-        )
+        return self.request.from_image(index, prompt=prompt, negative_prompt=negative, num_images=1)
 
 
 OVERFLOW_GUIDANCE = 30  # above it, an overflow is put down to guidance (A1111's UI allows 30)

@@ -80,5 +80,7 @@ def noise_latents(
     """txt2img's starting latents (B, C, H/f, W/f): each image's noise, at the first sigma."""
     factor = model.vae_scale_factor
     shape = (model.latent_channels, request.height // factor, request.width // factor)
-    latents = initial_latents(generators, shape, device=model.device, dtype=model.dtype)
+    latents = initial_latents(
+        generators, shape, device=model.device, dtype=model.dtype, variation=request.variation
+    )
     return latents * scheduler.init_noise_sigma

@@ -20,11 +20,38 @@ def initial_latents(
     *,
     device: torch.device,
     dtype: torch.dtype,
+    variation: tuple[int, float] | None = None,
 ) -> torch.Tensor:
     """Gaussian latents (B, C, H/f, W/f): each image's own draw, in its generator's order.
 
     The same draw as diffusers' ``randn_tensor`` with a list of CPU generators, so seeds match
-    diffusers' pipelines.
+    diffusers' pipelines. With a ``variation`` (seed, strength), image i's draw is slerped
+    toward a draw from a fresh generator seeded seed + i, as A1111's variation seeds do.
     """
     draws = [torch.randn((1, *shape), generator=g, device="cpu", dtype=dtype) for g in generators]
+    if variation is not None:
+        seed, strength = variation
+        others = image_generators(seed, len(draws))
+        draws = [
+            slerp(strength, d[0].float(), torch.randn(shape, generator=g, dtype=dtype).float())
+            .to(dtype)
+            .unsqueeze(0)
+            for d, g in zip(draws, others, strict=True)
+        ]
     return torch.cat(draws).to(device)
+
+
+def slerp(strength: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """``strength`` of the way from noise ``low`` to ``high`` (C, h, w), along great circles of
+    their rows, as A1111's ``slerp`` (norms over dim 1, its plain mix for near-parallel noise
+    included) so that a variation seed varies a picture as it does in A1111."""
+    low_norm = low / torch.norm(low, dim=1, keepdim=True)
+    high_norm = high / torch.norm(high, dim=1, keepdim=True)
+    dot = (low_norm * high_norm).sum(1)  # (C, w)
+    if dot.mean() > 0.9995:
+        return low * strength + high * (1 - strength)
+    omega = torch.acos(dot)
+    sin = torch.sin(omega)
+    return (torch.sin((1.0 - strength) * omega) / sin).unsqueeze(1) * low + (
+        torch.sin(strength * omega) / sin
+    ).unsqueeze(1) * high

@@ -55,6 +55,13 @@ class JobCreate(BaseModel):
     width: int | None = Field(None, description="default: the model's (img2img: the picture's)")
     height: int | None = Field(None, description="default: the model's (img2img: the picture's)")
     seed: int | None = Field(None, description="seed of the first picture; null: random")
+    variation_seed: int | None = Field(
+        None, description="A1111's variation seed of the first picture; null: random"
+    )
+    variation_strength: float = Field(
+        _DEFAULTS["variation_strength"],
+        description="how far each picture's noise goes toward its variation seed's, 0..1",
+    )
     init_image: str | None = Field(None, description="base64 picture: makes the job img2img")
     mask: str | None = Field(None, description="base64 picture, white = repaint: inpainting")
     strength: float | None = Field(

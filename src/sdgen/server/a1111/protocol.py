@@ -3,7 +3,7 @@ and their conversion to the one request type.
 
 A1111 clients send every field of A1111's processing classes. Fields that do not change the
 picture (saving, comments) are accepted and ignored; features sdgen does not have (the hires
-fix's own prompts or checkpoint, face restoration, tiling, variation seeds, scripts, styles,
+fix's own prompts or checkpoint, face restoration, tiling, seed resizing, scripts, styles,
 sampler settings other than the defaults: Euler a's ``eta`` other than 1, ``s_churn``,
 ``s_noise``, ``s_tmin``, ``s_tmax``; img2img's ``initial_noise_multiplier``, ``latent_mask``)
 are refused with 422 naming the field when they are switched on, rather than silently giving a
@@ -56,6 +56,8 @@ from .settings import CHANGEABLE, check_fixed_setting, clip_skip_setting, emphas
 A1111_FIELDS = {
     "guidance_scale": "cfg_scale",
     "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+    "variation_seed": "subseed",
+    "variation_strength": "subseed_strength",
     "num_images": "batch_size",
     "sampler": "sampler_name",
     "init_image": "init_images",
@@ -172,6 +174,11 @@ class Txt2ImgRequest(BaseModel):
             "width": self.width,
             "height": self.height,
             "seed": None if self.seed in (-1, None) else self.seed,  # -1: random
+            # A1111's variation seed: subseed + i for picture i, -1 random; only with a strength
+            "variation_strength": self.subseed_strength,
+            "variation_seed": None
+            if self.subseed in (-1, None) or not self.subseed_strength
+            else self.subseed,
             "eta": self._ddim_eta(),
             "emphasis": self._emphasis(emphasis),
             "long_prompt": "chunk",  # A1111 reads every prompt in 75-token chunks
@@ -257,7 +264,6 @@ class Txt2ImgRequest(BaseModel):
             "firstphase_height": self.enable_hr and self.firstphase_height != 0,
             "restore_faces": bool(self.restore_faces),
             "tiling": bool(self.tiling),
-            "subseed_strength": self.subseed_strength != 0,
             "seed_resize_from_w": self.seed_resize_from_w not in (-1, 0),
             "seed_resize_from_h": self.seed_resize_from_h not in (-1, 0),
             "styles": bool(self.styles),

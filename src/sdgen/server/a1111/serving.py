@@ -133,9 +133,7 @@ class A1111Handler:
             "all_negative_prompts": all_negatives,
             "seed": seeds[0],
             "all_seeds": seeds,
-            "subseed": seeds[0],
-            "all_subseeds": seeds,
-            "subseed_strength": 0,
+            **_subseeds(request, seeds),
             "width": request["width"],
             "height": request["height"],
             "sampler_name": sampler.a1111_name if sampler else None,
@@ -344,6 +342,15 @@ class A1111Handler:
         if bare in names:
             return bare
         raise InvalidRequest(field, checkpoint, f"one of the served models: {', '.join(names)}")
+
+
+def _subseeds(request: dict, seeds: list[int]) -> dict[str, Any]:
+    """A1111's subseed fields: the variation seeds of the pictures, where they were varied (else
+    the seeds, as an A1111 call without variation reports some)."""
+    first = request.get("variation_seed")
+    subseeds = seeds if first is None else [first + i for i in range(len(seeds))]
+    strength = request.get("variation_strength", 0)
+    return {"subseed": subseeds[0], "all_subseeds": subseeds, "subseed_strength": strength}
 
 
 def _denoising_strength(request: dict) -> float | None:

@@ -8,6 +8,7 @@ import { clearMask, maskPicture, resetMask, setupMaskPainter } from "./mask.js";
 const TEXT_FIELDS = ["prompt", "negative_prompt"];
 const NUMBER_FIELDS = [
   "width", "height", "steps", "guidance_scale", "seed", "num_images", "clip_skip",
+  "variation_seed", "variation_strength",
 ];
 const CHOICE_FIELDS = ["model", "sampler", "emphasis", "long_prompt"];
 const HIRES_NUMBERS = ["scale", "steps", "strength"]; // inputs "hires.scale", ...
