@@ -224,6 +224,11 @@ def test_generate_shows_progress_then_the_picture_and_reuse_seed_fills_the_seed(
         assert page.get_by_label("Seed", exact=True).input_value() == ""
         result.get_by_role("button", name=f"Reuse seed {seed}").click()
         assert page.get_by_label("Seed", exact=True).input_value() == str(seed)
+        # a varied picture's variation seed and strength too: the same picture again
+        variation = str(job["request"]["variation_seed"])
+        assert page.get_by_label("Variation seed", exact=True).input_value() == variation
+        assert page.get_by_label("Variation strength", exact=True).input_value() == "0.25"
+        assert f"variation seed {variation}, strength 0.25" in settings
 
         # The history shows the job from the store, with its picture.
         page.get_by_role("button", name="Refresh history").click()

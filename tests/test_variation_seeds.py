@@ -154,3 +154,45 @@ def test_a1111_subseeds_are_variation_seeds(tmp_path):
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "subseed_strength"
         resized = client.post("/sdapi/v1/txt2img", json={**body, "seed_resize_from_w": 256})
         assert resized.status_code == 422
+
+
+def test_slerp_is_a1111s_and_stays_finite_on_one_row_latents():
+    from sdgen.sampling.noise import slerp
+
+    low, high = torch.randn(4, 8, 6), torch.randn(4, 8, 6)
+    assert torch.allclose(slerp(0.3, low, high), a1111_slerp(0.3, low, high), atol=1e-6)
+    one_row = torch.randn(4, 1, 6), torch.randn(4, 1, 6)  # a picture 8 pixels high on SD
+    mixed = slerp(0.3, *one_row)
+    assert torch.isfinite(mixed).all()
+    assert torch.allclose(mixed, 0.7 * one_row[0] + 0.3 * one_row[1])
+
+
+@pytest.mark.parametrize("mode", ["img2img", "inpaint", "hires", "devices"])
+def test_every_noise_a1111_varies_is_varied_per_picture(mode, sd1_model):
+    """img2img's and inpainting's noise, the hires pass's, and a run spread over devices: picture
+    1 of a varied batch is its own request's picture (variation seed + 1), not the unvaried one."""
+    from PIL import Image
+
+    from sdgen.engine.devices import generate_on_devices
+    from sdgen.hires import HiresFix
+    from sdgen.params import InputPicture
+
+    picture = InputPicture.from_image(Image.new("RGB", (32, 32), (200, 40, 40)))
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (0, 0, 16, 32))
+    changes = {
+        "img2img": dict(init_image=picture, strength=0.7),
+        "inpaint": dict(init_image=picture, mask=InputPicture.from_image(mask), strength=0.7),
+        "hires": dict(hires=HiresFix(scale=1.5, steps=2, strength=0.6)),
+        "devices": {},
+    }[mode]
+    request = _request(num_images=2, **changes)
+    if mode == "devices":
+        batch = generate_on_devices(request, [sd1_model, sd1_model])
+        # the second device's run is picture 1's request: the one image_request(1) gives
+    else:
+        batch = generate(sd1_model, request)
+    alone = generate(sd1_model, batch.image_request(1)).images[0]
+    assert max_pixel_diff(batch.images[1], alone) <= 1
+    unvaried = batch.image_request(1).replace(variation_seed=None, variation_strength=0)
+    assert max_pixel_diff(generate(sd1_model, unvaried).images[0], alone) > 3

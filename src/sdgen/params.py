@@ -332,9 +332,12 @@ class GenerationRequest:
 
     @property
     def variation(self) -> tuple[int, float] | None:
-        """(variation seed, strength) where the noise is varied (the seed drawn), else None."""
+        """(variation seed, strength) where the noise is varied, else None; the seed must have
+        been drawn (``with_seed``, which the pipelines' ``resolve_request`` calls)."""
         if not self.variation_strength:
             return None
+        if self.variation_seed is None:
+            raise ValueError("the variation seed is not drawn yet: call with_seed() first")
         return self.variation_seed, self.variation_strength
 
     def replace(self, **changes: object) -> GenerationRequest:

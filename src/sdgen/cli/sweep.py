@@ -1,10 +1,11 @@
 """The ``sweep`` command: one prompt, one or two settings varied, a labelled grid.
 
-``generate``'s --guidance, --steps and --sampler take comma-separated values here, and --seeds
-and --strength (with --init-image) join them. A flag given several values is an axis: the first
-such flag on the command line is the grid's columns, the second its rows. A flag given one value
-just sets that setting for every cell. The model is loaded once; each cell is one picture, saved
-with its metadata like ``generate``'s, then the grid is saved with the sweep's layout as JSON.
+``generate``'s --guidance, --steps, --sampler and --clip-skip take comma-separated values
+here, and --seeds and --strength (with --init-image) join them. A flag given several values is
+an axis: the first such flag on the command line is the grid's columns, the second its rows. A
+flag given one value just sets that setting for every cell. The model is loaded once; each cell
+is one picture, saved with its metadata like ``generate``'s, then the grid is saved with the
+sweep's layout as JSON.
 """
 
 from __future__ import annotations

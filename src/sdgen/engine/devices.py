@@ -2,8 +2,8 @@
 
 As the tutorials did over 8 TPU cores (replicated parameters, sharded prompts): the pictures are
 cut into contiguous runs, one per device, each run on its own copy of the model in its own
-thread, and put back in order. Picture i depends only on its own seed (seed + i) and the
-settings, so the pictures equal a single-device run's.
+thread, and put back in order. Picture i depends only on its own seeds (seed + i, and its
+variation seed + i) and the settings, so the pictures equal a single-device run's.
 """
 
 from __future__ import annotations

@@ -43,15 +43,22 @@ def initial_latents(
 
 def slerp(strength: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     """``strength`` of the way from noise ``low`` to ``high`` (C, h, w), along great circles of
-    their rows, as A1111's ``slerp`` (norms over dim 1, its plain mix for near-parallel noise
-    included) so that a variation seed varies a picture as it does in A1111."""
+    their columns, as A1111's ``slerp`` (norms over dim 1, its plain mix for near-parallel noise
+    included) so that a variation seed varies a picture as it does in A1111.
+
+    A column whose two vectors are (anti)parallel has no great circle (sin(omega) = 0: A1111's
+    formula divides by it); it is mixed linearly instead. Only latents one row high (pictures
+    of 8 pixels; A1111's are 64 at least) have such columns."""
     low_norm = low / torch.norm(low, dim=1, keepdim=True)
     high_norm = high / torch.norm(high, dim=1, keepdim=True)
     dot = (low_norm * high_norm).sum(1)  # (C, w)
     if dot.mean() > 0.9995:
         return low * strength + high * (1 - strength)
-    omega = torch.acos(dot)
+    omega = torch.acos(dot.clamp(-1.0, 1.0))
     sin = torch.sin(omega)
-    return (torch.sin((1.0 - strength) * omega) / sin).unsqueeze(1) * low + (
+    degenerate = (sin.abs() < 1e-6).unsqueeze(1)  # (C, 1, w)
+    sin = torch.where(sin.abs() < 1e-6, torch.ones_like(sin), sin)
+    arc = (torch.sin((1.0 - strength) * omega) / sin).unsqueeze(1) * low + (
         torch.sin(strength * omega) / sin
     ).unsqueeze(1) * high
+    return torch.where(degenerate, low * (1 - strength) + high * strength, arc)

@@ -56,7 +56,9 @@ class JobCreate(BaseModel):
     height: int | None = Field(None, description="default: the model's (img2img: the picture's)")
     seed: int | None = Field(None, description="seed of the first picture; null: random")
     variation_seed: int | None = Field(
-        None, description="A1111's variation seed of the first picture; null: random"
+        None,
+        description="A1111's variation seed of the first picture, with a variation_strength "
+        "above 0; null: random",
     )
     variation_strength: float = Field(
         _DEFAULTS["variation_strength"],

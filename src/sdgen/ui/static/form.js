@@ -111,9 +111,14 @@ export function clearErrors() {
   }
 }
 
-export function setSeed(seed) {
-  $("seed").value = String(seed);
-  $("seed").dispatchEvent(new Event("input", { bubbles: true }));
+// Fills the seed, and the variation seed and strength a varied picture was made with (empty
+// for a picture made without: a new variation seed would be drawn, another picture).
+export function setSeed(seed, variationSeed = null, variationStrength = null) {
+  const fields = { seed, variation_seed: variationSeed, variation_strength: variationStrength };
+  for (const [id, value] of Object.entries(fields)) {
+    $(id).value = value === null ? "" : String(value);
+    $(id).dispatchEvent(new Event("input", { bubbles: true }));
+  }
 }
 
 export function fillChoices(select, options, selected) {

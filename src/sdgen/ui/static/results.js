@@ -17,6 +17,10 @@ export function settingsText(request, image) {
   if (request.init_image) {
     parts.push(`${request.mask ? "inpainting" : "img2img"}, strength ${request.strength}`);
   }
+  if (request.variation_strength > 0) {
+    const variation = variationSeed(request, image);
+    parts.push(`variation seed ${variation}, strength ${request.variation_strength}`);
+  }
   if (request.hires) {
     // the picture's own size is shown above: the first pass's here
     const { steps, strength, upscaler } = request.hires;
@@ -27,6 +31,11 @@ export function settingsText(request, image) {
   const stopped = /Stopped at step: (\d+\/\d+)/.exec(image.parameters || "");
   if (stopped) parts.push(`stopped at step ${stopped[1]}`);
   return parts.filter(Boolean).join(" · ");
+}
+
+// Picture i has seed + i and variation seed + i: its own variation seed, from its seed.
+function variationSeed(request, image) {
+  return request.variation_seed + (image.seed - request.seed);
 }
 
 export function renderResult(job, image) {
@@ -45,7 +54,12 @@ export function renderResult(job, image) {
   download.setAttribute("aria-label", `Download picture, seed ${image.seed}`);
   const reuse = card.querySelector(".result-reuse-seed");
   reuse.setAttribute("aria-label", `Reuse seed ${image.seed}`);
-  reuse.addEventListener("click", () => setSeed(image.seed));
+  const varied = job.request.variation_strength > 0;
+  reuse.addEventListener("click", () =>
+    varied
+      ? setSeed(image.seed, variationSeed(job.request, image), job.request.variation_strength)
+      : setSeed(image.seed),
+  );
   const useInit = card.querySelector(".result-use-init");
   useInit.setAttribute("aria-label", `Use picture with seed ${image.seed} as init picture`);
 
