@@ -47,9 +47,10 @@ def _scheduler(sampler: str, config: dict):
     return getattr(diffusers, entry.scheduler_class).from_config(config, **entry.options)
 
 
-def _reference(pipes, request: GenerationRequest, index: int, upscale):
+def _reference(pipes, request: GenerationRequest, index: int, upscale, second=None):
     """Picture ``index`` as diffusers makes it: txt2img's latents, ``upscale``d, then img2img
-    with the same generator, running ``run`` steps of a ``schedule``-step schedule."""
+    with the same generator, running ``run`` steps of a ``schedule``-step schedule (with the
+    prompts of ``second``, where given)."""
     txt2img, img2img, config = pipes
     hires = request.hires
     generator = torch.Generator("cpu").manual_seed(request.seed + index)
@@ -67,7 +68,7 @@ def _reference(pipes, request: GenerationRequest, index: int, upscale):
     img2img.scheduler = _scheduler(hires.sampler or request.sampler, config)
     run, schedule = hires.pass_steps(request.steps)
     return img2img(
-        **common,
+        **{**common, **(second or {})},
         image=image,
         strength=min(1.0, (run + 0.5) / schedule),  # diffusers runs int(schedule * strength)
         num_inference_steps=schedule,
@@ -367,3 +368,25 @@ def test_a_second_pass_past_the_models_timesteps_is_refused_by_its_strength(sd1_
     ) as err:
         generate(sd1_model, _request(hires=HiresFix(scale=1.5, strength=0.004)))
     assert err.value.field == "hires.strength"
+
+
+def test_the_second_pass_reads_its_own_prompts(pipes, sd1_model, tmp_path):
+    """A1111's Hires prompt: the second pass is diffusers' img2img with those prompts; recorded
+    as A1111 records them."""
+    from sdgen.api import save_result
+    from sdgen.media.metadata import parse_parameters, read_request
+
+    own = dict(prompt="a green tree, tall", negative_prompt="red")
+    request = _request(hires=HiresFix(scale=1.5, steps=3, strength=0.6, **own))
+    result = generate(sd1_model, request)
+    reference = _reference(pipes, request, 0, _latent_upscale((48, 72)), second=own)
+    assert max_pixel_diff(result.images[0], reference) <= TOLERANCE
+    plain = generate(sd1_model, _request()).images[0]
+    assert max_pixel_diff(plain, result.images[0]) > 3
+    path = save_result(result, sd1_model, tmp_path)[0]
+    fields = parse_parameters(Image.open(path).text["parameters"])
+    assert (
+        fields["Hires prompt"] == "a green tree, tall" and fields["Hires negative prompt"] == "red"
+    )
+    assert read_request(path) == result.request
+    assert ("hires.prompt", "a green tree, tall") in result.request.named_texts()

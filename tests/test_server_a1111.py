@@ -204,7 +204,6 @@ A1111_INVALID = [
     ({"enable_hr": True, "denoising_strength": 0}, "denoising_strength"),
     ({"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler"),
     ({"enable_hr": True, "hr_sampler_name": "Warp drive"}, "hr_sampler_name"),
-    ({"enable_hr": True, "hr_prompt": "a blue circle"}, "hr_prompt"),
     ({"enable_hr": True, "hr_checkpoint_name": "other.safetensors"}, "hr_checkpoint_name"),
     ({"enable_hr": True, "firstphase_width": 256}, "firstphase_width"),
     ({"restore_faces": True}, "restore_faces"),
@@ -934,7 +933,9 @@ def test_a1111_hires_defaults_and_upscaler_names():
     assert hires(sampler_name="DPM++ 2M", hr_scheduler="Karras").sampler == "dpmpp_2m_karras"
     assert hires(hr_resize_x=128, hr_resize_y=96).sizes(64, 64, 8) == ((128, 128), (128, 96))
     assert hires(hr_resize_x=128, hr_scale=0).width == 128  # A1111 ignores the scale then
-    assert hires(hr_prompt="a red circle", prompt="a red circle").scale == 2.0  # the same prompt
+    assert hires(hr_prompt="a red circle", prompt="a red circle").prompt is None  # the same
+    assert hires(hr_prompt="a blue circle").prompt == "a blue circle"
+    assert hires(hr_negative_prompt="green").negative_prompt == "green"
 
 
 def test_clip_skip_is_an_a1111_setting(client):

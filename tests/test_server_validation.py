@@ -96,6 +96,8 @@ INVALID = [
     ({"hires": {"sampler": "warp drive"}}, "hires.sampler"),
     ({"hires": {"denoise": 0.5}}, "hires.denoise"),
     ({"hires": 2}, "hires"),
+    ({"hires": {"prompt": 5}}, "hires.prompt"),
+    ({"hires": {"prompt": "[cat:dog:0.5]"}, "emphasis": "original"}, "hires.prompt"),  # editing
     ({"hires": {}, "init_image": RED}, "hires"),  # txt2img's
 ]
 

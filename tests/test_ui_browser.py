@@ -542,8 +542,15 @@ def test_the_hires_fix_is_sent_when_ticked_and_its_errors_show_by_its_fields(bro
         scale.fill("1.5")
         page.get_by_label("Hires steps").fill("2")
         page.get_by_label("Denoising strength").fill("0.5")
+        page.get_by_label("Hires prompt", exact=True).fill("a red circle, sharp")
         body = generate_and_read_body(page)
-        assert body["hires"] == {"scale": 1.5, "steps": 2, "strength": 0.5, "upscaler": "lanczos"}
+        assert body["hires"] == {
+            "scale": 1.5,
+            "steps": 2,
+            "strength": 0.5,
+            "upscaler": "lanczos",
+            "prompt": "a red circle, sharp",
+        }
         wait_gallery_loaded(page, 2)
         job = server.api(f"/v1/jobs/{newest_job_id(page)}")
         assert job["status"] == "succeeded" and job["request"]["hires"]["scale"] == 1.5

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdgen.checks import is_number, is_whole
+from sdgen.checks import check_text, is_number, is_whole
 from sdgen.errors import InvalidRequest
 
 # How the first pass's result is brought to the larger size, as A1111's hires upscalers do it
@@ -46,6 +46,8 @@ class HiresFix:
     (None: the request's), of a schedule of ``int(steps / strength)`` steps, as A1111 counts
     them; ``strength`` (0..1] is how much the upscaled picture is noised again. ``upscaler`` is
     one of ``HIRES_UPSCALERS``; ``sampler`` the second pass's (None: the request's).
+    ``prompt`` and ``negative_prompt`` are the second pass's, for every picture (None: the
+    request's own, A1111's empty "Hires prompt").
     """
 
     scale: float = 2.0
@@ -55,6 +57,8 @@ class HiresFix:
     strength: float = DEFAULT_HIRES_STRENGTH
     upscaler: str = "latent"
     sampler: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
 
     def __post_init__(self) -> None:
         allowed = f"a number from 1 to {MAX_HIRES_SCALE:g}"
@@ -76,6 +80,11 @@ class HiresFix:
             raise InvalidRequest(
                 "hires.upscaler", self.upscaler, f"one of {', '.join(HIRES_UPSCALERS)}"
             )
+        for name in ("prompt", "negative_prompt"):
+            if getattr(self, name) is not None:
+                if not isinstance(getattr(self, name), str):
+                    raise InvalidRequest(f"hires.{name}", getattr(self, name), "a string or none")
+                check_text(f"hires.{name}", getattr(self, name))
         if self.sampler is not None:
             # Imported here: the sampler registry pulls in diffusers, and this module stays light.
             from sdgen.sampling.samplers import resolve_sampler

@@ -147,6 +147,7 @@ class GenerationRequest:
                 object.__setattr__(self, name, tuple(value))
         check_text("prompt", self.prompt)
         check_text("negative_prompt", self.negative_prompt)
+        object.__setattr__(self, "hires", HiresFix.from_value(self.hires))
         self._check_emphasis()
         if isinstance(self.prompt, tuple) and not self.prompt:
             raise InvalidRequest("prompt", [], "give at least one prompt")
@@ -182,7 +183,6 @@ class GenerationRequest:
 
             object.__setattr__(self, "sampler", resolve_sampler(self.sampler).name)
         self._check_pictures()
-        object.__setattr__(self, "hires", HiresFix.from_value(self.hires))
         if self.hires is not None and self.init_image is not None:
             raise InvalidRequest("hires", "given", "nothing with an init_image: txt2img only")
 
@@ -197,10 +197,8 @@ class GenerationRequest:
             # Imported here: the emphasis module pulls in torch, and params stays light.
             from sdgen.conditioning.emphasis import check_syntax
 
-            for name in ("prompt", "negative_prompt"):
-                value = getattr(self, name)
-                for text in value if isinstance(value, tuple) else (value,):
-                    check_syntax(name, text, breaks=self.long_prompt == "chunk")
+            for name, text in self.named_texts():
+                check_syntax(name, text, breaks=self.long_prompt == "chunk")
 
     def _check_pictures(self) -> None:
         for name in PICTURE_FIELDS:
@@ -300,6 +298,22 @@ class GenerationRequest:
         if isinstance(self.negative_prompt, tuple):
             return self.negative_prompt
         return (self.negative_prompt,) * len(self.prompts)
+
+    def named_texts(self) -> list[tuple[str, str]]:
+        """(field, text) of every prompt and negative prompt the pictures are made from, the
+        hires fix's included: "prompt[1]" for the second of a list, "hires.prompt"."""
+        texts = []
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else (value,)
+            texts += [
+                (f"{name}[{i}]" if len(values) > 1 else name, t) for i, t in enumerate(values)
+            ]
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self.hires, name) if self.hires is not None else None
+            if value is not None:
+                texts.append((f"hires.{name}", value))
+        return texts
 
     @property
     def total_images(self) -> int:

@@ -183,19 +183,25 @@ def _hires_options(func):
             "[default: latent]",
         ),
         click.option("--hires-sampler", help="the second pass's sampler [default: --sampler]"),
+        click.option("--hires-prompt", help="the second pass's prompt [default: PROMPT]"),
+        click.option(
+            "--hires-negative-prompt",
+            help="the second pass's negative prompt [default: --negative-prompt]",
+        ),
     ]
     return with_options(func, options)
 
 
 def _hires(kwargs: dict) -> HiresFix | None:
     """The hires fix the --hires-* flags ask for; None without a scale or size."""
-    names = ("scale", "width", "height", "steps", "strength", "upscaler", "sampler")
+    names = ("scale", "width", "height", "steps", "strength", "upscaler", "sampler", "prompt")
+    names += ("negative_prompt",)
     given = {name: kwargs[f"hires_{name}"] for name in names if kwargs[f"hires_{name}"] is not None}
     if not given.keys() & {"scale", "width", "height"}:
         if given:
             name = next(iter(given))
             raise InvalidRequest(
-                f"--hires-{name}",
+                f"--hires-{name.replace('_', '-')}",
                 given[name],
                 "a second pass to apply to: --hires-scale, --hires-width or --hires-height",
             )

@@ -217,7 +217,7 @@ def check_prompt_lengths(tokenizer, request, inversions: InversionLookup | None 
     if request.long_prompt != "chunk":
         return
     size = tokenizer.model_max_length - 2
-    for name, text in _request_texts(request):
+    for name, text in request.named_texts():
         count = len(prompt_chunks(tokenizer, text, request.emphasis, inversions))
         if count > MAX_CHUNKS:
             raise InvalidRequest(
@@ -239,7 +239,7 @@ def truncation_warnings(tokenizer, request, inversions: InversionLookup | None =
         return []
     max_length = tokenizer.model_max_length
     warnings = []
-    for name, text in _request_texts(request):
+    for name, text in request.named_texts():
         if request.emphasis == "off" and not inversions:
             count = len(tokenize(tokenizer, text, verbose=False).input_ids)
         else:  # the brackets are not tokens; an embedding takes its vectors' positions
@@ -247,17 +247,6 @@ def truncation_warnings(tokenizer, request, inversions: InversionLookup | None =
         if count > max_length:
             warnings.append(f"{name}: {count} tokens, truncated to {max_length}")
     return warnings
-
-
-def _request_texts(request) -> list[tuple[str, str]]:
-    """(field name, text) of every prompt and negative prompt: ``prompt[1]`` for the second of
-    a list."""
-    texts = []
-    for field in ("prompt", "negative_prompt"):
-        values = getattr(request, field)
-        values = (values,) if isinstance(values, str) else values
-        texts += [(f"{field}[{i}]" if len(values) > 1 else field, t) for i, t in enumerate(values)]
-    return texts
 
 
 def _warn_truncated(tokenizer, texts: list[str], max_length: int) -> None:

@@ -49,6 +49,11 @@ class Limits:
                     raise InvalidRequest(
                         field, f"{len(text)} characters", f"at most {self.max_prompt_chars}"
                     )
+        for field, text in request.named_texts():
+            if field.startswith("hires.") and len(text) > self.max_prompt_chars:
+                raise InvalidRequest(
+                    field, f"{len(text)} characters", f"at most {self.max_prompt_chars}"
+                )
         if request.steps > self.max_steps:
             raise InvalidRequest(
                 "steps", request.steps, f"a whole number from 1 to {self.max_steps}"

@@ -115,11 +115,18 @@ def _hires_fix(r: GenerationRequest, sampler_label: tuple[str, str | None] | Non
         size = {"Hires resize": f"{hires.width or 0}x{hires.height or 0}"}
     return {
         "Hires sampler": sampler,
+        # A1111 writes the second pass's prompts where they are not the first pass's
+        "Hires prompt": _unless(hires.prompt, r.prompts[0]),
+        "Hires negative prompt": _unless(hires.negative_prompt, r.negative_prompts[0]),
         "Hires schedule type": schedule,
         **size,
         "Hires steps": hires.steps,
         "Hires upscaler": HIRES_UPSCALERS[hires.upscaler],
     }
+
+
+def _unless(value: str | None, same: str) -> str | None:
+    return None if value is None or value == same else value
 
 
 def _mask_processing(r: GenerationRequest) -> dict[str, object]:

@@ -72,6 +72,19 @@ def hires_scheduler(model: LoadedModel, request: GenerationRequest):
     return scheduler, final_timesteps(scheduler, schedule, run), run, eta
 
 
+def second_pass_prompts(request: GenerationRequest) -> GenerationRequest | None:
+    """The request whose prompts the second pass reads where the hires fix gives its own (one
+    prompt for every picture, as A1111's "Hires prompt"), else None: the first pass's."""
+    hires = request.hires
+    if hires.prompt is None and hires.negative_prompt is None:
+        return None
+    count = len(request.prompts)
+    prompt = request.prompt if hires.prompt is None else (hires.prompt,) * count
+    negative = hires.negative_prompt
+    negative = request.negative_prompt if negative is None else (negative,) * count
+    return request.replace(prompt=prompt, negative_prompt=negative, hires=None)
+
+
 def start_hires_pass(
     model: LoadedModel,
     request: GenerationRequest,

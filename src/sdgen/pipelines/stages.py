@@ -219,6 +219,10 @@ def ti_hashes(model: LoadedModel, request: GenerationRequest) -> str:
     texts = [*request.prompts]
     if uses_guidance(request.guidance_scale):
         texts += request.negative_prompts
+    if request.hires is not None:  # the second pass's own prompts
+        texts += [t for t in (request.hires.prompt,) if t is not None]
+        if uses_guidance(request.guidance_scale) and request.hires.negative_prompt is not None:
+            texts.append(request.hires.negative_prompt)
     named: dict[str, str] = {}
     for text in texts:
         reading = (request.emphasis, request.long_prompt, lookup)

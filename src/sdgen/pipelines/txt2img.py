@@ -8,7 +8,12 @@ import torch
 
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
-from sdgen.pipelines.hires_pass import counted_steps, hires_scheduler, start_hires_pass
+from sdgen.pipelines.hires_pass import (
+    counted_steps,
+    hires_scheduler,
+    second_pass_prompts,
+    start_hires_pass,
+)
 from sdgen.pipelines.stages import (
     GenerationResult,
     PreparedRequest,
@@ -59,15 +64,21 @@ def start_txt2img(
     )
     if request.hires is None:
         return PreparedRequest(request, DenoisingState(run, latents, embeddings, callback))
-    # The hires fix: a second pass at the larger size, its steps counted after these.
-    second = hires_scheduler(model, request)[2]  # checked now, before any step runs
+    # The hires fix: a second pass at the larger size, its steps counted after these, with
+    # its own prompts' embeddings where it has some. Checked and encoded now, before any step.
+    second = hires_scheduler(model, request)[2]
+    second_prompts = second_pass_prompts(request)
+    if second_prompts is not None:
+        embeddings_2 = text_conditioning(model, second_prompts)
+    else:
+        embeddings_2 = embeddings
     total = request.steps + second
     state = DenoisingState(run, latents, embeddings, counted_steps(callback, 0, total))
     then = partial(
         start_hires_pass,
         model,
         request,
-        embeddings=embeddings,
+        embeddings=embeddings_2,
         generators=generators,
         callback=counted_steps(callback, request.steps, total),
     )

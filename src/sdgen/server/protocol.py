@@ -37,6 +37,8 @@ class HiresSettings(BaseModel):
     strength: float = Field(_HIRES["strength"], description="how much is noised again, (0, 1]")
     upscaler: str = Field(_HIRES["upscaler"], description=", ".join(HIRES_UPSCALERS))
     sampler: str | None = Field(None, description="the second pass's; null: the job's")
+    prompt: str | None = Field(None, description="the second pass's; null: the job's")
+    negative_prompt: str | None = Field(None, description="the second pass's; null: the job's")
 
 
 class JobCreate(BaseModel):

@@ -3,7 +3,7 @@ and their conversion to the one request type.
 
 A1111 clients send every field of A1111's processing classes. Fields that do not change the
 picture (saving, comments) are accepted and ignored; features sdgen does not have (the hires
-fix's own prompts or checkpoint, face restoration, tiling, seed resizing, scripts, styles,
+fix's own checkpoint, face restoration, tiling, seed resizing, scripts, styles,
 sampler settings other than the defaults: Euler a's ``eta`` other than 1, ``s_churn``,
 ``s_noise``, ``s_tmin``, ``s_tmax``; img2img's ``initial_noise_multiplier``, ``latent_mask``)
 are refused with 422 naming the field when they are switched on, rather than silently giving a
@@ -12,7 +12,8 @@ different picture.
 The hires fix (``enable_hr``) is sdgen's ``hires``: ``hr_scale`` or ``hr_resize_x`` and
 ``hr_resize_y``, ``hr_second_pass_steps``, ``denoising_strength`` (0.75 when missing, A1111's
 txt2img default), ``hr_upscaler`` (A1111's latent upscalers, Lanczos, Nearest and None, which
-resizes with Lanczos too; no upscaler models), ``hr_sampler_name`` and ``hr_scheduler``. A
+resizes with Lanczos too; no upscaler models), ``hr_sampler_name``, ``hr_scheduler``,
+``hr_prompt`` and ``hr_negative_prompt``. A
 scale whose size is not made of multiples of 8 is refused (A1111 rounds it down).
 ``include_init_images`` only says whether the response echoes the input pictures.
 So is a ``scheduler`` (schedule type) that sdgen does not have with the sampler asked for
@@ -72,6 +73,8 @@ A1111_FIELDS = {
     "hires.strength": "denoising_strength",
     "hires.upscaler": "hr_upscaler",
     "hires.sampler": "hr_sampler_name",
+    "hires.prompt": "hr_prompt",
+    "hires.negative_prompt": "hr_negative_prompt",
 }
 # A1111's hires upscaler labels -> sdgen's (its "None" resizes with Lanczos, as "Lanczos" does)
 HIRES_UPSCALER_NAMES = {label: name for name, label in HIRES_UPSCALERS.items()} | {
@@ -205,6 +208,11 @@ class Txt2ImgRequest(BaseModel):
             "strength": HIRES_TXT2IMG_STRENGTH if strength is None else strength,
             "upscaler": HIRES_UPSCALER_NAMES.get(self.hr_upscaler, "latent"),  # None: Latent
             "sampler": self._hires_sampler(),
+            # A1111's empty hires prompts are the first pass's
+            "prompt": self.hr_prompt if self.hr_prompt not in ("", self.prompt) else None,
+            "negative_prompt": self.hr_negative_prompt
+            if self.hr_negative_prompt not in ("", self.negative_prompt)
+            else None,
         }
 
     def _hires_sampler(self) -> str | None:
@@ -257,9 +265,6 @@ class Txt2ImgRequest(BaseModel):
             # second pass, A1111's old hires sizes
             "hr_checkpoint_name": self.enable_hr
             and self.hr_checkpoint_name not in (None, "", "Use same checkpoint"),
-            "hr_prompt": self.enable_hr and self.hr_prompt not in ("", self.prompt),
-            "hr_negative_prompt": self.enable_hr
-            and self.hr_negative_prompt not in ("", self.negative_prompt),
             "firstphase_width": self.enable_hr and self.firstphase_width != 0,
             "firstphase_height": self.enable_hr and self.firstphase_height != 0,
             "restore_faces": bool(self.restore_faces),
@@ -306,9 +311,6 @@ _ALLOWED = {
     "eta": "1 or none with Euler a (diffusers' Euler a has eta 1 only)",
     "mask_round": "true on sdgen (its latent mask is rounded, A1111's default)",
     "enable_hr": "false: the hires fix is txt2img's",
-    "hr_prompt": "empty or the prompt: sdgen's second pass uses the first pass's prompts",
-    "hr_negative_prompt": "empty or the negative prompt: sdgen's second pass uses the first "
-    "pass's prompts",
     "hr_checkpoint_name": "none: sdgen's second pass uses the first pass's model",
     "firstphase_width": "0 (A1111's old hires sizes): hr_scale or hr_resize_x/hr_resize_y",
     "firstphase_height": "0 (A1111's old hires sizes): hr_scale or hr_resize_x/hr_resize_y",

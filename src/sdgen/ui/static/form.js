@@ -60,6 +60,10 @@ function hiresOptions() {
     if (value !== undefined) hires[name] = value;
   }
   if ($("hires.upscaler").value) hires.upscaler = $("hires.upscaler").value;
+  for (const name of ["prompt", "negative_prompt"]) {
+    const text = $(`hires.${name}`).value;
+    if (text.trim()) hires[name] = text; // empty: the first pass's, as A1111's
+  }
   return hires;
 }
 
