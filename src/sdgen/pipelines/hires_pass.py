@@ -94,8 +94,9 @@ def start_hires_pass(
     callback: StepCallback | None,
 ) -> DenoisingState:
     """The second pass of ``request`` set up from the first pass's final ``latents``
-    (B, C, h, w): upscaled, noised ``hires.strength`` of the way, with the first pass's text
-    ``embeddings`` and the images' ``generators``, which go on drawing."""
+    (B, C, h, w): upscaled, noised ``hires.strength`` of the way, with the second pass's text
+    ``embeddings`` (the first pass's, unless the hires fix has prompts of its own) and the
+    images' ``generators``, which go on drawing."""
     # 1. A fresh scheduler (the hires sampler's, else the request's); the last steps run.
     scheduler, timesteps, steps, eta = hires_scheduler(model, request)
     # 2. The latents at the larger size (B, C, H/f, W/f).

@@ -13,8 +13,8 @@ The hires fix (``enable_hr``) is sdgen's ``hires``: ``hr_scale`` or ``hr_resize_
 ``hr_resize_y``, ``hr_second_pass_steps``, ``denoising_strength`` (0.75 when missing, A1111's
 txt2img default), ``hr_upscaler`` (A1111's latent upscalers, Lanczos, Nearest and None, which
 resizes with Lanczos too; no upscaler models), ``hr_sampler_name``, ``hr_scheduler``,
-``hr_prompt`` and ``hr_negative_prompt``. A
-scale whose size is not made of multiples of 8 is refused (A1111 rounds it down).
+``hr_prompt`` and ``hr_negative_prompt``. A scale whose size is not made of multiples of 8 is
+refused (A1111 rounds it down).
 ``include_init_images`` only says whether the response echoes the input pictures.
 So is a ``scheduler`` (schedule type) that sdgen does not have with the sampler asked for
 (``schedule_types``), where A1111 would fall back to Automatic.
@@ -261,8 +261,8 @@ class Txt2ImgRequest(BaseModel):
     def _switched_on(self) -> dict[str, bool]:
         """Each feature sdgen does not have -> whether this request asks for it."""
         return {
-            # the hires fix's parts sdgen does not have: another checkpoint or prompt for the
-            # second pass, A1111's old hires sizes
+            # the hires fix's parts sdgen does not have: another checkpoint for the second
+            # pass, A1111's old hires sizes
             "hr_checkpoint_name": self.enable_hr
             and self.hr_checkpoint_name not in (None, "", "Use same checkpoint"),
             "firstphase_width": self.enable_hr and self.firstphase_width != 0,

@@ -16,8 +16,8 @@ from sdgen.params import MAX_CLIP_SKIP
 CHANGEABLE = ("sd_model_checkpoint", "emphasis", "CLIP_stop_at_last_layers")
 
 # A1111 settings (its ``opts``) that sdgen always runs at one value -> the values that mean it.
-# Clients send them in override_settings and POST /options (SillyTavern sends the VAE with its
-# calls; Open WebUI posts back what GET /options gave); another value is refused.
+# Clients send them in override_settings and POST /options (Open WebUI posts back what
+# GET /options gave); another value is refused.
 FIXED_SETTINGS: dict[str, tuple] = {
     "sd_vae": ("Automatic", "None", None),  # the checkpoint's own VAE
     "samples_format": ("png",),  # sdgen's pictures are PNGs
