@@ -83,6 +83,8 @@ def test_img2img_and_inpaint_jobs_take_base64_pictures(tmp_path):
         body = {**FAST, "steps": 4, "init_image": png_base64(init), "strength": 0.5}
         img2img = client.post("/v1/jobs", json=body).json()
         inpaint = client.post("/v1/jobs", json={**body, "mask": png_base64(mask)}).json()
+        # a finished job's progress counts the steps that ran: 4 x 0.5, as its live progress
+        assert wait_for(client, img2img["id"])["progress"]["total"] == 2
         for job, pictures in (
             (img2img, {"init_image": init}),
             (inpaint, {"init_image": init, "mask": mask}),

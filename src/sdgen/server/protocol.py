@@ -240,8 +240,11 @@ def job_info(
 
 
 def _steps(request: dict) -> int:
-    """The steps a stored request runs, as its progress counts them: the hires fix's after the
-    first pass's."""
+    """The steps a stored request runs, as its progress counts them: img2img's and inpainting's
+    that its strength leaves (``int(steps * strength)``), the hires fix's after the first
+    pass's."""
     steps = request.get("steps", 0)
+    if request.get("init_image") and isinstance(request.get("strength"), int | float):
+        return min(int(steps * request["strength"]), steps)
     hires = request.get("hires")
     return steps + ((hires.get("steps") or steps) if isinstance(hires, dict) else 0)
