@@ -88,10 +88,20 @@ class Server:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    """Two servers started together: an open one with slow steps, and one with an API key."""
+    """Two servers started together: an open one with slow steps and a textual inversion, and
+    one with an API key."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sdgen.miniature.architecture import TEXT_DIM
+
     base = tmp_path_factory.mktemp("ui")
+    embeddings = base / "embeddings"
+    embeddings.mkdir()
+    vectors = torch.full((1, TEXT_DIM), 0.01)
+    save_file({"emb_params": vectors}, embeddings / "shinystyle.safetensors")
     started = [
-        Server(base / "open", "--step-delay", str(STEP_DELAY)),
+        Server(base / "open", "--step-delay", str(STEP_DELAY), "--embeddings", str(embeddings)),
         Server(base / "keyed", "--api-key", API_KEY),
     ]
     try:
@@ -222,6 +232,8 @@ def test_generate_shows_progress_then_the_picture_and_reuse_seed_fills_the_seed(
         assert download.get_attribute("href").startswith("blob:")
 
         assert page.get_by_label("Seed", exact=True).input_value() == ""
+        # the server's textual inversion, named under the prompt
+        assert page.locator("#embeddings-hint").text_content().endswith("name: shinystyle")
         result.get_by_role("button", name=f"Reuse seed {seed}").click()
         assert page.get_by_label("Seed", exact=True).input_value() == str(seed)
         # a varied picture's variation seed and strength too: the same picture again

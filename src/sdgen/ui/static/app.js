@@ -22,6 +22,15 @@ function askForKey(message) {
   $("api-key").focus();
 }
 
+// The textual inversions the chosen model's prompts can name (sdgen serve --embeddings); a model
+// not loaded yet lists none.
+function showEmbeddings(models) {
+  const chosen = models.find((model) => model.name === $("model").value);
+  const names = chosen?.embeddings || [];
+  $("embeddings-hint").hidden = names.length === 0;
+  $("embeddings-hint").textContent = `Embeddings prompts can name: ${names.join(", ")}`;
+}
+
 async function loadChoices() {
   const [models, samplers] = await Promise.all([listModels(), listSamplers()]);
   const preferred = models.find((model) => model.default)?.name;
@@ -30,6 +39,8 @@ async function loadChoices() {
     models.map((model) => ({ value: model.name, text: model.name })),
     preferred,
   );
+  showEmbeddings(models);
+  $("model").onchange = () => showEmbeddings(models);
   fillChoices(
     $("sampler"),
     samplers.map((sampler) => ({ value: sampler.name, text: sampler.a1111_name })),
