@@ -390,3 +390,66 @@ def test_the_second_pass_reads_its_own_prompts(pipes, sd1_model, tmp_path):
     )
     assert read_request(path) == result.request
     assert ("hires.prompt", "a green tree, tall") in result.request.named_texts()
+
+
+def _a1111_hires_latents(width, height, scale, resize_x, resize_y, f=8):
+    """A1111's calculate_target_resolution and sample_hr_pass's crop, ported as the reference:
+    (the latent size interpolated to, the rows and columns kept, the asked-for size)."""
+    truncate_x = truncate_y = 0
+    if resize_x == 0 and resize_y == 0:
+        to_x, to_y = int(width * scale), int(height * scale)
+        target = (to_x, to_y)
+    else:
+        if resize_y == 0:
+            to_x, to_y = resize_x, resize_x * height // width
+        elif resize_x == 0:
+            to_x, to_y = resize_y * width // height, resize_y
+        else:
+            if width / height < resize_x / resize_y:
+                to_x, to_y = resize_x, resize_x * height // width
+            else:
+                to_x, to_y = resize_y * width // height, resize_y
+            truncate_x, truncate_y = (to_x - resize_x) // f, (to_y - resize_y) // f
+        target = (resize_x or to_x, resize_y or to_y)
+    h, w = to_y // f, to_x // f
+    rows = range(truncate_y // 2, h - (truncate_y + 1) // 2)
+    cols = range(truncate_x // 2, w - (truncate_x + 1) // 2)
+    return (w, h), (rows, cols), target
+
+
+def test_sizes_and_crops_are_a1111s_wherever_they_are_exact():
+    """2,000 random first passes and hires settings: where sdgen accepts the settings, the latents
+    are upscaled to A1111's size and cropped to A1111's rows and columns; where it refuses them,
+    A1111's pictures would not have the size asked for (it rounds down)."""
+    import random
+
+    from sdgen.pipelines.hires_pass import _crop_middle
+
+    rng, accepted, refused = random.Random(5), 0, 0
+    for _ in range(2000):
+        width, height = 8 * rng.randint(4, 128), 8 * rng.randint(4, 128)
+        scale, resize_x, resize_y = 1 + rng.random() * 3, 0, 0
+        kind = rng.choice(["scale", "nice", "x", "y", "both"])
+        if kind == "nice":
+            scale = rng.choice([1.25, 1.5, 2.0, 2.5, 3.0])
+        if kind in ("x", "both"):
+            resize_x = rng.choice([8 * rng.randint(8, 256), rng.randint(64, 2048)])
+        if kind in ("y", "both"):
+            resize_y = rng.choice([8 * rng.randint(8, 256), rng.randint(64, 2048)])
+        (w, h), (rows, cols), target = _a1111_hires_latents(
+            width, height, scale, resize_x, resize_y
+        )
+        exact = (len(cols) * 8, len(rows) * 8) == target
+        hires = HiresFix(scale=scale, width=resize_x or None, height=resize_y or None)
+        try:
+            cover, size = hires.sizes(width, height, 8)
+        except InvalidRequest:
+            refused += 1
+            assert not exact, (width, height, scale, resize_x, resize_y)
+            continue
+        accepted += 1
+        assert (cover[0] // 8, cover[1] // 8) == (w, h) and size == target
+        grid = torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w)
+        expected = grid[:, :, rows.start : rows.stop, cols.start : cols.stop]
+        assert torch.equal(_crop_middle(grid, cover, size, 8), expected)
+    assert accepted > 300 and refused > 300  # both sides were tried
