@@ -439,3 +439,10 @@ def test_clip_skip_is_recorded_and_reproduced(capsys, tmp_path):
         assert max_pixel_diff(a, b) == 0
     code, _, err = run(capsys, "generate", "x", *args[:-1], 4, "--out", tmp_path / "c")
     assert code == 2 and "clip_skip: 4 is not allowed; 1 to 3" in err  # the miniature's 3 layers
+
+
+def test_serve_refuses_a_styles_file_that_is_not_one(capsys, tmp_path):
+    odd = tmp_path / "styles.csv"
+    odd.write_text("title,prompt\nx,y\n")
+    code, _, err = run(capsys, "serve", "--data-dir", tmp_path / "data", "--styles", odd)
+    assert code == 2 and err.count("\n") == 1 and "no 'name' column" in err, err

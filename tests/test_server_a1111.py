@@ -644,15 +644,19 @@ def test_skip_and_interrupt_end_the_current_a1111_job_all_its_iterations(tmp_pat
 )
 def test_a_failed_job_answers_with_the_status_of_its_cause(kind, status):
     """A job accepted, then failed on its worker: the txt2img call's status says why."""
+    from pathlib import Path
+
     from sdgen.server.a1111.protocol import Txt2ImgRequest
     from sdgen.server.a1111.serving import A1111Handler
+    from sdgen.server.config import ServerConfig
     from sdgen.server.serving import ApiError
     from sdgen.server.store import JobRecord
 
     error = {"kind": kind, "field": None, "message": "it failed"}
     record = JobRecord("j1", "a1111", "failed", {}, created_at=0.0, error=error)
+    handler = A1111Handler(service=None, config=ServerConfig(data_dir=Path("unused")))
     with pytest.raises(ApiError) as raised:
-        A1111Handler(service=None, config=None)._response(Txt2ImgRequest(prompt="x"), record)
+        handler._response(Txt2ImgRequest(prompt="x"), record)
     assert (raised.value.status, raised.value.kind) == (status, kind)
 
 

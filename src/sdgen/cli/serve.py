@@ -60,6 +60,11 @@ SERVER_MISSING = 'sdgen serve needs the server extra: pip install "sdgen[server]
     "model (A1111's embeddings folder; safetensors only)",
 )
 @click.option(
+    "--styles",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A1111's styles.csv (name,prompt,negative_prompt): the prompt styles A1111 calls name",
+)
+@click.option(
     "--fast-path",
     type=click.Choice(FAST_PATH_MODES),
     default="auto",
@@ -102,6 +107,7 @@ def serve(
     devices: str | None,
     precision: str,
     embeddings: Path | None,
+    styles: Path | None,
     fast_path: str,
     warmup: bool,
     max_steps: int,
@@ -135,12 +141,17 @@ def serve(
             raise click.BadParameter(f"{value}: 1 or more", param_hint=f"--{name}")
     for name in models:
         _check_model(name)
+    if styles is not None:  # a file that is not a styles CSV exits 2 before listening
+        from sdgen.server.a1111.styles import read_styles
+
+        read_styles(styles)
     config = ServerConfig(
         data_dir=data_dir,
         models=models or (MINIATURE_MODEL,),
         devices=tuple(_devices(devices)),
         precision=precision,
         embeddings=embeddings,
+        styles=styles,
         fast_path=fast_path,
         warmup=warmup,
         host=host,

@@ -3,7 +3,7 @@ and their conversion to the one request type.
 
 A1111 clients send every field of A1111's processing classes. Fields that do not change the
 picture (saving, comments) are accepted and ignored; features sdgen does not have (the hires
-fix's own checkpoint, face restoration, tiling, seed resizing, scripts, styles,
+fix's own checkpoint, face restoration, tiling, seed resizing, scripts,
 sampler settings other than the defaults: Euler a's ``eta`` other than 1, ``s_churn``,
 ``s_noise``, ``s_tmin``, ``s_tmax``; img2img's ``initial_noise_multiplier``, ``latent_mask``)
 are refused with 422 naming the field when they are switched on, rather than silently giving a
@@ -52,6 +52,7 @@ from sdgen.sampling.samplers import resolve_sampler
 from ..pictures import decode_picture
 from .schedule_types import sampler_with_schedule
 from .settings import CHANGEABLE, check_fixed_setting, clip_skip_setting, emphasis_mode
+from .styles import PromptStyle, apply_styles
 
 # sdgen's request fields -> the A1111 field a client sent them as (for 422 messages).
 A1111_FIELDS = {
@@ -149,14 +150,24 @@ class Txt2ImgRequest(BaseModel):
     infotext: str | None = None
 
     def to_request(
-        self, model: str | None, max_pixels: int, emphasis: str = "original", clip_skip: int = 1
+        self,
+        model: str | None,
+        max_pixels: int,
+        emphasis: str = "original",
+        clip_skip: int = 1,
+        styles: dict[str, PromptStyle] | None = None,
     ) -> GenerationRequest:
         """The GenerationRequest this asks for; InvalidRequest with A1111's field names.
         ``emphasis`` and ``clip_skip`` are the server's A1111 settings (POST /options), unless
-        the request's ``override_settings`` names them."""
+        the request's ``override_settings`` names them; ``styles`` the server's prompt styles
+        (``sdgen serve --styles``) that the request's ``styles`` name."""
         self._refuse_unsupported()
         try:
             fields = self._fields(model, max_pixels, emphasis)
+            if self.styles:
+                fields["prompt"], fields["negative_prompt"] = apply_styles(
+                    self.prompt, self.negative_prompt, self.styles, styles or {}
+                )
             return GenerationRequest(**fields, clip_skip=self._clip_skip(clip_skip))
         except InvalidRequest as err:
             raise a1111_error(err) from err
@@ -271,7 +282,6 @@ class Txt2ImgRequest(BaseModel):
             "tiling": bool(self.tiling),
             "seed_resize_from_w": self.seed_resize_from_w not in (-1, 0),
             "seed_resize_from_h": self.seed_resize_from_h not in (-1, 0),
-            "styles": bool(self.styles),
             "script_name": bool(self.script_name),
             "refiner_checkpoint": bool(self.refiner_checkpoint),
             "firstpass_image": bool(self.firstpass_image),
@@ -347,11 +357,16 @@ class Img2ImgRequest(Txt2ImgRequest):
         }
 
     def to_request(
-        self, model: str | None, max_pixels: int, emphasis: str = "original", clip_skip: int = 1
+        self,
+        model: str | None,
+        max_pixels: int,
+        emphasis: str = "original",
+        clip_skip: int = 1,
+        styles: dict[str, PromptStyle] | None = None,
     ) -> GenerationRequest:
         """As txt2img's; a blur refused is named as sent: ``mask_blur`` or ``mask_blur_x``."""
         try:
-            return super().to_request(model, max_pixels, emphasis, clip_skip)
+            return super().to_request(model, max_pixels, emphasis, clip_skip, styles)
         except InvalidRequest as err:
             if err.field == "mask_blur" and self.mask_blur is None:  # it came from mask_blur_x
                 raise InvalidRequest("mask_blur_x", err.value, err.allowed) from err

@@ -113,12 +113,11 @@ def latent_upscale_modes() -> list[dict]:
 # A1111's lists of what sdgen has none of (VAEs, LoRAs ...). Clients read them when they connect
 # (SillyTavern reads upscalers, latent upscale modes and VAEs), so they answer empty, as an
 # A1111 without them would, rather than 404; using any of them is refused in the generation
-# calls (styles ...).
+# calls.
 NONE_OF = (
     "sd-vae",
     "hypernetworks",
     "face-restorers",
-    "prompt-styles",
     "realesrgan-models",
     "loras",  # A1111's bundled LoRA extension
 )
@@ -130,6 +129,12 @@ def _none() -> list:
 
 for _name in NONE_OF:
     router.add_api_route(f"/{_name}", _none, methods=["GET"], name=_name)
+
+
+@router.get("/prompt-styles")
+def prompt_styles(request: Request) -> list[dict]:
+    """A1111's prompt styles: those of ``sdgen serve --styles FILE`` (none without it)."""
+    return handler(request).prompt_styles()
 
 
 @router.get("/embeddings")

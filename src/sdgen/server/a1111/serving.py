@@ -49,6 +49,7 @@ from .settings import (
     clip_skip_setting,
     emphasis_mode,
 )
+from .styles import read_styles
 
 ORIGIN = "a1111"
 
@@ -64,6 +65,8 @@ class A1111Handler:
         self.checkpoint: str | None = None
         self.emphasis = "original"  # A1111's default emphasis mode, until POST /options
         self.clip_skip = 1  # A1111's CLIP_stop_at_last_layers, until POST /options
+        # A1111's prompt styles (sdgen serve --styles), read once
+        self.styles = read_styles(config.styles) if config.styles is not None else {}
 
     async def txt2img(self, body: Txt2ImgRequest) -> GenerationResponse:
         return await self._generate(body)
@@ -88,7 +91,7 @@ class A1111Handler:
 
     def _submit(self, body: Txt2ImgRequest, model: str | None) -> JobRecord:
         limit = self.config.max_input_pixels
-        request = body.to_request(model, limit, self.emphasis, self.clip_skip)
+        request = body.to_request(model, limit, self.emphasis, self.clip_skip, self.styles)
         try:
             return self.service.submit(request, origin=ORIGIN)
         except InvalidRequest as err:
@@ -111,7 +114,7 @@ class A1111Handler:
         return GenerationResponse(
             images=encoded if body.send_images else [],
             parameters=_echoed(body),
-            info=json.dumps(self._info(record)),
+            info=json.dumps({**self._info(record), "styles": body.styles or []}),
         )
 
     def _info(self, record: JobRecord) -> dict[str, Any]:
@@ -154,7 +157,7 @@ class A1111Handler:
             else {},
             "index_of_first_image": 0,
             "infotexts": [image.parameters for image in record.images],
-            "styles": [],
+            "styles": [],  # the call's: set by _response
             "job_timestamp": _job_timestamp(record),
             "clip_skip": request.get("clip_skip", 1),
             # A1111's: the model is an inpainting one (its UNet sees the mask), not "a mask given"
@@ -285,6 +288,13 @@ class A1111Handler:
                 )
             )
         return items
+
+    def prompt_styles(self) -> list[dict]:
+        """``GET /sdapi/v1/prompt-styles``: the server's styles (``sdgen serve --styles``)."""
+        return [
+            {"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+            for s in self.styles.values()
+        ]
 
     def embeddings(self) -> dict:
         """``GET /sdapi/v1/embeddings``: the textual inversions prompts can name with the
