@@ -91,6 +91,19 @@ def test_a1111_calls_apply_the_styles_they_name(tmp_path):
         assert "bright, cinematic" in unknown.json()["error"]["message"]
 
 
+def test_styles_apply_to_the_hires_prompts_as_a1111_applies_them(tmp_path):
+    from sdgen.server.a1111.protocol import Txt2ImgRequest
+
+    path = tmp_path / "styles.csv"
+    path.write_text(STYLES_CSV, encoding="utf-8")
+    body = {"prompt": "a cat", "styles": ["cinematic"], "enable_hr": True, "width": 64}
+    body |= {"height": 64, "hr_prompt": "a tabby cat"}
+    request = Txt2ImgRequest(**body).to_request(None, 1 << 20, styles=read_styles(path))
+    assert request.prompt == "a cat, film grain, 35mm"
+    assert request.hires.prompt == "a tabby cat, film grain, 35mm"
+    assert request.hires.negative_prompt is None  # the first pass's: styled already
+
+
 def test_without_a_styles_file_a_style_is_refused_saying_how_to_give_some(tmp_path):
     with client_for(tmp_path) as client:
         assert client.get("/sdapi/v1/prompt-styles").json() == []

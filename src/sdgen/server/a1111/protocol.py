@@ -168,6 +168,12 @@ class Txt2ImgRequest(BaseModel):
                 fields["prompt"], fields["negative_prompt"] = apply_styles(
                     self.prompt, self.negative_prompt, self.styles, styles or {}
                 )
+                hires = fields["hires"]
+                if hires is not None:  # A1111 styles the hires prompts too
+                    for key, at in (("prompt", 0), ("negative_prompt", 1)):
+                        if hires[key] is not None:
+                            texts = [hires[key] if i == at else "" for i in range(2)]
+                            hires[key] = apply_styles(*texts, self.styles, styles or {})[at]
             return GenerationRequest(**fields, clip_skip=self._clip_skip(clip_skip))
         except InvalidRequest as err:
             raise a1111_error(err) from err
