@@ -22,11 +22,15 @@ from sdgen.errors import InvalidRequest
 from sdgen.media.images import decode_latents
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
-from sdgen.pipelines.init_images import final_timesteps, latent_samples, pixels_tensor
+from sdgen.pipelines.init_images import (
+    final_timesteps,
+    latent_samples,
+    noised_latents,
+    pixels_tensor,
+)
 from sdgen.pipelines.stages import new_scheduler
 from sdgen.sampling.embeddings import TextEmbeddings
 from sdgen.sampling.loop import DenoisingState, Step, StepCallback, prepare_run
-from sdgen.sampling.noise import initial_latents
 
 # HIRES_UPSCALERS that interpolate the latents -> torch's (mode, antialias), A1111's table
 LATENT_MODES = {
@@ -101,16 +105,17 @@ def start_hires_pass(
     scheduler, timesteps, steps, eta = hires_scheduler(model, request)
     # 2. The latents at the larger size (B, C, H/f, W/f).
     init_latents = upscaled_latents(model, request, latents, generators)
-    # 3. Noised to the first step that runs, from each image's own generator.
-    noise = initial_latents(  # varied as A1111 varies its second pass's noise
+    # 3. Noised to the first step that runs, from each image's own generator (varied as A1111
+    # varies its second pass's noise).
+    noised = noised_latents(
+        scheduler,
+        init_latents,
         generators,
-        init_latents.shape[1:],
+        timesteps,
         device=model.device,
         dtype=model.dtype,
         variation=request.variation,
     )
-    start = timesteps[:1].repeat(init_latents.shape[0])
-    noised = scheduler.add_noise(init_latents.to(model.dtype), noise, start)
     run = prepare_run(
         scheduler,
         guidance_scale=request.guidance_scale,

@@ -6,7 +6,12 @@ import torch
 
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
-from sdgen.pipelines.init_images import latent_samples, picture_tensor, strength_timesteps
+from sdgen.pipelines.init_images import (
+    latent_samples,
+    noised_latents,
+    picture_tensor,
+    strength_timesteps,
+)
 from sdgen.pipelines.stages import (
     GenerationResult,
     PreparedRequest,
@@ -16,7 +21,7 @@ from sdgen.pipelines.stages import (
     text_conditioning,
 )
 from sdgen.sampling.loop import DenoisingState, StepCallback, prepare_run
-from sdgen.sampling.noise import image_generators, initial_latents
+from sdgen.sampling.noise import image_generators
 
 
 @torch.inference_mode()
@@ -53,15 +58,15 @@ def start_img2img(
     # 3. The init picture's latents (B, C, H/f, W/f), noised to the first step that runs.
     generators = image_generators(request.seed, request.total_images)
     init_latents = latent_samples(model.vae, picture_tensor(request).to(model.dtype), generators)
-    noise = initial_latents(
+    latents = noised_latents(
+        scheduler,
+        init_latents,
         generators,
-        init_latents.shape[1:],
+        timesteps,
         device=model.device,
         dtype=model.dtype,
         variation=request.variation,
     )
-    start = timesteps[:1].repeat(init_latents.shape[0])
-    latents = scheduler.add_noise(init_latents.to(model.dtype), noise, start)
     run = prepare_run(
         scheduler,
         guidance_scale=request.guidance_scale,

@@ -11,6 +11,7 @@ from PIL import Image
 
 from sdgen.errors import InvalidRequest
 from sdgen.params import GenerationRequest
+from sdgen.sampling.noise import initial_latents
 
 PROCESSOR = VaeImageProcessor()  # Lanczos, as diffusers' pipelines resize their pictures
 # params.RESIZE_MODES -> VaeImageProcessor's resize modes
@@ -92,6 +93,26 @@ def latent_samples(vae, pixels: torch.Tensor, generators: list[torch.Generator])
     distribution = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
     samples = [distribution.sample(generator=g) for g in generators]
     return torch.cat(samples) * vae.config.scaling_factor
+
+
+def noised_latents(
+    scheduler,
+    init_latents: torch.Tensor,
+    generators: list[torch.Generator],
+    timesteps: torch.Tensor,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    variation: tuple[int, float] | None = None,
+) -> torch.Tensor:
+    """``init_latents`` (B, C, h, w) noised to the first of ``timesteps``, each image's noise
+    from its own generator (varied by ``variation``, a request's ``variation``), as diffusers'
+    img2img ``prepare_latents`` does."""
+    noise = initial_latents(
+        generators, init_latents.shape[1:], device=device, dtype=dtype, variation=variation
+    )
+    start = timesteps[:1].repeat(init_latents.shape[0])
+    return scheduler.add_noise(init_latents.to(dtype), noise, start)
 
 
 def strength_timesteps(scheduler, steps: int, strength: float) -> tuple[torch.Tensor, int]:

@@ -9,15 +9,18 @@ sampler settings other than the defaults: Euler a's ``eta`` other than 1, ``s_ch
 are refused with 422 naming the field when they are switched on, rather than silently giving a
 different picture.
 
-The hires fix (``enable_hr``) is sdgen's ``hires``: ``hr_scale`` or ``hr_resize_x`` and
-``hr_resize_y``, ``hr_second_pass_steps``, ``denoising_strength`` (0.75 when missing, A1111's
-txt2img default), ``hr_upscaler`` (A1111's latent upscalers, Lanczos, Nearest and None, which
-resizes with Lanczos too; no upscaler models), ``hr_sampler_name``, ``hr_scheduler``,
-``hr_prompt`` and ``hr_negative_prompt``. A scale whose size is not made of multiples of 8 is
-refused (A1111 rounds it down).
 ``include_init_images`` only says whether the response echoes the input pictures.
 So is a ``scheduler`` (schedule type) that sdgen does not have with the sampler asked for
 (``schedule_types``), where A1111 would fall back to Automatic.
+
+The hires fix (``enable_hr``) is sdgen's ``hires`` (converted in ``.hires``): ``hr_scale`` or
+``hr_resize_x`` and ``hr_resize_y``, ``hr_second_pass_steps``, ``denoising_strength`` (0.75 when
+missing, A1111's txt2img default), ``hr_upscaler`` (A1111's latent upscalers, Lanczos, Nearest and
+None, which resizes with Lanczos too; no upscaler models), ``hr_sampler_name``, ``hr_scheduler``,
+``hr_prompt`` and ``hr_negative_prompt``. A scale whose size is not made of multiples of 8 is
+refused (A1111 rounds it down).
+``subseed`` and ``subseed_strength`` are sdgen's variation seed and strength; a call's
+``styles`` are the server's prompt styles (``.styles``), applied to its prompts.
 
 A1111's inpainting mask processing is reproduced, defaults included: the mask's edge blurred
 (``mask_blur``, or ``mask_blur_x`` and ``mask_blur_y`` when equal; 4 by default) with diffusers'
@@ -45,11 +48,11 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdgen.errors import InvalidRequest
-from sdgen.hires import HIRES_UPSCALERS
 from sdgen.params import GenerationRequest, InputPicture
 from sdgen.sampling.samplers import resolve_sampler
 
 from ..pictures import decode_picture
+from .hires import hires_settings
 from .schedule_types import sampler_with_schedule
 from .settings import CHANGEABLE, check_fixed_setting, clip_skip_setting, emphasis_mode
 from .styles import PromptStyle, apply_styles
@@ -77,11 +80,6 @@ A1111_FIELDS = {
     "hires.prompt": "hr_prompt",
     "hires.negative_prompt": "hr_negative_prompt",
 }
-# A1111's hires upscaler labels -> sdgen's (its "None" resizes with Lanczos, as "Lanczos" does)
-HIRES_UPSCALER_NAMES = {label: name for name, label in HIRES_UPSCALERS.items()} | {
-    "None": "lanczos"
-}
-HIRES_TXT2IMG_STRENGTH = 0.75  # A1111's StableDiffusionProcessingTxt2Img.denoising_strength
 # A1111's resize_mode -> sdgen's (3, "Just resize (latent upscale)", it does not have).
 RESIZE_MODES = {0: "stretch", 1: "crop", 2: "fill"}
 # A1111's inpainting_fill (its "Masked content" choices, in order) -> sdgen's masked_content.
@@ -202,56 +200,8 @@ class Txt2ImgRequest(BaseModel):
             "eta": self._ddim_eta(),
             "emphasis": self._emphasis(emphasis),
             "long_prompt": "chunk",  # A1111 reads every prompt in 75-token chunks
-            "hires": self._hires(),
+            "hires": hires_settings(self),
         }
-
-    def _hires(self) -> dict[str, Any] | None:
-        """sdgen's hires settings for A1111's hires fix (``enable_hr``), else None."""
-        if not self.enable_hr:
-            return None
-        if self.hr_upscaler is not None and self.hr_upscaler not in HIRES_UPSCALER_NAMES:
-            raise InvalidRequest(
-                "hr_upscaler",
-                self.hr_upscaler,
-                f"one of {', '.join(HIRES_UPSCALER_NAMES)} (sdgen has no upscaler models)",
-            )
-        strength = self.denoising_strength
-        resize = self.hr_resize_x or self.hr_resize_y  # then A1111 ignores hr_scale
-        return {
-            **({} if resize else {"scale": self.hr_scale}),
-            "width": self.hr_resize_x or None,  # 0: from the scale, or the other side
-            "height": self.hr_resize_y or None,
-            "steps": self.hr_second_pass_steps or None,  # 0: the first pass's
-            "strength": HIRES_TXT2IMG_STRENGTH if strength is None else strength,
-            "upscaler": HIRES_UPSCALER_NAMES.get(self.hr_upscaler, "latent"),  # None: Latent
-            "sampler": self._hires_sampler(),
-            # A1111's empty hires prompts are the first pass's
-            "prompt": self.hr_prompt if self.hr_prompt not in ("", self.prompt) else None,
-            "negative_prompt": self.hr_negative_prompt
-            if self.hr_negative_prompt not in ("", self.negative_prompt)
-            else None,
-        }
-
-    def _hires_sampler(self) -> str | None:
-        """The hires pass's sampler and schedule type as one name, where they are not the first
-        pass's (A1111's "Use same sampler" / "Use same scheduler", or none)."""
-        sampler = self.hr_sampler_name
-        schedule = self.hr_scheduler
-        sampler = None if sampler in (None, "", "Use same sampler") else sampler
-        schedule = None if schedule in (None, "", "Use same scheduler") else schedule
-        if sampler is None and schedule is None:
-            return None
-        try:
-            return sampler_with_schedule(
-                sampler or self.sampler_name or self.sampler_index, schedule or self.scheduler
-            )
-        except InvalidRequest as err:  # named as sent: the hires pass's own, where given
-            given = {
-                "sampler": ("hr_sampler_name", sampler),
-                "scheduler": ("hr_scheduler", schedule),
-            }
-            field, value = given.get(err.field, (err.field, None))
-            raise InvalidRequest(field if value else err.field, err.value, err.allowed) from None
 
     def _clip_skip(self, default: int) -> int:
         """sdgen's clip skip: A1111's ``CLIP_stop_at_last_layers``, if overridden."""
@@ -455,62 +405,5 @@ def a1111_error(err: InvalidRequest) -> InvalidRequest:
     return InvalidRequest(field, err.value, err.allowed)
 
 
-class GenerationResponse(BaseModel):
-    images: list[str]  # base64 PNGs with the "parameters" chunk
-    parameters: dict[str, Any]  # the request as received, defaults filled in
-    info: str  # a JSON string: seed, all_seeds, infotexts...
-
-
 class PngInfoRequest(BaseModel):
     image: str = ""
-
-
-class PngInfoResponse(BaseModel):
-    info: str
-    items: dict[str, Any]
-    parameters: dict[str, Any]
-
-
-class ProgressState(BaseModel):
-    skipped: bool = False
-    interrupted: bool = False
-    job: str = ""
-    job_count: int = 0
-    job_timestamp: str = "0"
-    job_no: int = 0
-    sampling_step: int = 0
-    sampling_steps: int = 0
-
-
-class ProgressResponse(BaseModel):
-    progress: float
-    eta_relative: float
-    state: ProgressState
-    current_image: str | None = None
-    textinfo: str | None = None
-    current_task: str | None = None
-
-
-class SamplerItem(BaseModel):
-    name: str
-    aliases: list[str]
-    options: dict[str, Any]
-
-
-class SchedulerItem(BaseModel):
-    """``GET /sdapi/v1/schedulers``: one schedule type, as A1111 describes it."""
-
-    name: str
-    label: str
-    aliases: list[str] | None  # A1111 sends null where a type has none
-    default_rho: float
-    need_inner_model: bool
-
-
-class SDModelItem(BaseModel):
-    title: str
-    model_name: str
-    hash: str | None
-    sha256: str | None
-    filename: str
-    config: str | None = None

@@ -7,17 +7,15 @@ from fastapi import APIRouter, Request
 from sdgen.hires import LATENT_UPSCALERS
 
 from ..serving import ApiError
-from .protocol import (
-    HIRES_UPSCALER_NAMES,
+from .hires import HIRES_UPSCALER_NAMES
+from .protocol import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
+from .responses import (
     GenerationResponse,
-    Img2ImgRequest,
-    PngInfoRequest,
     PngInfoResponse,
     ProgressResponse,
     SamplerItem,
     SchedulerItem,
     SDModelItem,
-    Txt2ImgRequest,
 )
 from .serving import A1111Handler
 

@@ -28,17 +28,15 @@ from ..pictures import decode_base64, encode_base64
 from ..service import JobService
 from ..serving import ApiError
 from ..store import JobRecord
-from .protocol import (
+from .protocol import Img2ImgRequest, Txt2ImgRequest, a1111_error
+from .responses import (
     GenerationResponse,
-    Img2ImgRequest,
     PngInfoResponse,
     ProgressResponse,
     ProgressState,
     SamplerItem,
     SchedulerItem,
     SDModelItem,
-    Txt2ImgRequest,
-    a1111_error,
 )
 from .schedule_types import offered_schedule_types
 from .settings import (
