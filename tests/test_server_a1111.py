@@ -839,8 +839,11 @@ def test_a1111_prompts_are_read_with_a1111s_emphasis():
 
     body = {**WEBUIAPI_TXT2IMG, "prompt": "a (red:1.3) circle"}
     assert Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20).emphasis == "original"
-    body["prompt"] = "a <lora:style:1> circle"
-    with pytest.raises(InvalidRequest, match="prompt.*extra networks"):
+    body["prompt"] = "a <hypernet:style:1> circle"
+    with pytest.raises(InvalidRequest, match="prompt.*other extra networks are not on sdgen"):
+        Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20)
+    body["prompt"] = "a [cat:dog:0.5] circle"
+    with pytest.raises(InvalidRequest, match="prompt.*prompt editing.*is not on sdgen"):
         Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20)
 
 

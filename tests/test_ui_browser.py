@@ -100,8 +100,12 @@ def servers(tmp_path_factory):
     embeddings.mkdir()
     vectors = torch.full((1, TEXT_DIM), 0.01)
     save_file({"emb_params": vectors}, embeddings / "shinystyle.safetensors")
+    loras = base / "loras"
+    loras.mkdir()
+    (loras / "inkstyle.safetensors").write_bytes(b"listed by name, read when a prompt names it")
+    open_options = ["--embeddings", str(embeddings), "--lora-dir", str(loras)]
     started = [
-        Server(base / "open", "--step-delay", str(STEP_DELAY), "--embeddings", str(embeddings)),
+        Server(base / "open", "--step-delay", str(STEP_DELAY), *open_options),
         Server(base / "keyed", "--api-key", API_KEY),
     ]
     try:
@@ -234,6 +238,7 @@ def test_generate_shows_progress_then_the_picture_and_reuse_seed_fills_the_seed(
         assert page.get_by_label("Seed", exact=True).input_value() == ""
         # the server's textual inversion, named under the prompt
         assert page.locator("#embeddings-hint").text_content().endswith("name: shinystyle")
+        assert page.locator("#loras-hint").text_content().endswith("<lora:name:weight>: inkstyle")
         result.get_by_role("button", name=f"Reuse seed {seed}").click()
         assert page.get_by_label("Seed", exact=True).input_value() == str(seed)
         # a varied picture's variation seed and strength too: the same picture again

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sdgen.media.metadata import ImageRecord, save_png
 from sdgen.models.loaded import LoadedModel
-from sdgen.pipelines.stages import GenerationResult, ti_hashes
+from sdgen.pipelines.stages import GenerationResult, lora_hashes, ti_hashes
 from sdgen.sampling.samplers import resolve_sampler
 
 
@@ -41,9 +41,9 @@ def _sampler_label(name: str) -> tuple[str, str | None]:
 
 
 def _inversions_extra(model: LoadedModel, request) -> dict:
-    """The textual inversions a picture's prompts named, as A1111 records them."""
-    hashes = ti_hashes(model, request)
-    return {"TI hashes": hashes} if hashes else {}
+    """The textual inversions and LoRAs a picture's prompts named, as A1111 records them."""
+    hashes = {"TI hashes": ti_hashes(model, request), "Lora hashes": lora_hashes(model, request)}
+    return {key: value for key, value in hashes.items() if value}
 
 
 def _stopped_extra(result: GenerationResult) -> dict:

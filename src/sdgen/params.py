@@ -193,11 +193,14 @@ class GenerationRequest:
             raise InvalidRequest(
                 "long_prompt", self.long_prompt, f"one of {', '.join(LONG_PROMPT_MODES)}"
             )
+        from sdgen.conditioning.networks import check_networks  # text only: light
+
+        texts = check_networks(self)  # each text without its <lora:...> tags
         if self.emphasis != "off":
             # Imported here: the emphasis module pulls in torch, and params stays light.
             from sdgen.conditioning.emphasis import check_syntax
 
-            for name, text in self.named_texts():
+            for name, text in texts:
                 check_syntax(name, text, breaks=self.long_prompt == "chunk")
 
     def _check_pictures(self) -> None:

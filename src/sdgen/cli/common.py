@@ -60,6 +60,12 @@ def model_options(func):
             "(A1111's embeddings folder)",
         ),
         click.option(
+            "--lora-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="a folder of LoRA .safetensors files that prompts name as "
+            "<lora:file name:weight> (A1111's Lora folder)",
+        ),
+        click.option(
             "--out",
             type=click.Path(file_okay=False, path_type=Path),
             default=Path("outputs"),

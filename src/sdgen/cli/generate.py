@@ -372,6 +372,7 @@ def reproduce(image, model, init_image, mask, device, precision, **kwargs) -> No
         "model_hash": None if model else recorded.model_hash,
         # and so must the textual inversions its prompts named
         "ti_hashes": None if model else recorded.ti_hashes,
+        "lora_hashes": None if model else recorded.lora_hashes,
         # A picture of a stopped generation (A1111's interrupt, the server's stop) is remade by
         # stopping at the same step.
         "stop_at": recorded.stopped_at,

@@ -38,6 +38,8 @@ class RunOptions:
     model_hash: str | None = None  # reproduce: the loaded model must have this ``Model hash``
     embeddings: Path | None = None  # a folder of textual inversions (load_model's embeddings)
     ti_hashes: str | None = None  # reproduce: the embeddings the picture named (TI hashes)
+    lora_dir: Path | None = None  # a folder of LoRAs (load_model's loras)
+    lora_hashes: str | None = None  # reproduce: the LoRAs the picture named (Lora hashes)
     stop_at: int | None = None  # reproduce: end after this step, with its predicted pictures
 
     @classmethod
@@ -133,6 +135,7 @@ def _generate(request: GenerationRequest, options: RunOptions, callbacks: list):
             allow_pickle=options.allow_pickle,
             fast_path=for_one_off_command(options.fast_path),
             embeddings=options.embeddings,
+            loras=options.lora_dir,
         )
 
     def callback(step) -> None:
@@ -164,8 +167,8 @@ def _stop_after(steps: int):
 
 def _check_recorded_weights(model, request: GenerationRequest, options: RunOptions) -> None:
     """Refuse to reproduce a picture with other weights than those it was made with: the
-    model's, and the textual inversions its prompts named."""
-    from sdgen.pipelines.stages import ti_hashes
+    model's, and the textual inversions and LoRAs its prompts named."""
+    from sdgen.pipelines.stages import lora_hashes, ti_hashes
 
     expected = options.model_hash
     if expected is not None and model.short_hash != expected:
@@ -183,6 +186,18 @@ def _check_recorded_weights(model, request: GenerationRequest, options: RunOptio
                 str(options.embeddings) if options.embeddings else "none",
                 f"the embeddings the picture's prompts named (TI hashes {options.ti_hashes}; "
                 f"these give {found or 'none'}): --embeddings with them",
+            )
+    if options.lora_hashes is not None:
+        try:
+            found = lora_hashes(model, request)
+        except InvalidRequest:  # a LoRA the folder (or no folder) does not have
+            found = ""
+        if found != options.lora_hashes:
+            raise InvalidRequest(
+                "lora_dir",
+                str(options.lora_dir) if options.lora_dir else "none",
+                f"the LoRAs the picture's prompts named (Lora hashes {options.lora_hashes}; "
+                f"these give {found or 'none'}): --lora-dir with them",
             )
 
 

@@ -60,6 +60,12 @@ SERVER_MISSING = 'sdgen serve needs the server extra: pip install "sdgen[server]
     "model (A1111's embeddings folder; safetensors only)",
 )
 @click.option(
+    "--lora-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="a folder of LoRA .safetensors files that prompts name as <lora:file name:weight>, "
+    "for every model (A1111's Lora folder)",
+)
+@click.option(
     "--styles",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A1111's styles.csv (name,prompt,negative_prompt): the prompt styles A1111 calls name",
@@ -107,6 +113,7 @@ def serve(
     devices: str | None,
     precision: str,
     embeddings: Path | None,
+    lora_dir: Path | None,
     styles: Path | None,
     fast_path: str,
     warmup: bool,
@@ -151,6 +158,7 @@ def serve(
         devices=tuple(_devices(devices)),
         precision=precision,
         embeddings=embeddings,
+        lora_dir=lora_dir,
         styles=styles,
         fast_path=fast_path,
         warmup=warmup,

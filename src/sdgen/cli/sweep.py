@@ -108,6 +108,7 @@ def sweep(prompt, init_image, resize, **kwargs) -> None:
         allow_pickle=kwargs["allow_pickle"],
         fast_path=for_one_off_command(kwargs["fast_path"]),
         embeddings=kwargs["embeddings"],
+        loras=kwargs["lora_dir"],
     )
     _check_cells(model, cells)
     out: Path = kwargs["out"]

@@ -9,7 +9,8 @@ leaves out the rescaling). A prompt without brackets gives exactly the plain emb
 ``BREAK`` ends a 75-token chunk where prompts are read in chunks (``long_prompt="chunk"``,
 ``sdgen.conditioning.chunks``) and is refused otherwise. A1111's other prompt syntax is refused
 by name rather than read as text: prompt editing ``[from:to:when]`` and alternation ``[a|b]``
-(prompts that change between steps) and extra networks such as ``<lora:name:1>``.
+(prompts that change between steps). Extra networks (``<lora:name:1>``) are cut out of the
+prompt before it is read here (``sdgen.conditioning.networks``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ _UNSUPPORTED = {
         r"(?<!\\)\[[^\[\]():]*(?::[^\[\]():]*)?:\s*[+-]?[\d.]+\s*\]"
     ),
     "alternation [a|b]": re.compile(r"(?<!\\)\[[^\[\]|]*\|[^\[\]]*\]"),
-    "extra networks (<lora:...>)": re.compile(r"<\w+:[^>]*>"),
 }
 # A1111's BREAK, the whitespace around it dropped; a chunk boundary with long_prompt chunk
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")

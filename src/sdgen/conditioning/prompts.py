@@ -24,6 +24,7 @@ from sdgen.conditioning.chunks import (
     truncated,
 )
 from sdgen.conditioning.emphasis import emphasize
+from sdgen.conditioning.networks import without_loras
 from sdgen.errors import InvalidRequest
 from sdgen.models.tokenizing import tokenize
 from sdgen.sampling.embeddings import TextEmbeddings
@@ -159,11 +160,12 @@ def encode_conditioning(
     guided: bool,
     device: torch.device,
     dtype: torch.dtype,
-    negative_cache: dict[tuple[str, str, str, int], torch.Tensor] | None = None,
+    negative_cache: dict[tuple, torch.Tensor] | None = None,
     emphasis: str = "off",
     long_prompt: str = "truncate",
     inversions: InversionLookup | None = None,
     clip_skip: int = 1,
+    text_weights: tuple = (),
 ) -> TextEmbeddings:
     """The UNet's conditioning for a batch of images, one (prompt, negative) pair per image.
 
@@ -171,9 +173,12 @@ def encode_conditioning(
     ``guide`` splits; each (77, D), or 77 positions per chunk with ``long_prompt`` "chunk". The
     distinct prompts are encoded in one call. Each distinct negative prompt is encoded in a
     call of its own, so that its embedding is the same whether it comes from
-    ``negative_cache`` ((text, emphasis, long_prompt, clip_skip) -> (L, D), filled here, the oldest
-    dropped past ``NEGATIVE_CACHE_SIZE`` chunks) or not: the usual empty one is encoded once
-    per model. ``inversions``: the model's textual inversions, the same for all its calls.
+    ``negative_cache`` ((text, emphasis, long_prompt, clip_skip, text_weights) -> (L, D),
+    filled here, the oldest dropped past ``NEGATIVE_CACHE_SIZE`` chunks) or not: the usual
+    empty one is encoded once per model. ``inversions``: the model's textual inversions, the
+    same for all its calls.
+    ``text_weights``: what changed the text encoder's weights for this call (the LoRAs merged
+    into it), part of the negative cache's key.
     """
     prompts = list(dict.fromkeys(p for p, _ in image_prompts))
     reading = (emphasis, long_prompt, inversions, clip_skip)
@@ -184,7 +189,7 @@ def encode_conditioning(
         cache = {} if negative_cache is None else negative_cache
         negatives = {
             text: _negative_embedding(
-                tokenizer, text_encoder, (text, *reading), device, dtype, cache
+                tokenizer, text_encoder, (text, *reading), device, dtype, cache, text_weights
             )
             for text in dict.fromkeys(n for _, n in image_prompts)
         }
@@ -193,13 +198,19 @@ def encode_conditioning(
 
 
 def _negative_embedding(
-    tokenizer, text_encoder, reading: tuple, device: torch.device, dtype, cache: dict
+    tokenizer,
+    text_encoder,
+    reading: tuple,
+    device: torch.device,
+    dtype,
+    cache: dict,
+    text_weights: tuple = (),
 ) -> torch.Tensor:
     """(L, D) embedding of one negative prompt, ``reading`` = (text, emphasis, long_prompt,
     inversions, clip_skip), from ``cache`` or encoded alone into it; cached under (text,
-    emphasis, long_prompt, clip_skip): a model's inversions never change."""
+    emphasis, long_prompt, clip_skip, text_weights): a model's inversions never change."""
     text, emphasis, long_prompt, _, clip_skip = reading
-    key = (text, emphasis, long_prompt, clip_skip)
+    key = (text, emphasis, long_prompt, clip_skip, text_weights)
     if key not in cache:
         embedding = encode_text(tokenizer, text_encoder, [text], device, *reading[1:])[0]
         embedding = embedding.to(dtype)
@@ -217,7 +228,7 @@ def check_prompt_lengths(tokenizer, request, inversions: InversionLookup | None 
     if request.long_prompt != "chunk":
         return
     size = tokenizer.model_max_length - 2
-    for name, text in request.named_texts():
+    for name, text in without_loras(request).named_texts():
         count = len(prompt_chunks(tokenizer, text, request.emphasis, inversions))
         if count > MAX_CHUNKS:
             raise InvalidRequest(
@@ -239,7 +250,7 @@ def truncation_warnings(tokenizer, request, inversions: InversionLookup | None =
         return []
     max_length = tokenizer.model_max_length
     warnings = []
-    for name, text in request.named_texts():
+    for name, text in without_loras(request).named_texts():
         if request.emphasis == "off" and not inversions:
             count = len(tokenize(tokenizer, text, verbose=False).input_ids)
         else:  # the brackets are not tokens; an embedding takes its vectors' positions

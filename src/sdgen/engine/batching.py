@@ -2,7 +2,8 @@
 
 Requests on one model are denoised together, step by step; those of one latent shape share a
 UNet call (the engine's workers join requests of the batch's size; a hires fix's second pass is
-larger, and is called apart while it runs). Each keeps its own scheduler, generators, text
+larger, and is called apart while it runs; so are requests that name other LoRAs, each
+call with its set merged into the weights). Each keeps its own scheduler, generators, text
 embeddings, guidance scale, timesteps and callback; only the UNet call is shared. A step
 concatenates every request's UNet input, [uncond; text] when it guides, else [text], with each
 row's own timestep as a (N,) tensor, which diffusers' UNet accepts; rows whose text embeddings
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sdgen.conditioning.networks import request_loras
 from sdgen.errors import GenerationStopped, InvalidRequest
 from sdgen.models.devices import empty_cuda_cache
 from sdgen.models.loaded import LoadedModel
@@ -85,8 +87,9 @@ class Batcher:
 
     def compatible(self, request: GenerationRequest) -> bool:
         """Whether ``request`` can join now: it has the size of the requests in flight (on one
-        model that also fixes the channels and the precision). False for a request whose size
-        is invalid: run alone, it fails with the reason."""
+        model that also fixes the channels and the precision) and names the same LoRAs (a
+        batch of several sets would change the weights at every step). False for a request
+        whose size is invalid: run alone, it fails with the reason."""
         if not self.active:
             return True
         try:
@@ -94,7 +97,8 @@ class Batcher:
         except InvalidRequest:
             return False
         first = self.active[0].request
-        return (resolved.width, resolved.height) == (first.width, first.height)
+        same_loras = request_loras(resolved) == request_loras(first)
+        return (resolved.width, resolved.height) == (first.width, first.height) and same_loras
 
     @torch.inference_mode()
     def step(self) -> list[Finished]:
@@ -196,7 +200,8 @@ class Batcher:
         timesteps = torch.cat([s.row_timesteps(n) for s, n in zip(states, rows, strict=True)])
         sample = torch.cat(model_inputs)  # (N, C', h, w)
         embeddings = self._joined_embeddings(states)  # N rows
-        noise_pred = predict_noise(self.unet, sample, timesteps, embeddings)
+        with self.model.loras.holding(states[0].loras):  # one set: part of the signature
+            noise_pred = predict_noise(self.unet, sample, timesteps, embeddings)
         return list(noise_pred.split(rows))  # each (2B or B, C, h, w)
 
     def _joined_embeddings(self, states: list) -> TextEmbeddings:

@@ -24,13 +24,19 @@ def load_configured(
     precision: str = "auto",
     fast_path: str = "auto",
     embeddings: Path | None = None,
+    loras: Path | None = None,
 ) -> LoadedModel:
-    """The default loader: ``load_model`` with the server's precision, fast path and textual
-    inversions, pickles refused."""
+    """The default loader: ``load_model`` with the server's precision, fast path, textual
+    inversions and LoRAs, pickles refused."""
     from sdgen.models.loader import load_model
 
     return load_model(
-        name, device=device, precision=precision, fast_path=fast_path, embeddings=embeddings
+        name,
+        device=device,
+        precision=precision,
+        fast_path=fast_path,
+        embeddings=embeddings,
+        loras=loras,
     )
 
 

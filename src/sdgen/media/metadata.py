@@ -167,6 +167,7 @@ class Recorded:
     model_hash: str | None  # A1111's Model hash of the weights it was made with
     stopped_at: int | None  # the step a stopped generation's picture was taken at
     ti_hashes: str = ""  # the textual inversions its prompts named, A1111's "TI hashes"
+    lora_hashes: str = ""  # the LoRAs its prompts named, A1111's "Lora hashes"
 
 
 def read_recorded(path: Path, pictures: dict[str, InputPicture] | None = None) -> Recorded:
@@ -177,11 +178,13 @@ def read_recorded(path: Path, pictures: dict[str, InputPicture] | None = None) -
     extra = recorded.get("extra")
     extra = extra if isinstance(extra, dict) else {}
     stopped, ti_hashes = extra.get("Stopped at step"), extra.get("TI hashes", "")
+    lora_hashes = extra.get("Lora hashes", "")
     return Recorded(
         request=GenerationRequest.from_dict(recorded["request"], pictures),
         model_hash=model_hash if isinstance(model_hash, str) else None,
         stopped_at=None if stopped is None else _stopped_step(path, stopped),
         ti_hashes=ti_hashes if isinstance(ti_hashes, str) else "",
+        lora_hashes=lora_hashes if isinstance(lora_hashes, str) else "",
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from sdgen.models.lora import LoraLibrary
 from sdgen.models.textual_inversion import TextualInversions
 
 
@@ -33,9 +34,14 @@ class LoadedModel:
     fast_path: tuple[str, ...] = ()  # what sdgen.models.fast_path applied, e.g. ("compile", ...)
     # textual inversion embeddings that prompts can name (sdgen.models.textual_inversion)
     textual_inversions: TextualInversions = field(default_factory=TextualInversions.none)
+    # LoRAs that prompts can name (sdgen.models.lora), merged into the weights while a request
+    # that names them runs
+    loras: LoraLibrary = field(default_factory=LoraLibrary.none)
     # What the layers above derive from the networks and keep for the model's life (negative
-    # prompts' embeddings, traced UNets): the weights never change once loaded, so nothing has
-    # to invalidate it. Not an argument: a copy made with dataclasses.replace starts empty.
+    # prompts' embeddings, traced UNets): the weights change only while LoRAs are merged, and
+    # what depends on that is keyed by the LoRAs (the negative prompts' embeddings) or shares
+    # the parameters (traces), so nothing has to invalidate it. Not an argument: a copy made
+    # with dataclasses.replace starts empty.
     caches: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property

@@ -16,6 +16,7 @@ from sdgen.models.devices import resolve_device, resolve_dtype
 from sdgen.models.fast_path import apply_fast_path, fast_path_parts
 from sdgen.models.hub import is_hub_id
 from sdgen.models.loaded import LoadedModel
+from sdgen.models.lora import LoraLibrary, load_lora_library
 from sdgen.models.safety import is_pickle, refuse_pickle
 from sdgen.models.textual_inversion import TextualInversions, load_textual_inversions
 
@@ -49,6 +50,7 @@ def load_model(
     allow_pickle: bool = False,
     fast_path: str = "auto",
     embeddings: str | os.PathLike | None = None,
+    loras: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """Load a Stable Diffusion 1.x/2.x model for generation.
 
@@ -65,6 +67,8 @@ def load_model(
         embeddings: a folder of textual inversion embeddings that prompts name by file name,
             as A1111's embeddings folder (``sdgen.models.textual_inversion``); pickles only
             with ``allow_pickle``. Files that do not fit the model are skipped and listed.
+        loras: a folder of LoRA ``.safetensors`` files that prompts name as
+            ``<lora:file name:weight>``, as A1111's Lora folder (``sdgen.models.lora``).
     Returns:
         The loaded components, on ``device`` in the chosen precision, in eval mode.
     """
@@ -74,6 +78,8 @@ def load_model(
     fast = fast_path_parts(fast_path, target)  # checked before anything is loaded
     if embeddings is not None and not Path(embeddings).is_dir():
         raise SdgenError(f"embeddings: {embeddings} is not a folder of embedding files")
+    if loras is not None and not Path(loras).is_dir():
+        raise SdgenError(f"lora_dir: {loras} is not a folder of LoRA files")
     kind, path = check_model_source(name, allow_pickle=allow_pickle)
     if kind == "hub":
         from sdgen.models.hub import download_model
@@ -98,6 +104,10 @@ def load_model(
             allow_pickle=allow_pickle,
             max_value=torch.finfo(dtype).max,  # 65,504 in fp16
         )
+    library = LoraLibrary.none()
+    if loras is not None:
+        networks = {"unet": components["unet"], "text_encoder": components["text_encoder"]}
+        library = load_lora_library(loras, networks)
     return LoadedModel(
         name=name,
         source=path,
@@ -105,6 +115,7 @@ def load_model(
         dtype=dtype,
         fast_path=fast,
         textual_inversions=inversions,
+        loras=library,
         **components,
     )
 

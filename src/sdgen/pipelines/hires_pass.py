@@ -21,6 +21,7 @@ from PIL import Image
 from sdgen.errors import InvalidRequest
 from sdgen.media.images import decode_latents
 from sdgen.models.loaded import LoadedModel
+from sdgen.models.lora_weights import LoraSet
 from sdgen.params import GenerationRequest
 from sdgen.pipelines.init_images import (
     final_timesteps,
@@ -96,11 +97,12 @@ def start_hires_pass(
     embeddings: TextEmbeddings,
     generators: list[torch.Generator],
     callback: StepCallback | None,
+    loras: LoraSet = (),
 ) -> DenoisingState:
     """The second pass of ``request`` set up from the first pass's final ``latents``
     (B, C, h, w): upscaled, noised ``hires.strength`` of the way, with the second pass's text
     ``embeddings`` (the first pass's, unless the hires fix has prompts of its own) and the
-    images' ``generators``, which go on drawing."""
+    images' ``generators``, which go on drawing, and the ``loras`` those prompts name."""
     # 1. A fresh scheduler (the hires sampler's, else the request's); the last steps run.
     scheduler, timesteps, steps, eta = hires_scheduler(model, request)
     # 2. The latents at the larger size (B, C, H/f, W/f).
@@ -124,7 +126,7 @@ def start_hires_pass(
         steps=steps,
         eta=eta,
     )
-    return DenoisingState(run, noised, embeddings, callback)
+    return DenoisingState(run, noised, embeddings, callback, loras=loras)
 
 
 def upscaled_latents(

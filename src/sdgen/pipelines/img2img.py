@@ -15,6 +15,7 @@ from sdgen.pipelines.init_images import (
 from sdgen.pipelines.stages import (
     GenerationResult,
     PreparedRequest,
+    lora_set,
     new_scheduler,
     resolve_request,
     run_alone,
@@ -75,4 +76,5 @@ def start_img2img(
         steps=steps,
         eta=request.eta,
     )
-    return PreparedRequest(request, DenoisingState(run, latents, embeddings, callback))
+    state = DenoisingState(run, latents, embeddings, callback, loras=lora_set(model, request))
+    return PreparedRequest(request, state)

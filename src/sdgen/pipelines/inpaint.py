@@ -25,6 +25,7 @@ from sdgen.pipelines.masking import inpaint_pictures
 from sdgen.pipelines.stages import (
     GenerationResult,
     PreparedRequest,
+    lora_set,
     new_scheduler,
     resolve_request,
     run_alone,
@@ -98,6 +99,7 @@ def start_inpaint(
         callback,
         extra_channels=extra if inpainting_unet else None,
         after_step=None if inpainting_unet else blend,
+        loras=lora_set(model, request),
     )
     return PreparedRequest(request, state, finish=pictures.finish)
 

@@ -12,12 +12,14 @@ import torch
 from PIL import Image
 
 from sdgen.conditioning.chunks import InversionLookup, inversion_lookup, named_inversions
+from sdgen.conditioning.networks import request_loras, split_loras, without_loras
 from sdgen.conditioning.prompts import check_prompt_lengths, encode_conditioning
 from sdgen.errors import GenerationStopped, InvalidRequest, SdgenError
 from sdgen.media.images import decode_latents
 from sdgen.models.devices import precision_name
 from sdgen.models.fast_path import GraphedUNet
 from sdgen.models.loaded import LoadedModel
+from sdgen.models.lora_weights import AppliedLora, LoraSet
 from sdgen.params import GenerationRequest, check_size
 from sdgen.sampling.embeddings import TextEmbeddings
 from sdgen.sampling.guidance import uses_guidance
@@ -106,9 +108,9 @@ def run_alone(model: LoadedModel, prepared: PreparedRequest) -> GenerationResult
     that raises GenerationStopped ends it with the pictures predicted at that step."""
     unet = denoising_unet(model)
     try:
-        denoise_state(unet, prepared.state)
+        denoise_state(holding_loras(model, unet, prepared.state.loras), prepared.state)
         while prepared.start_next_pass():
-            denoise_state(unet, prepared.state)
+            denoise_state(holding_loras(model, unet, prepared.state.loras), prepared.state)
     except GenerationStopped as stopped:
         return prepared.result(model, stopped)
     return prepared.result(model)
@@ -135,7 +137,22 @@ def resolve_request(model: LoadedModel, request: GenerationRequest) -> Generatio
         )
     if request.hires is not None:  # the second pass's size, too
         request.hires.sizes(request.width, request.height, model.vae_scale_factor)
+    lora_set(model, request)  # each named LoRA read now, or refused naming the prompt
+    if request.hires is not None and request.hires.prompt is not None:
+        lora_set(model, request.replace(prompt=request.hires.prompt, hires=None), "hires.prompt")
     return request
+
+
+def lora_set(model: LoadedModel, request: GenerationRequest, field: str = "prompt") -> LoraSet:
+    """The LoRAs ``request``'s prompts name, read from ``model``'s LoRA folder, with their
+    multipliers: what the model's weights hold while the request's text is encoded and its
+    UNet calls run (``sdgen.models.lora_weights``).
+
+    Raises:
+        InvalidRequest: a LoRA the folder does not have or that cannot serve the model.
+    """
+    tags = request_loras(request)
+    return tuple(AppliedLora(model.loras.get(field, t.name), t.te, t.unet) for t in tags)
 
 
 def _output_size(model: LoadedModel, request: GenerationRequest) -> tuple[int, int]:
@@ -194,21 +211,32 @@ def _takes(scheduler, steps: int) -> bool:
 
 
 def text_conditioning(model: LoadedModel, request: GenerationRequest) -> TextEmbeddings:
-    """Embeddings of 2B or B rows: [negative; prompt] in image order when guiding."""
+    """Embeddings of 2B or B rows: [negative; prompt] in image order when guiding, encoded
+    with the LoRAs the prompts name merged into the text encoder (their tags cut out)."""
+    loras = lora_set(model, request)
+    request = without_loras(request)
     check_prompt_lengths(model.tokenizer, request, inversions_of(model))
-    return encode_conditioning(
-        model.tokenizer,
-        model.text_encoder,
-        request.image_prompts(),
-        guided=uses_guidance(request.guidance_scale),
-        device=model.device,
-        dtype=model.dtype,
-        negative_cache=model.caches.setdefault("negative_embeddings", {}),
-        emphasis=request.emphasis,
-        long_prompt=request.long_prompt,
-        inversions=inversions_of(model),
-        clip_skip=request.clip_skip,
+    # the negative prompts' cache is keyed by what changed the text encoder's weights
+    text_weights = tuple(
+        (a.lora.name, a.lora.short_hash, a.te)
+        for a in loras
+        if a.te and a.lora.touches("text_encoder")
     )
+    with model.loras.holding(loras):
+        return encode_conditioning(
+            model.tokenizer,
+            model.text_encoder,
+            request.image_prompts(),
+            guided=uses_guidance(request.guidance_scale),
+            device=model.device,
+            dtype=model.dtype,
+            negative_cache=model.caches.setdefault("negative_embeddings", {}),
+            emphasis=request.emphasis,
+            long_prompt=request.long_prompt,
+            inversions=inversions_of(model),
+            clip_skip=request.clip_skip,
+            text_weights=text_weights,
+        )
 
 
 def ti_hashes(model: LoadedModel, request: GenerationRequest) -> str:
@@ -216,6 +244,7 @@ def ti_hashes(model: LoadedModel, request: GenerationRequest) -> str:
     negative prompts, when it guides) place: "name: hash, ..." in the order they are first
     named, without the ":" and "," A1111 also drops from names; "" for none."""
     lookup = inversions_of(model)
+    request = without_loras(request)  # a LoRA's name is not an embedding's
     texts = [*request.prompts]
     if uses_guidance(request.guidance_scale):
         texts += request.negative_prompts
@@ -229,6 +258,20 @@ def ti_hashes(model: LoadedModel, request: GenerationRequest) -> str:
         for inversion in named_inversions(model.tokenizer, text, *reading):
             name = inversion.name.replace(":", "").replace(",", "")
             named.setdefault(name, inversion.short_hash)
+    return ", ".join(f"{name}: {short}" for name, short in named.items())
+
+
+def lora_hashes(model: LoadedModel, request: GenerationRequest) -> str:
+    """A1111's ``Lora hashes`` of the LoRAs ``request``'s prompts name (the hires fix's too):
+    "name: hash, ..." in the order first named, without the ":" and "," A1111 also drops from
+    names; "" for none."""
+    tags = list(request_loras(request))
+    if request.hires is not None and request.hires.prompt is not None:
+        tags += split_loras("hires.prompt", request.hires.prompt)[1]
+    named: dict[str, str] = {}
+    for tag in tags:
+        name = tag.name.replace(":", "").replace(",", "")
+        named.setdefault(name, model.loras.get("prompt", tag.name).short_hash)
     return ", ".join(f"{name}: {short}" for name, short in named.items())
 
 
@@ -256,3 +299,16 @@ def denoising_unet(model: LoadedModel):
     if "traced_unet" not in model.caches:
         model.caches["traced_unet"] = TracedUNet(model.unet)
     return model.caches["traced_unet"]
+
+
+def holding_loras(model: LoadedModel, unet, loras: LoraSet):
+    """``unet`` whose every call runs with ``loras`` merged into ``model``'s weights; ``unet``
+    itself for a model without a LoRA folder."""
+    if model.loras.folder is None:
+        return unet
+
+    def call(*args, **kwargs):
+        with model.loras.holding(loras):
+            return unet(*args, **kwargs)
+
+    return call

@@ -17,6 +17,7 @@ from sdgen.pipelines.hires_pass import (
 from sdgen.pipelines.stages import (
     GenerationResult,
     PreparedRequest,
+    lora_set,
     new_scheduler,
     resolve_request,
     run_alone,
@@ -62,18 +63,21 @@ def start_txt2img(
         generators=generators,
         eta=request.eta,
     )
+    loras = lora_set(model, request)  # what the UNet calls need merged, as the text encoder
     if request.hires is None:
-        return PreparedRequest(request, DenoisingState(run, latents, embeddings, callback))
+        state = DenoisingState(run, latents, embeddings, callback, loras=loras)
+        return PreparedRequest(request, state)
     # The hires fix: a second pass at the larger size, its steps counted after these, with
-    # its own prompts' embeddings where it has some. Checked and encoded now, before any step.
+    # its own prompts' embeddings (and LoRAs) where it has some. Checked and encoded now,
+    # before any step.
     second = hires_scheduler(model, request)[2]
     second_prompts = second_pass_prompts(request)
+    embeddings_2, loras_2 = embeddings, loras
     if second_prompts is not None:
         embeddings_2 = text_conditioning(model, second_prompts)
-    else:
-        embeddings_2 = embeddings
+        loras_2 = lora_set(model, second_prompts, "hires.prompt")
     total = request.steps + second
-    state = DenoisingState(run, latents, embeddings, counted_steps(callback, 0, total))
+    state = DenoisingState(run, latents, embeddings, counted_steps(callback, 0, total), loras=loras)
     then = partial(
         start_hires_pass,
         model,
@@ -81,6 +85,7 @@ def start_txt2img(
         embeddings=embeddings_2,
         generators=generators,
         callback=counted_steps(callback, request.steps, total),
+        loras=loras_2,
     )
     return PreparedRequest(request, state, next_pass=then)
 

@@ -136,6 +136,9 @@ class DenoisingState:
     # inpainting UNet's mask and masked-picture latents: (2B or B, 5, h, w).
     extra_channels: torch.Tensor | None = None
     after_step: AfterStep | None = None  # on the latents after each scheduler step
+    # The LoRAs the model's weights must hold for its UNet calls (sdgen.models.lora_weights),
+    # those its embeddings were encoded with; () for none
+    loras: tuple = ()
     position: int = 0  # iterations done
     _x_t: torch.Tensor | None = None  # the scaled input of the iteration under way
 
@@ -161,13 +164,13 @@ class DenoisingState:
     @property
     def signature(self) -> tuple:
         """What states must share to be advanced by shared UNet calls: the shape of a row of
-        the UNet's input and the precision (rows whose text embeddings differ in length are
-        called apart, ``predict_noise``)."""
+        the UNet's input, the precision and the LoRAs (rows whose text embeddings differ in
+        length are called apart, ``predict_noise``)."""
         channels = self.latents.shape[1]
         if self.extra_channels is not None:
             channels += self.extra_channels.shape[1]
         rows = (channels, *self.latents.shape[2:])
-        return (rows, self.latents.dtype)
+        return (rows, self.latents.dtype, self.loras)
 
     def unet_input(self) -> torch.Tensor:
         """The UNet input of the next iteration (2B or B, C', h, w)."""

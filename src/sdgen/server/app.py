@@ -63,7 +63,12 @@ def create_app(
     def default_engine(listener: JobListener) -> Engine:
         def load_model(name: str, device: str):
             return load_configured(
-                name, device, config.precision, config.fast_path, config.embeddings
+                name,
+                device,
+                config.precision,
+                config.fast_path,
+                config.embeddings,
+                config.lora_dir,
             )
 
         return Engine(

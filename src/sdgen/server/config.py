@@ -32,6 +32,7 @@ class ServerConfig:
     precision: str = "auto"
     fast_path: str = "auto"  # sdgen.models.fast_path: auto is on for CUDA devices
     embeddings: Path | None = None  # textual inversions for every model (load_model's)
+    lora_dir: Path | None = None  # LoRAs for every model (load_model's loras)
     styles: Path | None = None  # A1111's styles.csv, for the A1111 API's ``styles``
     warmup: bool = True  # workers whose model compiles run a warm-up before taking jobs
     host: str = "127.0.0.1"

@@ -186,6 +186,8 @@ class ModelInfo(BaseModel):
     loaded_on: list[str]
     # the textual inversions prompts can name (serve --embeddings), once the model is loaded
     embeddings: list[str] = Field(default_factory=list)
+    # the LoRAs prompts can name as <lora:name:weight> (serve --lora-dir), once it is loaded
+    loras: list[str] = Field(default_factory=list)
 
 
 class SamplerInfo(BaseModel):

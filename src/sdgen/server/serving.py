@@ -175,15 +175,18 @@ class InfoHandler:
         infos = []
         for name in models.names:
             devices = [device for loaded_name, device in loaded if loaded_name == name]
-            embeddings = []
+            embeddings, loras = [], []
             if devices:
-                embeddings = sorted(models.get(name, devices[0]).textual_inversions.by_name)
+                model = models.get(name, devices[0])
+                embeddings = sorted(model.textual_inversions.by_name)
+                loras = model.loras.names
             infos.append(
                 ModelInfo(
                     name=name,
                     default=name == models.default,
                     loaded_on=devices,
                     embeddings=embeddings,
+                    loras=loras,
                 )
             )
         return infos

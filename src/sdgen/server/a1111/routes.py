@@ -108,8 +108,8 @@ def latent_upscale_modes() -> list[dict]:
     return [{"name": name} for name in names]
 
 
-# A1111's lists of what sdgen has none of (VAEs, LoRAs ...). Clients read them when they connect
-# (SillyTavern reads upscalers, latent upscale modes and VAEs), so they answer empty, as an
+# A1111's lists of what sdgen has none of (VAEs, hypernetworks ...). Clients read them when they
+# connect (SillyTavern reads upscalers, latent upscale modes and VAEs), so they answer empty, as an
 # A1111 without them would, rather than 404; using any of them is refused in the generation
 # calls.
 NONE_OF = (
@@ -117,7 +117,6 @@ NONE_OF = (
     "hypernetworks",
     "face-restorers",
     "realesrgan-models",
-    "loras",  # A1111's bundled LoRA extension
 )
 
 
@@ -139,6 +138,19 @@ def prompt_styles(request: Request) -> list[dict]:
 def embeddings(request: Request) -> dict:
     """The textual inversions of the current checkpoint (``sdgen serve --embeddings``)."""
     return handler(request).embeddings()
+
+
+@router.get("/loras")
+def loras(request: Request) -> list[dict]:
+    """The LoRAs prompts can name with the current checkpoint (``sdgen serve --lora-dir``), as
+    A1111's bundled Lora extension lists them."""
+    return handler(request).loras()
+
+
+@router.post("/refresh-loras")
+def refresh_loras(request: Request) -> None:
+    """Read the LoRA folder's file list again, for every loaded model (A1111's rescan)."""
+    handler(request).refresh_loras()
 
 
 @router.post("/refresh-checkpoints")

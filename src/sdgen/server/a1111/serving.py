@@ -310,6 +310,27 @@ class A1111Handler:
         }
         return {"loaded": loaded, "skipped": skipped}
 
+    def loras(self) -> list[dict]:
+        """``GET /sdapi/v1/loras``: the LoRAs of the current checkpoint's folder, each with its
+        file's training metadata. The path is the file's within the folder: the server does
+        not show its file system. The alias is the name: prompts name LoRAs by file name."""
+        library = self.service.engine.model(self.checkpoint).loras
+        return [
+            {
+                "name": name,
+                "alias": name,
+                "path": str(library.files[name].relative_to(library.folder)),
+                "metadata": library.metadata(name),
+            }
+            for name in library.names
+        ]
+
+    def refresh_loras(self) -> None:
+        """``POST /sdapi/v1/refresh-loras``: each loaded model reads its LoRA folder again."""
+        models = self.service.engine.models
+        for name, device in models.loaded():
+            models.get(name, device).loras.refresh()
+
     def options(self) -> dict:
         models = self.sd_models()
         current = next((m for m in models if m.model_name == self.checkpoint), models[0])

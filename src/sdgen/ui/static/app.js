@@ -22,13 +22,16 @@ function askForKey(message) {
   $("api-key").focus();
 }
 
-// The textual inversions the chosen model's prompts can name (sdgen serve --embeddings); a model
-// not loaded yet lists none.
+// The textual inversions and LoRAs the chosen model's prompts can name (sdgen serve
+// --embeddings, --lora-dir); a model not loaded yet lists none.
 function showEmbeddings(models) {
   const chosen = models.find((model) => model.name === $("model").value);
   const names = chosen?.embeddings || [];
   $("embeddings-hint").hidden = names.length === 0;
   $("embeddings-hint").textContent = `Embeddings prompts can name: ${names.join(", ")}`;
+  const loras = chosen?.loras || [];
+  $("loras-hint").hidden = loras.length === 0;
+  $("loras-hint").textContent = `LoRAs prompts can name as <lora:name:weight>: ${loras.join(", ")}`;
 }
 
 async function loadChoices() {
