@@ -172,7 +172,13 @@ def test_jobs_are_listed_newest_first_by_page_and_status(tmp_path):
 def test_models_samplers_health_metrics_and_docs(tmp_path):
     with client_for(tmp_path) as client:
         assert client.get("/v1/models").json() == [
-            {"name": "sdgen-miniature", "default": True, "loaded_on": ["cpu"], "embeddings": []}
+            {
+                "name": "sdgen-miniature",
+                "default": True,
+                "loaded_on": ["cpu"],
+                "embeddings": [],
+                "loras": [],
+            }
         ]
         samplers = {s["name"]: s for s in client.get("/v1/samplers").json()}
         assert samplers["dpmpp_2m_karras"]["a1111_name"] == "DPM++ 2M Karras"

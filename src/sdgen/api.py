@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sdgen.media.metadata import ImageRecord, save_png
 from sdgen.models.loaded import LoadedModel
-from sdgen.pipelines.stages import GenerationResult, lora_hashes, ti_hashes
+from sdgen.pipelines.stages import GenerationResult, ti_hashes
 from sdgen.sampling.samplers import resolve_sampler
 
 
@@ -30,7 +30,11 @@ def image_record(
         model_name=model.display_name,
         model_hash=model.short_hash,
         version=f"sdgen {version('sdgen')}",
-        extra={**_inversions_extra(model, request), **_stopped_extra(result), **(extra or {})},
+        extra={
+            **_networks_extra(model, request, result),
+            **_stopped_extra(result),
+            **(extra or {}),
+        },
     )
 
 
@@ -40,9 +44,9 @@ def _sampler_label(name: str) -> tuple[str, str | None]:
     return sampler.a1111_name, sampler.schedule_type
 
 
-def _inversions_extra(model: LoadedModel, request) -> dict:
+def _networks_extra(model: LoadedModel, request, result: GenerationResult) -> dict:
     """The textual inversions and LoRAs a picture's prompts named, as A1111 records them."""
-    hashes = {"TI hashes": ti_hashes(model, request), "Lora hashes": lora_hashes(model, request)}
+    hashes = {"TI hashes": ti_hashes(model, request), "Lora hashes": result.lora_hashes}
     return {key: value for key, value in hashes.items() if value}
 
 

@@ -238,9 +238,11 @@ def _check_safety(checker, result, extras: dict[int, dict]):
 
 def _keep_best(ranker, result, count: int, extras: dict[int, dict]) -> list[int]:
     """The ``count`` best pictures' indices, best first; their CLIP score and rank recorded."""
+    from sdgen.conditioning.networks import split_loras
     from sdgen.ranking.clip import keep_best
 
-    prompts = [prompt for prompt, _ in result.request.image_prompts()]
+    # scored against what the pictures show: the prompts without their LoRA tags
+    prompts = [split_loras("prompt", p)[0] for p, _ in result.request.image_prompts()]
     kept = keep_best(ranker, prompts, result.images, count)
     for rank, (index, score) in enumerate(kept, start=1):
         extras[index].update({"CLIP score": round(score, 4), "CLIP rank": rank})

@@ -97,4 +97,5 @@ def generate_on_devices(
     with ThreadPoolExecutor(max_workers=len(runs)) as pool:
         results = list(pool.map(generate, models, runs, callbacks))
     images = [image for result in results for image in result.images]
-    return GenerationResult(request=request, images=images)
+    hashes = results[0].lora_hashes  # every part names the request's LoRAs
+    return GenerationResult(request=request, images=images, lora_hashes=hashes)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -53,6 +54,9 @@ _OTHER_KINDS = {
     "lora_mid": "a LoCon network with a Tucker middle (lora_mid)",
     ".diff": "a full weight difference",
     "oft_": "an OFT network",
+    "lora_magnitude_vector": "a DoRA network",
+    ".w_norm": "a LyCORIS network with norm layers",
+    ".b_norm": "a LyCORIS network with norm layers",
 }
 
 
@@ -111,20 +115,14 @@ class LoraLibrary:
         Raises:
             InvalidRequest: no such LoRA, or its file cannot serve the model, naming ``field``.
         """
-        if name not in self.files:
-            if self.folder is None:
-                allowed = "a LoRA from a LoRA folder, and none was given (--lora-dir)"
-            else:
-                listed = ", ".join(self.names[:50]) or "none"
-                allowed = f"a LoRA of {self.folder}: {listed}"
-            raise InvalidRequest(field, f"<lora:{name}>", allowed)
         with self._lock:  # one read per file; requests name few LoRAs
+            files = self.files
             if name in self._loaded:
                 self._loaded.move_to_end(name)
                 return self._loaded[name]
-            if name not in self._failed:
+            if name in files and name not in self._failed:
                 try:
-                    lora = read_lora(name, self.files[name], self._networks)
+                    lora = read_lora(name, files[name], self._networks)
                 except _Refused as reason:
                     self._failed[name] = str(reason)
                 else:
@@ -132,7 +130,14 @@ class LoraLibrary:
                     while len(self._loaded) > MAX_LOADED:
                         self._loaded.popitem(last=False)
                     return lora
-        allowed = f"a LoRA this model can use; {self.files[name].name} is {self._failed[name]}"
+            reason = self._failed.get(name)
+        if reason is not None:
+            allowed = f"a LoRA this model can use; {files[name].name} is {reason}"
+        elif self.folder is None:
+            allowed = "a LoRA from a LoRA folder, and none was given (--lora-dir)"
+        else:
+            listed = ", ".join(sorted(files, key=str.lower)[:50]) or "none"
+            allowed = f"a LoRA of {self.folder}: {listed}"
         raise InvalidRequest(field, f"<lora:{name}>", allowed)
 
     def holding(self, loras: LoraSet):
@@ -153,10 +158,12 @@ class LoraLibrary:
             self._loaded.clear()
             self._failed.clear()
 
-    def metadata(self, name: str) -> dict:
-        """The training metadata in the file's safetensors header (kohya's ``ss_*``), {} for
-        none or an unreadable header."""
-        return _header(self.files[name]).get("__metadata__", {})
+    @staticmethod
+    def metadata(path: Path) -> dict:
+        """The training metadata in a LoRA file's safetensors header (kohya's ``ss_*``), {}
+        for none or an unreadable header."""
+        metadata = _header(path).get("__metadata__", {})
+        return metadata if isinstance(metadata, dict) else {}
 
 
 def load_lora_library(folder: str | os.PathLike, networks: dict) -> LoraLibrary:
@@ -212,6 +219,22 @@ def read_lora(name: str, path: Path, networks: dict) -> Lora:
     for marker, kind in _OTHER_KINDS.items():
         if any(marker in key for key in tensors):
             raise _Refused(f"{kind}; sdgen reads LoRA (lora_down/lora_up, lora_A/lora_B)")
+    try:
+        layers, unmatched = _matched_layers(tensors, networks)
+    except _Refused:
+        raise
+    except Exception as err:  # noqa: BLE001 - tensors of unexpected shapes or kinds
+        raise _Refused(f"not a LoRA sdgen can read ({type(err).__name__}: {err})") from None
+    if not layers:
+        raise _Refused("a file without LoRA layers of this model (made for another model?)")
+    if unmatched:
+        log.warning("LoRA %s: %d layers not in this model, skipped", name, len(unmatched))
+    return Lora(name, tuple(layers), _short_hash(path))
+
+
+def _matched_layers(tensors: dict, networks: dict) -> tuple[list[LoraLayer], list[str]]:
+    """The layers of ``tensors`` that name a layer of ``networks``, and the key stems that
+    name none."""
     targets = _layer_names(networks)
     layers, unmatched = [], []
     for key, down in tensors.items():
@@ -225,24 +248,29 @@ def read_lora(name: str, path: Path, networks: dict) -> Lora:
             unmatched.append(stem)
             continue
         layers.append(_layer(stem, target, down, up, tensors.get(stem + ".alpha"), networks))
-    if not layers:
-        raise _Refused("a file without LoRA layers of this model (made for another model?)")
-    if unmatched:
-        log.warning("LoRA %s: %d layers not in this model, skipped", name, len(unmatched))
-    return Lora(name, tuple(layers), _short_hash(path))
+    return layers, unmatched
 
 
 def _layer(stem: str, target: tuple[str, str], down, up, alpha, networks: dict) -> LoraLayer:
     component, path = target
     shape = _unfused_weight_shape(networks[component].get_submodule(path))
+    if down.ndim not in (2, 4) or up.ndim != down.ndim or down.shape[0] < 1:
+        raise _Refused(f"not a LoRA: {stem} is {tuple(up.shape)} @ {tuple(down.shape)}")
     rank = down.shape[0]
+    if up.shape[1] != rank or up.shape[2:] not in ((), (1, 1)):
+        raise _Refused(f"not a LoRA: {stem} is {tuple(up.shape)} @ {tuple(down.shape)}")
     inputs = int(torch.tensor(shape[1:]).prod())  # in (x kh x kw)
-    if up.shape[0] != shape[0] or up[0].numel() != rank or down[0].numel() != inputs:
+    if up.shape[0] != shape[0] or down[0].numel() != inputs:
         raise _Refused(
             f"made for another model: its {stem} changes a {tuple(up.shape[:1])} x "
             f"{tuple(down.shape[1:])} layer, this model's is {shape}"
         )
+    if alpha is not None and alpha.numel() != 1:
+        raise _Refused(f"not a LoRA: {stem}.alpha has {alpha.numel()} values, not one")
     scale = 1.0 if alpha is None else float(alpha) / rank
+    finite = all(bool(torch.isfinite(t).all()) for t in (down, up)) and math.isfinite(scale)
+    if not finite:
+        raise _Refused(f"a LoRA whose {stem} is not finite")
     down, up = down.float().contiguous(), up.float().contiguous()
     return LoraLayer(component, path, shape, down, up, scale)
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from sdgen.models.lora import Lora
+    from sdgen.models.lora import Lora, LoraLayer
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class LoraWeights:
         self._turns: deque[object] = deque()  # the calls waiting, first come first
         self._backups: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
         self._changed: set[int] = set()  # ids of the parameters the current set changed
+        self._local = threading.local()  # the set this thread holds, if any
 
     @property
     def current(self) -> LoraSet | None:
@@ -67,7 +68,15 @@ class LoraWeights:
 
     @contextmanager
     def holding(self, loras: LoraSet):
-        """While inside, the weights hold ``loras`` (() for none) and no call changes them."""
+        """While inside, the weights hold ``loras`` (() for none) and no call changes them.
+        A thread already inside may enter again for the same set (for another it could only
+        wait for itself: that is refused)."""
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            if held != loras:
+                raise RuntimeError("a call holding one set of LoRAs asked for another")
+            yield
+            return
         turn = object()
         with self._cond:
             self._turns.append(turn)
@@ -80,23 +89,22 @@ class LoraWeights:
             finally:
                 self._turns.remove(turn)
                 self._cond.notify_all()  # the next in turn may share this set
+        self._local.held = loras
         try:
             yield
         finally:
+            self._local.held = None
             with self._cond:
                 self._holders -= 1
                 self._cond.notify_all()
 
     @torch.no_grad()
     def _change(self, loras: LoraSet) -> None:
-        """Restore what the current set changed, then merge ``loras`` (under the lock, with
-        no holder)."""
-        self._current = None
-        for key in self._changed:
-            param, backup = self._backups[key]
-            param.copy_(backup)
-        self._changed = set()
-        deltas: dict[int, list[tuple[slice | None, torch.Tensor]]] = {}
+        """Make the weights hold ``loras`` (under the lock, with no holder): each parameter the
+        current set changed and the new one does not is restored; each the new one changes is
+        merged from its backup, one parameter at a time (one fp32 copy of a weight at once)."""
+        self._current = None  # until done: a failure part-way leaves it unknown
+        changes: dict[int, list[tuple[LoraLayer, float, slice | None]]] = {}
         params: dict[int, torch.nn.Parameter] = {}
         for applied in loras:
             for layer in applied.lora.layers:
@@ -105,20 +113,24 @@ class LoraWeights:
                     continue
                 param, rows = self._target(layer.component, layer.path)
                 params[id(param)] = param
-                delta = layer.delta(param.device) * multiplier
-                deltas.setdefault(id(param), []).append((rows, delta))
-        for key, changes in deltas.items():
+                changes.setdefault(id(param), []).append((layer, multiplier, rows))
+        for key in list(self._changed - changes.keys()):
+            param, backup = self._backups[key]
+            param.copy_(backup)
+            self._changed.discard(key)
+        for key, layers in changes.items():
             param = params[key]
-            if key not in self._backups:
+            if key not in self._backups:  # never changed yet: its own weights
                 self._backups[key] = (param, param.detach().to("cpu", copy=True))
+            self._changed.add(key)  # changed, or about to be: restored by the next change
             # a copy: on the CPU in fp32, .to() would return the backup itself
             merged = self._backups[key][1].to(param.device, torch.float32, copy=True)
-            for rows, delta in changes:
+            for layer, multiplier, rows in layers:
+                delta = layer.delta(param.device) * multiplier
                 if rows is None:
                     merged += delta
                 else:
                     merged[rows] += delta
-            self._changed.add(key)
             param.copy_(merged.to(param.dtype))
         self._current = loras
 

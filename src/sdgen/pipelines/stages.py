@@ -36,6 +36,9 @@ class GenerationResult:
     # Stopped early (GenerationStopped): (steps done, of steps); the pictures are the clean
     # ones predicted at that step, not the request's finished pictures.
     stopped_at: tuple[int, int] | None = None
+    # A1111's "Lora hashes" of the LoRAs the pictures were made with, "" for none: taken when
+    # they ran (a file changed or removed since does not change what is recorded)
+    lora_hashes: str = ""
 
     @property
     def seeds(self) -> list[int]:
@@ -64,12 +67,16 @@ class PreparedRequest:
     # second pass), run before the pictures are decoded.
     next_pass: Callable[[torch.Tensor], DenoisingState] | None = None
 
+    def __post_init__(self) -> None:
+        self._loras_used = list(self.state.loras)  # every pass's, for the metadata
+
     def start_next_pass(self) -> bool:
         """Replace the finished ``state`` by the next pass's; False when there is none."""
         if self.next_pass is None:
             return False
         next_pass, self.next_pass = self.next_pass, None
         self.state = next_pass(self.state.latents)
+        self._loras_used += self.state.loras
         return True
 
     def result(
@@ -100,7 +107,8 @@ class PreparedRequest:
         pictures = decode_latents(model.vae, latents)
         if self.finish is not None:
             pictures = self.finish(pictures)
-        return GenerationResult(self.request, pictures, stopped_at)
+        hashes = format_lora_hashes(self._loras_used)
+        return GenerationResult(self.request, pictures, stopped_at, lora_hashes=hashes)
 
 
 def run_alone(model: LoadedModel, prepared: PreparedRequest) -> GenerationResult:
@@ -137,10 +145,16 @@ def resolve_request(model: LoadedModel, request: GenerationRequest) -> Generatio
         )
     if request.hires is not None:  # the second pass's size, too
         request.hires.sizes(request.width, request.height, model.vae_scale_factor)
-    lora_set(model, request)  # each named LoRA read now, or refused naming the prompt
-    if request.hires is not None and request.hires.prompt is not None:
-        lora_set(model, request.replace(prompt=request.hires.prompt, hires=None), "hires.prompt")
     return request
+
+
+def check_loras(model: LoadedModel, request: GenerationRequest) -> None:
+    """Read each LoRA ``request``'s prompts name (the hires fix's prompt's too), or refuse it
+    naming the field: a server's preflight, before the job is queued."""
+    lora_set(model, request)
+    if request.hires is not None and request.hires.prompt is not None:
+        for tag in split_loras("hires.prompt", request.hires.prompt)[1]:
+            model.loras.get("hires.prompt", tag.name)
 
 
 def lora_set(model: LoadedModel, request: GenerationRequest, field: str = "prompt") -> LoraSet:
@@ -262,16 +276,22 @@ def ti_hashes(model: LoadedModel, request: GenerationRequest) -> str:
 
 
 def lora_hashes(model: LoadedModel, request: GenerationRequest) -> str:
-    """A1111's ``Lora hashes`` of the LoRAs ``request``'s prompts name (the hires fix's too):
-    "name: hash, ..." in the order first named, without the ":" and "," A1111 also drops from
-    names; "" for none."""
-    tags = list(request_loras(request))
+    """A1111's ``Lora hashes`` of the LoRAs ``request``'s prompts name in ``model``'s folder
+    now (the hires fix's too), as ``format_lora_hashes`` writes them."""
+    loras = list(lora_set(model, request))
     if request.hires is not None and request.hires.prompt is not None:
-        tags += split_loras("hires.prompt", request.hires.prompt)[1]
+        tags = split_loras("hires.prompt", request.hires.prompt)[1]
+        loras += [AppliedLora(model.loras.get("hires.prompt", t.name), t.te, t.unet) for t in tags]
+    return format_lora_hashes(loras)
+
+
+def format_lora_hashes(loras) -> str:
+    """A1111's ``Lora hashes`` of ``loras`` (``AppliedLora``s): "name: hash, ..." in the order
+    first named, without the ":" and "," A1111 also drops from names; "" for none."""
     named: dict[str, str] = {}
-    for tag in tags:
-        name = tag.name.replace(":", "").replace(",", "")
-        named.setdefault(name, model.loras.get("prompt", tag.name).short_hash)
+    for applied in loras:
+        name = applied.lora.name.replace(":", "").replace(",", "")
+        named.setdefault(name, applied.lora.short_hash)
     return ", ".join(f"{name}: {short}" for name, short in named.items())
 
 

@@ -74,8 +74,8 @@ def start_txt2img(
     second_prompts = second_pass_prompts(request)
     embeddings_2, loras_2 = embeddings, loras
     if second_prompts is not None:
+        loras_2 = lora_set(model, second_prompts, "hires.prompt")  # first: names the field
         embeddings_2 = text_conditioning(model, second_prompts)
-        loras_2 = lora_set(model, second_prompts, "hires.prompt")
     total = request.steps + second
     state = DenoisingState(run, latents, embeddings, counted_steps(callback, 0, total), loras=loras)
     then = partial(

@@ -315,14 +315,15 @@ class A1111Handler:
         file's training metadata. The path is the file's within the folder: the server does
         not show its file system. The alias is the name: prompts name LoRAs by file name."""
         library = self.service.engine.model(self.checkpoint).loras
+        files = library.files  # one listing, also while a refresh replaces it
         return [
             {
                 "name": name,
                 "alias": name,
-                "path": str(library.files[name].relative_to(library.folder)),
-                "metadata": library.metadata(name),
+                "path": str(files[name].relative_to(library.folder)),
+                "metadata": library.metadata(files[name]),
             }
-            for name in library.names
+            for name in sorted(files, key=str.lower)
         ]
 
     def refresh_loras(self) -> None:
