@@ -92,8 +92,8 @@ def test_cached_negative_embedding_gives_identical_pictures(miniature):
     )
     miniature.caches.clear()
     uncached = _pictures(txt2img(miniature, request))
-    # (text, emphasis, long_prompt, clip_skip)
-    assert ("green", "off", "truncate", 1) in miniature.caches["negative_embeddings"]
+    # (text, emphasis, long_prompt, clip_skip, the LoRAs merged into the text encoder)
+    assert ("green", "off", "truncate", 1, ()) in miniature.caches["negative_embeddings"]
     cached = _pictures(txt2img(miniature, request))
     for a, b in zip(uncached, cached, strict=True):
         assert np.array_equal(a, b)
@@ -105,7 +105,7 @@ def test_cached_negative_embedding_is_the_uncached_one(miniature):
     options = dict(guided=True, device=miniature.device, dtype=miniature.dtype)
     cache: dict = {}
     first = encode_conditioning(*args, **options, negative_cache=cache)
-    assert set(cache) == {("", "off", "truncate", 1), ("green", "off", "truncate", 1)}
+    assert set(cache) == {("", "off", "truncate", 1, ()), ("green", "off", "truncate", 1, ())}
     again = encode_conditioning(*args, **options, negative_cache=cache)
     uncached = encode_conditioning(*args, **options)
     first, again, uncached = (torch.stack(e.rows) for e in (first, again, uncached))
