@@ -82,12 +82,11 @@ def test_negative_embeddings_are_cached_per_emphasis_mode(sd1_model):
 
 
 @pytest.mark.parametrize("prompt", ["a [cat:dog:0.5] b", "[cat|dog]"])
-def test_a1111_syntax_sdgen_does_not_read_is_refused_by_name(prompt):
-    with pytest.raises(InvalidRequest, match="prompt.*is not on sdgen"):
-        GenerationRequest(prompt, emphasis="original")
-    with pytest.raises(InvalidRequest, match="negative_prompt"):
-        GenerationRequest("x", negative_prompt=prompt, emphasis="original")
-    assert GenerationRequest(prompt).prompt == prompt  # off: plain text
+def test_prompt_editing_and_alternation_are_accepted_in_every_text(prompt):
+    """Read as schedules (tests/test_prompt_editing.py); with emphasis off, as text."""
+    assert GenerationRequest(prompt, emphasis="original").prompt == prompt
+    assert GenerationRequest("x", negative_prompt=prompt, emphasis="original")
+    assert GenerationRequest(prompt).prompt == prompt
     with pytest.raises(InvalidRequest, match="emphasis.*off, original, no_norm"):
         GenerationRequest("x", emphasis="strong")
 

@@ -842,9 +842,10 @@ def test_a1111_prompts_are_read_with_a1111s_emphasis():
     body["prompt"] = "a <hypernet:style:1> circle"
     with pytest.raises(InvalidRequest, match="prompt.*other extra networks are not on sdgen"):
         Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20)
-    body["prompt"] = "a [cat:dog:0.5] circle"
-    with pytest.raises(InvalidRequest, match="prompt.*prompt editing.*is not on sdgen"):
-        Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20)
+    body["prompt"] = "a [cat:dog:0.5] circle"  # prompt editing: read (test_prompt_editing)
+    assert Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20).prompt == (
+        "a [cat:dog:0.5] circle"
+    )
 
 
 def test_the_emphasis_mode_is_an_a1111_setting(client):

@@ -7,10 +7,10 @@ embedding scaled by its weight and the whole rescaled to the mean it had before 
 leaves out the rescaling). A prompt without brackets gives exactly the plain embedding.
 
 ``BREAK`` ends a 75-token chunk where prompts are read in chunks (``long_prompt="chunk"``,
-``sdgen.conditioning.chunks``) and is refused otherwise. A1111's other prompt syntax is refused
-by name rather than read as text: prompt editing ``[from:to:when]`` and alternation ``[a|b]``
-(prompts that change between steps). Extra networks (``<lora:name:1>``) are cut out of the
-prompt before it is read here (``sdgen.conditioning.networks``).
+``sdgen.conditioning.chunks``) and is refused otherwise. Prompt editing ``[from:to:when]`` and
+alternation ``[a|b]`` make a prompt into several texts, one per stretch of steps
+(``sdgen.conditioning.schedules``), each read here; extra networks (``<lora:name:1>``) are cut
+out of the prompt before (``sdgen.conditioning.networks``).
 """
 
 from __future__ import annotations
@@ -31,35 +31,18 @@ MAX_WEIGHT = 100.0  # |weight| of a (words:w) group; larger ones overflow half p
 _SYNTAX = re.compile(
     r"\\(.)|(\()|(\[)|:\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)|(\))|(\])|([^\\()\[\]:]+|:)", re.S
 )
-# Each pattern linear in the text's length (no separator inside the first character class);
-# an escaped bracket is text.
-_UNSUPPORTED = {
-    "prompt editing [from:to:when]": re.compile(
-        r"(?<!\\)\[[^\[\]():]*(?::[^\[\]():]*)?:\s*[+-]?[\d.]+\s*\]"
-    ),
-    "alternation [a|b]": re.compile(r"(?<!\\)\[[^\[\]|]*\|[^\[\]]*\]"),
-}
 # A1111's BREAK, the whitespace around it dropped; a chunk boundary with long_prompt chunk
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
 _WEIGHT = re.compile(r":\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)")
 
 
 def check_syntax(field: str, text: str, breaks: bool = False) -> None:
-    """Refuse the A1111 syntax sdgen does not read (see the module's note), brackets nested
-    deeper than MAX_DEPTH and weights past MAX_WEIGHT, naming ``field``; ``breaks``: BREAK
-    ends a chunk (outside brackets only), else it is refused too."""
+    """Refuse brackets nested deeper than MAX_DEPTH and weights past MAX_WEIGHT, naming
+    ``field``; ``breaks``: BREAK ends a chunk (outside brackets only), else it is refused."""
     if not breaks and (found := re.search(r"\bBREAK\b", text)):
         raise InvalidRequest(
             field, found.group(0), "BREAK only with long_prompt chunk (75-token chunks)"
         )
-    for what, pattern in _UNSUPPORTED.items():
-        found = pattern.search(text)
-        if found:
-            raise InvalidRequest(
-                field,
-                found.group(0),
-                f"A1111's emphasis (words:1.2), (words), [words]; {what} is not on sdgen",
-            )
     for found in _WEIGHT.finditer(text):
         weight = float(found.group(1))
         if not abs(weight) <= MAX_WEIGHT:

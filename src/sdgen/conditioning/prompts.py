@@ -25,9 +25,10 @@ from sdgen.conditioning.chunks import (
 )
 from sdgen.conditioning.emphasis import emphasize
 from sdgen.conditioning.networks import without_loras
+from sdgen.conditioning.schedules import prompt_schedule, text_at_step
 from sdgen.errors import InvalidRequest
 from sdgen.models.tokenizing import tokenize
-from sdgen.sampling.embeddings import TextEmbeddings
+from sdgen.sampling.embeddings import EmbeddingSchedule, TextEmbeddings
 
 log = logging.getLogger(__name__)
 
@@ -222,13 +223,54 @@ def _negative_embedding(
     return cache[key]
 
 
+def encode_scheduled(
+    tokenizer, text_encoder, image_prompts: list[tuple[str, str]], steps: int, **options
+) -> TextEmbeddings | EmbeddingSchedule:
+    """``encode_conditioning`` (same ``options``) of prompts that may change between steps:
+    with an ``emphasis`` mode, A1111's prompt editing and alternation are read over ``steps``
+    steps (``sdgen.conditioning.schedules``), and each stretch of steps whose texts differ is
+    encoded once. Prompts that do not change give their ``TextEmbeddings``."""
+    if options.get("emphasis", "off") == "off":
+        return encode_conditioning(tokenizer, text_encoder, image_prompts, **options)
+    texts = dict.fromkeys(text for pair in image_prompts for text in pair)
+    schedules = {text: prompt_schedule(text, steps) for text in texts}
+    ends = sorted({end for schedule in schedules.values() for end, _ in schedule})
+    if len(ends) == 1:
+        return encode_conditioning(tokenizer, text_encoder, image_prompts, **options)
+    entries, encoded = [], {}
+    for end in ends:  # each stretch's texts: those whose entry covers its last step
+        pairs = [
+            (text_at_step(schedules[p], end), text_at_step(schedules[n], end))
+            for p, n in image_prompts
+        ]
+        key = tuple(pairs)
+        if key not in encoded:
+            encoded[key] = encode_conditioning(tokenizer, text_encoder, pairs, **options)
+        entries.append((end, encoded[key]))
+    return EmbeddingSchedule(tuple(entries))
+
+
+def read_texts(request) -> list[tuple[str, str]]:
+    """(field, text) of every text the text encoder reads for ``request`` (a
+    ``GenerationRequest``): LoRA tags cut out, and with an emphasis mode each text of a
+    prompt's schedule (``sdgen.conditioning.schedules``, over the request's steps)."""
+    texts = []
+    for name, text in without_loras(request).named_texts():
+        if request.emphasis == "off":
+            texts.append((name, text))
+            continue
+        scheduled = dict.fromkeys(t for _, t in prompt_schedule(text, request.steps))
+        texts += [(name, t) for t in scheduled]
+    return texts
+
+
 def check_prompt_lengths(tokenizer, request, inversions: InversionLookup | None = None) -> None:
     """Refuse a prompt or negative prompt of more than MAX_CHUNKS chunks when ``request``
     (a ``GenerationRequest``) reads prompts in chunks, naming the field."""
     if request.long_prompt != "chunk":
         return
     size = tokenizer.model_max_length - 2
-    for name, text in without_loras(request).named_texts():
+    for name, text in read_texts(request):
         count = len(prompt_chunks(tokenizer, text, request.emphasis, inversions))
         if count > MAX_CHUNKS:
             raise InvalidRequest(
@@ -250,7 +292,7 @@ def truncation_warnings(tokenizer, request, inversions: InversionLookup | None =
         return []
     max_length = tokenizer.model_max_length
     warnings = []
-    for name, text in without_loras(request).named_texts():
+    for name, text in read_texts(request):
         if request.emphasis == "off" and not inversions:
             count = len(tokenize(tokenizer, text, verbose=False).input_ids)
         else:  # the brackets are not tokens; an embedding takes its vectors' positions

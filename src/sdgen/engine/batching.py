@@ -69,7 +69,7 @@ class Batcher:
         self.active: list[PreparedRequest] = []
         # The running states' embeddings joined, kept while the same states run: rows of
         # several lengths are grouped once, not at every step.
-        self._joined: dict[tuple[int, ...], tuple[tuple, TextEmbeddings]] = {}
+        self._joined: dict[tuple, tuple[tuple, tuple, TextEmbeddings]] = {}
 
     def add(
         self, request: GenerationRequest, callback: StepCallback | None = None
@@ -205,17 +205,21 @@ class Batcher:
         return list(noise_pred.split(rows))  # each (2B or B, C, h, w)
 
     def _joined_embeddings(self, states: list) -> TextEmbeddings:
-        """The text embeddings of ``states``' rows, one after another; the same object while
-        the same states run (keyed by the states' ids: the entry holds the states, so none is
-        freed and its id reused). Entries of states that no longer run together are dropped
-        when another set is joined."""
-        key = tuple(id(s) for s in states)
+        """The text embeddings of ``states``' rows at their steps, one after another; the same
+        object while the same states run with the same embeddings (keyed by the states' and
+        the embeddings' ids: the entry holds both, so none is freed and its id reused).
+        Entries of states that no longer run together are dropped when another set is
+        joined."""
+        embeddings = [s.embeddings.at(s.position) for s in states]  # a prompt may change
+        key = tuple((id(s), id(e)) for s, e in zip(states, embeddings, strict=True))
         if key not in self._joined:
             running = {id(p.state) for p in self.active}
-            self._joined = {k: v for k, v in self._joined.items() if running.issuperset(k)}
-            joined = TextEmbeddings.cat([s.embeddings for s in states])
-            self._joined[key] = (tuple(states), joined)
-        return self._joined[key][1]
+            self._joined = {
+                k: v for k, v in self._joined.items() if running.issuperset(i for i, _ in k)
+            }
+            joined = TextEmbeddings.cat(embeddings)
+            self._joined[key] = (tuple(states), tuple(embeddings), joined)
+        return self._joined[key][2]
 
 
 def _without_frames(error: Exception) -> Exception:

@@ -19,6 +19,7 @@ from sdgen.pipelines.stages import (
     new_scheduler,
     resolve_request,
     run_alone,
+    schedule_steps,
     text_conditioning,
 )
 from sdgen.sampling.loop import DenoisingState, StepCallback, prepare_run
@@ -54,8 +55,10 @@ def start_img2img(
     # 1. A fresh scheduler; strength picks the last part of its steps.
     scheduler = new_scheduler(model, request)
     timesteps, steps = strength_timesteps(scheduler, request.steps, request.strength)
-    # 2. Text conditioning.
-    embeddings = text_conditioning(model, request)  # 2B or B rows (L, D), L = 77 per chunk
+    # 2. Text conditioning; a prompt's schedule counts from the first step that runs, over
+    # the request's steps (as A1111's img2img counts it).
+    steps_read = schedule_steps(scheduler, request.steps)
+    embeddings = text_conditioning(model, request, steps_read)  # 2B or B rows (L, D)
     # 3. The init picture's latents (B, C, H/f, W/f), noised to the first step that runs.
     generators = image_generators(request.seed, request.total_images)
     init_latents = latent_samples(model.vae, picture_tensor(request).to(model.dtype), generators)

@@ -29,6 +29,7 @@ from sdgen.pipelines.stages import (
     new_scheduler,
     resolve_request,
     run_alone,
+    schedule_steps,
     text_conditioning,
 )
 from sdgen.sampling.guidance import uses_guidance
@@ -75,8 +76,10 @@ def start_inpaint(
     # 1. Scheduler and the steps strength selects.
     scheduler = new_scheduler(model, request)
     timesteps, steps = strength_timesteps(scheduler, request.steps, request.strength)
-    # 2. Text conditioning.
-    embeddings = text_conditioning(model, request)  # 2B or B rows (L, D), L = 77 per chunk
+    # 2. Text conditioning; a prompt's schedule counts from the first step that runs, over
+    # the request's steps (as A1111's img2img counts it).
+    steps_read = schedule_steps(scheduler, request.steps)
+    embeddings = text_conditioning(model, request, steps_read)  # 2B or B rows (L, D)
     # 3. Pictures as the mask options make them (blurred, cropped, filled): init (1, 3, H, W),
     # mask (1, 1, H, W), both on the model's device and dtype.
     pictures = inpaint_pictures(request)

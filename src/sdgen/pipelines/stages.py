@@ -13,7 +13,7 @@ from PIL import Image
 
 from sdgen.conditioning.chunks import InversionLookup, inversion_lookup, named_inversions
 from sdgen.conditioning.networks import request_loras, split_loras, without_loras
-from sdgen.conditioning.prompts import check_prompt_lengths, encode_conditioning
+from sdgen.conditioning.prompts import check_prompt_lengths, encode_scheduled, read_texts
 from sdgen.errors import GenerationStopped, InvalidRequest, SdgenError
 from sdgen.media.images import decode_latents
 from sdgen.models.devices import precision_name
@@ -21,7 +21,7 @@ from sdgen.models.fast_path import GraphedUNet
 from sdgen.models.loaded import LoadedModel
 from sdgen.models.lora_weights import AppliedLora, LoraSet
 from sdgen.params import GenerationRequest, check_size
-from sdgen.sampling.embeddings import TextEmbeddings
+from sdgen.sampling.embeddings import EmbeddingSchedule, TextEmbeddings
 from sdgen.sampling.guidance import uses_guidance
 from sdgen.sampling.loop import DenoisingState, TracedUNet, denoise_state
 from sdgen.sampling.samplers import make_scheduler, resolve_sampler, sampler_for_config
@@ -216,6 +216,14 @@ def new_scheduler(model: LoadedModel, request: GenerationRequest):
     return scheduler
 
 
+def schedule_steps(scheduler, steps: int) -> int:
+    """The iterations a prompt's schedule is read over, for ``steps`` steps of ``scheduler``
+    (its timesteps set): the steps, twice them for second-order samplers, which call the UNet
+    twice a step; A1111 counts its prompt schedules in UNet calls too."""
+    per_step = max(1, round(len(scheduler.timesteps) / scheduler.num_inference_steps))
+    return steps * per_step
+
+
 def _takes(scheduler, steps: int) -> bool:
     try:
         scheduler.set_timesteps(steps)
@@ -224,9 +232,13 @@ def _takes(scheduler, steps: int) -> bool:
     return True
 
 
-def text_conditioning(model: LoadedModel, request: GenerationRequest) -> TextEmbeddings:
+def text_conditioning(
+    model: LoadedModel, request: GenerationRequest, steps: int | None = None
+) -> TextEmbeddings | EmbeddingSchedule:
     """Embeddings of 2B or B rows: [negative; prompt] in image order when guiding, encoded
-    with the LoRAs the prompts name merged into the text encoder (their tags cut out)."""
+    with the LoRAs the prompts name merged into the text encoder (their tags cut out); an
+    ``EmbeddingSchedule`` over ``steps`` iterations (default: the request's steps) where the
+    prompts change between steps (A1111's prompt editing: ``schedule_steps``)."""
     loras = lora_set(model, request)
     request = without_loras(request)
     check_prompt_lengths(model.tokenizer, request, inversions_of(model))
@@ -237,10 +249,11 @@ def text_conditioning(model: LoadedModel, request: GenerationRequest) -> TextEmb
         if a.te and a.lora.touches("text_encoder")
     )
     with model.loras.holding(loras):
-        return encode_conditioning(
+        return encode_scheduled(
             model.tokenizer,
             model.text_encoder,
             request.image_prompts(),
+            steps or request.steps,
             guided=uses_guidance(request.guidance_scale),
             device=model.device,
             dtype=model.dtype,
@@ -258,14 +271,9 @@ def ti_hashes(model: LoadedModel, request: GenerationRequest) -> str:
     negative prompts, when it guides) place: "name: hash, ..." in the order they are first
     named, without the ":" and "," A1111 also drops from names; "" for none."""
     lookup = inversions_of(model)
-    request = without_loras(request)  # a LoRA's name is not an embedding's
-    texts = [*request.prompts]
-    if uses_guidance(request.guidance_scale):
-        texts += request.negative_prompts
-    if request.hires is not None:  # the second pass's own prompts
-        texts += [t for t in (request.hires.prompt,) if t is not None]
-        if uses_guidance(request.guidance_scale) and request.hires.negative_prompt is not None:
-            texts.append(request.hires.negative_prompt)
+    guided = uses_guidance(request.guidance_scale)
+    # the texts read (LoRA tags cut out, each of a schedule), the hires fix's too
+    texts = [t for field, t in read_texts(request) if guided or "negative_prompt" not in field]
     named: dict[str, str] = {}
     for text in texts:
         reading = (request.emphasis, request.long_prompt, lookup)

@@ -21,8 +21,10 @@ from sdgen.pipelines.stages import (
     new_scheduler,
     resolve_request,
     run_alone,
+    schedule_steps,
     text_conditioning,
 )
+from sdgen.sampling.embeddings import EmbeddingSchedule
 from sdgen.sampling.loop import DenoisingState, StepCallback, prepare_run
 from sdgen.sampling.noise import image_generators, initial_latents
 
@@ -52,8 +54,10 @@ def start_txt2img(
     request = resolve_request(model, request)
     # 1. A fresh scheduler from the model's own config, on the model's device.
     scheduler = new_scheduler(model, request)
-    # 2. Text conditioning: [negative; prompt] when guiding, in image order.
-    embeddings = text_conditioning(model, request)  # 2B or B rows (L, D), L = 77 per chunk
+    # 2. Text conditioning: [negative; prompt] when guiding, in image order (changing between
+    # steps where a prompt's schedule says so).
+    steps_read = schedule_steps(scheduler, request.steps)
+    embeddings = text_conditioning(model, request, steps_read)  # 2B or B rows (L, D)
     # 3. Seeded noise, one CPU generator per image, scaled to the scheduler's first sigma.
     generators = image_generators(request.seed, request.total_images)
     latents = noise_latents(model, request, generators, scheduler)  # (B, C, H/f, W/f)
@@ -70,12 +74,15 @@ def start_txt2img(
     # The hires fix: a second pass at the larger size, its steps counted after these, with
     # its own prompts' embeddings (and LoRAs) where it has some. Checked and encoded now,
     # before any step.
-    second = hires_scheduler(model, request)[2]
+    scheduler_2, _, second, _ = hires_scheduler(model, request)
     second_prompts = second_pass_prompts(request)
     embeddings_2, loras_2 = embeddings, loras
+    steps_read_2 = schedule_steps(scheduler_2, second)  # a schedule runs again in the pass
     if second_prompts is not None:
         loras_2 = lora_set(model, second_prompts, "hires.prompt")  # first: names the field
-        embeddings_2 = text_conditioning(model, second_prompts)
+        embeddings_2 = text_conditioning(model, second_prompts, steps_read_2)
+    elif isinstance(embeddings, EmbeddingSchedule):
+        embeddings_2 = text_conditioning(model, request, steps_read_2)
     total = request.steps + second
     state = DenoisingState(run, latents, embeddings, counted_steps(callback, 0, total), loras=loras)
     then = partial(

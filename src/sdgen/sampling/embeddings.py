@@ -51,6 +51,11 @@ class TextEmbeddings:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def at(self, step: int) -> TextEmbeddings:
+        """The embeddings of step index ``step``: these, at every step (``EmbeddingSchedule``
+        changes them)."""
+        return self
+
     @cached_property
     def groups(self) -> tuple[LengthGroup, ...]:
         """The rows grouped by length, in the order each length first appears."""
@@ -66,6 +71,18 @@ class TextEmbeddings:
             )
             for indices in positions.values()
         )
+
+
+@dataclass(frozen=True, eq=False)
+class EmbeddingSchedule:
+    """Text embeddings that change between steps (A1111's prompt editing and alternation,
+    ``sdgen.conditioning.schedules``): (last step index, embeddings) entries, ascending."""
+
+    entries: tuple[tuple[int, TextEmbeddings], ...]
+
+    def at(self, step: int) -> TextEmbeddings:
+        """The embeddings of step index ``step`` (from 0): the first entry not ended before it."""
+        return next((e for end, e in self.entries if step <= end), self.entries[-1][1])
 
 
 def predict_noise(

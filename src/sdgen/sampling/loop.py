@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn.modules import module as _nn_module  # its global hook registries
 
-from sdgen.sampling.embeddings import TextEmbeddings, predict_noise
+from sdgen.sampling.embeddings import EmbeddingSchedule, TextEmbeddings, predict_noise
 from sdgen.sampling.guidance import guide, uses_guidance
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ def denoise_state(unet: torch.nn.Module, state: DenoisingState) -> torch.Tensor:
     while not state.done:
         model_input = state.unet_input()  # (2B or B, C', h, w)
         t = state.row_timesteps(model_input.shape[0])
-        state.advance(predict_noise(unet, model_input, t, state.embeddings))
+        embeddings = state.embeddings.at(state.position)
+        state.advance(predict_noise(unet, model_input, t, embeddings))
     return state.latents
 
 
@@ -130,7 +131,9 @@ class DenoisingState:
     run: DenoisingRun  # its own scheduler, generators (in step_kwargs), timesteps, reports
     latents: torch.Tensor  # (B, C, h, w) after ``position`` iterations (at the start: already
     # multiplied by the scheduler's init_noise_sigma where it needs it)
-    embeddings: TextEmbeddings  # 2B or B rows: [negative; prompt] when guiding
+    # 2B or B rows: [negative; prompt] when guiding; an EmbeddingSchedule where the prompts
+    # change between steps (``embeddings.at(position)`` is the iteration's)
+    embeddings: TextEmbeddings | EmbeddingSchedule
     callback: StepCallback | None = None  # after every user-counted step, with a ``Step``
     # Concatenated to the scaled UNet input in the same [uncond; text] order, e.g. an
     # inpainting UNet's mask and masked-picture latents: (2B or B, 5, h, w).
