@@ -208,15 +208,13 @@ class Batcher:
         """The text embeddings of ``states``' rows at their steps, one after another; the same
         object while the same states run with the same embeddings (keyed by the states' and
         the embeddings' ids: the entry holds both, so none is freed and its id reused).
-        Entries of states that no longer run together are dropped when another set is
-        joined."""
+        Entries of states that no longer run, or whose prompts have changed since (prompt
+        editing), are dropped when another set is joined."""
         embeddings = [s.embeddings.at(s.position) for s in states]  # a prompt may change
         key = tuple((id(s), id(e)) for s, e in zip(states, embeddings, strict=True))
         if key not in self._joined:
-            running = {id(p.state) for p in self.active}
-            self._joined = {
-                k: v for k, v in self._joined.items() if running.issuperset(i for i, _ in k)
-            }
+            now = {(id(p.state), id(p.state.embeddings.at(p.state.position))) for p in self.active}
+            self._joined = {k: v for k, v in self._joined.items() if now.issuperset(k)}
             joined = TextEmbeddings.cat(embeddings)
             self._joined[key] = (tuple(states), tuple(embeddings), joined)
         return self._joined[key][2]
