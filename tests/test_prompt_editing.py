@@ -26,12 +26,71 @@ A1111_SCHEDULES = {
     "a [b:.5] c": [(5, "a  c"), (10, "a b c")],
     "((a][:b:c [d:3]": [(3, "((a][:b:c "), (10, "((a][:b:c d")],
     "[a|(b:1.1)]": [(k, "a" if k % 2 else "(b:1.1)") for k in range(1, 11)],
+    "[fe|]male": [(k, "female" if k % 2 else "male") for k in range(1, 11)],
+    "[fe|||]male": [(k, "female" if k % 4 == 1 else "male") for k in range(1, 11)],
+}
+# A1111's "new" timelines (its default since 1.6): a number with a decimal point is a
+# fraction, without one a step; below step 1 an edit has happened before the first step;
+# whitespace may follow the number; a number that is not finite is text
+A1111_TIMELINES = {
+    "[a:b:1.0]": [(10, "a")],
+    "[a:b:2.5]": [(10, "a")],
+    "[a:b:0]": [(10, "b")],
+    "[a:b:0.01]": [(10, "b")],
+    "x [cat:dog:0.5 ] y": [(5, "x cat y"), (10, "x dog y")],
+    "[a:b:1e400]": [(10, "[a:b:1e400]")],
+}
+# and over a hires fix's pass of 10 steps after 10 (A1111's doctests): 1.0-2.0 and steps past
+# the first pass's fall in it
+A1111_HIRES = {
+    "a [b:.5] c": [(10, "a b c")],
+    "a [b:1.5] c": [(5, "a  c"), (10, "a b c")],
+    "a [b:15] c": [(5, "a  c"), (10, "a b c")],
 }
 
 
-@pytest.mark.parametrize(("prompt", "schedule"), A1111_SCHEDULES.items())
+@pytest.mark.parametrize(("prompt", "schedule"), {**A1111_SCHEDULES, **A1111_TIMELINES}.items())
 def test_schedules_are_a1111s(prompt, schedule):
     assert prompt_schedule(prompt, 10) == schedule
+
+
+@pytest.mark.parametrize(("prompt", "schedule"), A1111_HIRES.items())
+def test_hires_schedules_are_a1111s(prompt, schedule):
+    assert prompt_schedule(prompt, 10, first_pass_steps=10) == schedule
+
+
+def test_deep_nesting_is_read_without_recursion_and_refused_by_the_emphasis_check():
+    from sdgen.errors import InvalidRequest
+
+    prompt = "[" * 5000 + "a:b:3" + "]" * 5000
+    # no recursion error: the brackets past MAX_NESTING are text
+    assert {end for end, _ in prompt_schedule(prompt, 10)} <= {3, 10}
+    with pytest.raises(InvalidRequest, match="prompt.*nested brackets"):
+        GenerationRequest(prompt, emphasis="original")
+
+
+def test_each_text_a_schedule_reads_is_checked():
+    """A weight past the limit, or a BREAK that a schedule places outside brackets, is seen in
+    the text that reads it, as the encoder reads it."""
+    from sdgen.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match=r"prompt: .:1000\). is not allowed; a weight"):
+        GenerationRequest("a (cat:[1:1000:5]) x", emphasis="original")
+    request = GenerationRequest("[a BREAK b:c:3]", emphasis="original", long_prompt="chunk")
+    assert request.prompt == "[a BREAK b:c:3]"
+
+
+def test_an_edit_past_the_last_step_still_takes_its_brackets_out(tiny_sd1):
+    """One stretch: the schedule's text is encoded ("a cat x"), not the brackets as emphasis."""
+    from sdgen.conditioning.prompts import encode_scheduled
+    from sdgen.models.loader import load_model
+
+    model = load_model(tiny_sd1, device="cpu")
+    args = (model.tokenizer, model.text_encoder)
+    options = dict(guided=True, device="cpu", dtype=torch.float32, emphasis="original")
+    edited = encode_scheduled(*args, [("a [cat:dog:20] x", "")], 10, **options)
+    plain = encode_scheduled(*args, [("a cat x", "")], 10, **options)
+    assert torch.equal(edited.rows[1], plain.rows[1])
 
 
 def test_a1111s_long_example():
@@ -204,22 +263,22 @@ def test_a_scheduled_request_batched_with_a_plain_one_gets_its_picture_alone(tin
         assert max_pixel_diff(finished[id(ticket)].result.images[0], picture) <= 1
 
 
-def test_the_hires_pass_reads_the_schedule_again_over_its_own_steps(tiny_sd1):
-    """A1111 makes the hires pass's conditioning over its own steps: an edit at 0.5 swaps
-    half way through each pass."""
+def test_the_hires_pass_goes_on_along_the_prompts_timeline(tiny_sd1):
+    """As A1111's new timelines: an edit at 1.5 (or at step 8 of 6 + 4) leaves the first pass
+    alone and swaps half way through the hires pass."""
     from sdgen.models.loader import load_model
     from sdgen.pipelines.txt2img import start_txt2img
     from sdgen.sampling.embeddings import EmbeddingSchedule
 
     model = load_model(tiny_sd1, device="cpu")
-    request = REQUEST.replace(
-        prompt="a [red circle:blue square:0.5]", hires={"scale": 2, "steps": 4}
-    )
-    prepared = start_txt2img(model, request)
-    first = prepared.state.embeddings
-    assert isinstance(first, EmbeddingSchedule) and [e for e, _ in first.entries] == [3, 6]
-    prepared.state.position = len(prepared.state.run.timesteps)  # as if the pass ran
-    prepared.start_next_pass()
-    second = prepared.state.embeddings
-    assert isinstance(second, EmbeddingSchedule) and [e for e, _ in second.entries] == [2, 4]
+    for edit in ("1.5", "8"):  # half way through the pass; step 8 of 6 + 4
+        request = REQUEST.replace(
+            prompt=f"a [red circle:blue square:{edit}]", hires={"scale": 2, "steps": 4}
+        )
+        prepared = start_txt2img(model, request)
+        assert not isinstance(prepared.state.embeddings, EmbeddingSchedule)  # first: red
+        prepared.state.position = len(prepared.state.run.timesteps)  # as if the pass ran
+        prepared.start_next_pass()
+        second = prepared.state.embeddings
+        assert isinstance(second, EmbeddingSchedule) and [e for e, _ in second.entries] == [2, 4]
     assert generate(model, request).images[0].size == (64, 64)

@@ -97,7 +97,8 @@ INVALID = [
     ({"hires": {"denoise": 0.5}}, "hires.denoise"),
     ({"hires": 2}, "hires"),
     ({"hires": {"prompt": 5}}, "hires.prompt"),
-    ({"hires": {"prompt": "[cat:dog:0.5]"}, "emphasis": "original"}, "hires.prompt"),  # editing
+    ({"hires": {"prompt": "a (cat:[1:1000:2])"}, "emphasis": "original"}, "hires.prompt"),
+    ({"hires": {"prompt": "a <lora:inkstyle:1>"}}, "hires.prompt"),  # no --lora-dir
     ({"hires": {}, "init_image": RED}, "hires"),  # txt2img's
 ]
 

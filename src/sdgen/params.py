@@ -199,9 +199,12 @@ class GenerationRequest:
         if self.emphasis != "off":
             # Imported here: the emphasis module pulls in torch, and params stays light.
             from sdgen.conditioning.emphasis import check_syntax
+            from sdgen.conditioning.schedules import scheduled_texts
 
-            for name, text in texts:
-                check_syntax(name, text, breaks=self.long_prompt == "chunk")
+            hires_steps = None if self.hires is None else (self.hires.steps or self.steps)
+            for name, text in texts:  # each text a prompt's schedule reads (prompt editing)
+                for read in scheduled_texts(text, self.steps, hires_steps):
+                    check_syntax(name, read, breaks=self.long_prompt == "chunk")
 
     def _check_pictures(self) -> None:
         for name in PICTURE_FIELDS:

@@ -25,7 +25,7 @@ from sdgen.conditioning.chunks import (
 )
 from sdgen.conditioning.emphasis import emphasize
 from sdgen.conditioning.networks import without_loras
-from sdgen.conditioning.schedules import prompt_schedule, text_at_step
+from sdgen.conditioning.schedules import prompt_schedule, scheduled_texts, text_at_step
 from sdgen.errors import InvalidRequest
 from sdgen.models.tokenizing import tokenize
 from sdgen.sampling.embeddings import EmbeddingSchedule, TextEmbeddings
@@ -224,23 +224,34 @@ def _negative_embedding(
 
 
 def encode_scheduled(
-    tokenizer, text_encoder, image_prompts: list[tuple[str, str]], steps: int, **options
+    tokenizer,
+    text_encoder,
+    image_prompts: list[tuple[str, str]],
+    steps: int,
+    first_pass_steps: int | None = None,
+    **options,
 ) -> TextEmbeddings | EmbeddingSchedule:
     """``encode_conditioning`` (same ``options``) of prompts that may change between steps:
     with an ``emphasis`` mode, A1111's prompt editing and alternation are read over ``steps``
-    steps (``sdgen.conditioning.schedules``), and each stretch of steps whose texts differ is
-    encoded once. Prompts that do not change give their ``TextEmbeddings``."""
+    steps (after ``first_pass_steps`` for a hires pass: ``sdgen.conditioning.schedules``), and
+    each stretch of steps whose texts differ is encoded once. Prompts that do not change give
+    their ``TextEmbeddings`` (of the texts the schedule reads: an edit past the last step
+    still takes its brackets out)."""
     if options.get("emphasis", "off") == "off":
         return encode_conditioning(tokenizer, text_encoder, image_prompts, **options)
-    texts = dict.fromkeys(text for pair in image_prompts for text in pair)
-    schedules = {text: prompt_schedule(text, steps) for text in texts}
+    guided = options.get("guided", True)
+    texts = dict.fromkeys(text for p, n in image_prompts for text in ((p, n) if guided else (p,)))
+    schedules = {text: prompt_schedule(text, steps, first_pass_steps) for text in texts}
     ends = sorted({end for schedule in schedules.values() for end, _ in schedule})
     if len(ends) == 1:
-        return encode_conditioning(tokenizer, text_encoder, image_prompts, **options)
+        pairs = [
+            (schedules[p][0][1], schedules[n][0][1] if guided else n) for p, n in image_prompts
+        ]
+        return encode_conditioning(tokenizer, text_encoder, pairs, **options)
     entries, encoded = [], {}
     for end in ends:  # each stretch's texts: those whose entry covers its last step
         pairs = [
-            (text_at_step(schedules[p], end), text_at_step(schedules[n], end))
+            (text_at_step(schedules[p], end), text_at_step(schedules[n], end) if guided else n)
             for p, n in image_prompts
         ]
         key = tuple(pairs)
@@ -252,15 +263,15 @@ def encode_scheduled(
 
 def read_texts(request) -> list[tuple[str, str]]:
     """(field, text) of every text the text encoder reads for ``request`` (a
-    ``GenerationRequest``): LoRA tags cut out, and with an emphasis mode each text of a
-    prompt's schedule (``sdgen.conditioning.schedules``, over the request's steps)."""
+    ``GenerationRequest``), each once: LoRA tags cut out, and with an emphasis mode each text
+    of a prompt's schedule, in every pass it may be read in (``scheduled_texts``)."""
+    hires_steps = None if request.hires is None else (request.hires.steps or request.steps)
     texts = []
     for name, text in without_loras(request).named_texts():
         if request.emphasis == "off":
             texts.append((name, text))
             continue
-        scheduled = dict.fromkeys(t for _, t in prompt_schedule(text, request.steps))
-        texts += [(name, t) for t in scheduled]
+        texts += [(name, t) for t in scheduled_texts(text, request.steps, hires_steps)]
     return texts
 
 
@@ -299,7 +310,7 @@ def truncation_warnings(tokenizer, request, inversions: InversionLookup | None =
             count = len(prompt_tokens(tokenizer, text, request.emphasis, inversions).ids) + 2
         if count > max_length:
             warnings.append(f"{name}: {count} tokens, truncated to {max_length}")
-    return warnings
+    return list(dict.fromkeys(warnings))  # a schedule's texts of one length warn once
 
 
 def _warn_truncated(tokenizer, texts: list[str], max_length: int) -> None:

@@ -217,11 +217,10 @@ def new_scheduler(model: LoadedModel, request: GenerationRequest):
 
 
 def schedule_steps(scheduler, steps: int) -> int:
-    """The iterations a prompt's schedule is read over, for ``steps`` steps of ``scheduler``
-    (its timesteps set): the steps, twice them for second-order samplers, which call the UNet
-    twice a step; A1111 counts its prompt schedules in UNet calls too."""
-    per_step = max(1, round(len(scheduler.timesteps) / scheduler.num_inference_steps))
-    return steps * per_step
+    """The iterations a prompt's schedule is read over, for ``steps`` steps of ``scheduler``:
+    the steps, twice them for second-order samplers (Heun), which call the UNet twice a step;
+    A1111 counts its prompt schedules in UNet calls too."""
+    return steps * scheduler.order
 
 
 def _takes(scheduler, steps: int) -> bool:
@@ -233,12 +232,16 @@ def _takes(scheduler, steps: int) -> bool:
 
 
 def text_conditioning(
-    model: LoadedModel, request: GenerationRequest, steps: int | None = None
+    model: LoadedModel,
+    request: GenerationRequest,
+    steps: int | None = None,
+    first_pass_steps: int | None = None,
 ) -> TextEmbeddings | EmbeddingSchedule:
     """Embeddings of 2B or B rows: [negative; prompt] in image order when guiding, encoded
     with the LoRAs the prompts name merged into the text encoder (their tags cut out); an
     ``EmbeddingSchedule`` over ``steps`` iterations (default: the request's steps) where the
-    prompts change between steps (A1111's prompt editing: ``schedule_steps``)."""
+    prompts change between steps (A1111's prompt editing: ``schedule_steps``), over a hires
+    pass's after ``first_pass_steps`` (``sdgen.conditioning.schedules``)."""
     loras = lora_set(model, request)
     request = without_loras(request)
     check_prompt_lengths(model.tokenizer, request, inversions_of(model))
@@ -254,6 +257,7 @@ def text_conditioning(
             model.text_encoder,
             request.image_prompts(),
             steps or request.steps,
+            first_pass_steps,
             guided=uses_guidance(request.guidance_scale),
             device=model.device,
             dtype=model.dtype,

@@ -24,7 +24,6 @@ from sdgen.pipelines.stages import (
     schedule_steps,
     text_conditioning,
 )
-from sdgen.sampling.embeddings import EmbeddingSchedule
 from sdgen.sampling.loop import DenoisingState, StepCallback, prepare_run
 from sdgen.sampling.noise import image_generators, initial_latents
 
@@ -77,12 +76,13 @@ def start_txt2img(
     scheduler_2, _, second, _ = hires_scheduler(model, request)
     second_prompts = second_pass_prompts(request)
     embeddings_2, loras_2 = embeddings, loras
-    steps_read_2 = schedule_steps(scheduler_2, second)  # a schedule runs again in the pass
+    # a prompt's schedule goes on in the pass, on the timeline after the first pass's steps
+    timeline = (schedule_steps(scheduler_2, second), steps_read)
     if second_prompts is not None:
         loras_2 = lora_set(model, second_prompts, "hires.prompt")  # first: names the field
-        embeddings_2 = text_conditioning(model, second_prompts, steps_read_2)
-    elif isinstance(embeddings, EmbeddingSchedule):
-        embeddings_2 = text_conditioning(model, request, steps_read_2)
+        embeddings_2 = text_conditioning(model, second_prompts, *timeline)
+    elif request.emphasis != "off":  # where schedules are read (the same texts otherwise)
+        embeddings_2 = text_conditioning(model, request, *timeline)
     total = request.steps + second
     state = DenoisingState(run, latents, embeddings, counted_steps(callback, 0, total), loras=loras)
     then = partial(

@@ -12,6 +12,7 @@ usual case, make one call, as before.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -82,7 +83,8 @@ class EmbeddingSchedule:
 
     def at(self, step: int) -> TextEmbeddings:
         """The embeddings of step index ``step`` (from 0): the first entry not ended before it."""
-        return next((e for end, e in self.entries if step <= end), self.entries[-1][1])
+        index = bisect_left(self.entries, step, key=lambda entry: entry[0])
+        return self.entries[min(index, len(self.entries) - 1)][1]
 
 
 def predict_noise(
