@@ -282,3 +282,36 @@ def test_the_hires_pass_goes_on_along_the_prompts_timeline(tiny_sd1):
         second = prepared.state.embeddings
         assert isinstance(second, EmbeddingSchedule) and [e for e, _ in second.entries] == [2, 4]
     assert generate(model, request).images[0].size == (64, 64)
+
+
+def test_a_prompts_schedule_texts_share_one_emphasis_mean_and_chunk_count(tiny_sd1):
+    """As A1111 encodes one prompt's schedule (one batch): each chunk's emphasis rescaled with
+    the mean over all its texts, and the texts padded with empty chunks to one count."""
+    from sdgen.conditioning.prompts import encode_scheduled, encode_text
+    from sdgen.models.loader import load_model
+
+    model = load_model(tiny_sd1, device="cpu")
+    args = (model.tokenizer, model.text_encoder)
+    texts = ["(red circle on grey:3)", "(a blue square:0.3) with stripes"]
+    plain = ["red circle on grey", "a blue square with stripes"]
+    raw = torch.stack(encode_text(*args, plain, "cpu"))
+    weighted = torch.stack(encode_text(*args, texts, "cpu", emphasis="no_norm"))
+    expected = weighted * (raw.mean() / weighted.mean())  # A1111's z * (mean / new mean)
+    together = torch.stack(encode_text(*args, texts, "cpu", emphasis="original", together=True))
+    assert torch.allclose(together, expected, atol=1e-4)  # measured 6e-5
+    alone = torch.stack(encode_text(*args, texts, "cpu", emphasis="original"))
+    assert float((alone - expected).abs().max()) > 0.1  # each rescaled alone: 0.44
+    # the stretches of a schedule get those rows
+    options = dict(guided=True, device="cpu", dtype=torch.float32, emphasis="original")
+    edited = "[(red circle on grey:3):(a blue square:0.3) with stripes:2]"
+    schedule = encode_scheduled(*args, [(edited, "")], 6, **options)
+    assert [end for end, _ in schedule.entries] == [2, 6]
+    for (_, embeddings), row in zip(schedule.entries, together, strict=True):
+        assert torch.equal(embeddings.rows[1], row)
+    # chunks: a text of one chunk beside one of two is padded to two
+    words = " ".join(["cat"] * 80)
+    chunked = encode_text(
+        *args, ["a dog", words], "cpu", emphasis="original", long_prompt="chunk", together=True
+    )
+    window = model.tokenizer.model_max_length
+    assert [len(e) for e in chunked] == [2 * window, 2 * window]

@@ -117,17 +117,35 @@ def _weigh(runs: list[list], start: int, weight: float) -> None:
         run[1] *= weight
 
 
-def emphasize(hidden: torch.Tensor, weights: torch.Tensor, mode: str) -> torch.Tensor:
+def _group_means(means: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 1) row means -> each row's group's mean, (N, 1, 1)."""
+    groups = groups.to(means.device)
+    sums = torch.zeros(int(groups.max()) + 1, dtype=means.dtype, device=means.device)
+    sums = sums.index_add(0, groups, means.flatten())
+    counts = torch.bincount(groups).to(means.dtype)
+    return (sums / counts)[groups].reshape(means.shape)
+
+
+def emphasize(
+    hidden: torch.Tensor, weights: torch.Tensor, mode: str, groups: torch.Tensor | None = None
+) -> torch.Tensor:
     """(N, 77, D) hidden states with each token's scaled by its weight (N, 77); "original"
-    then rescales each to the mean it had, as A1111 does. Computed in fp32 (a weighted fp16
-    state overflows sooner), returned in the hidden states' dtype."""
+    then rescales each to the mean it had, as A1111 does: each on its own, or with ``groups``
+    (N,) the rows of one group to their mean together (what A1111's mean over one batch of
+    texts does). Computed in fp32 (a weighted fp16 state overflows sooner), returned in the
+    hidden states' dtype."""
     if bool((weights == 1).all()):
         return hidden  # nothing to weigh: exactly the plain embedding
     states = hidden.float()
-    original_mean = states.mean(dim=(1, 2), keepdim=True)
+    original_mean = states.mean(dim=(1, 2), keepdim=True)  # (N, 1, 1)
     weighted = states * weights.float().unsqueeze(-1)
     if mode == "original":
         new_mean = weighted.mean(dim=(1, 2), keepdim=True)
+        if groups is not None:  # rows of one size: a group's mean is its rows' means' mean
+            original_mean, new_mean = (
+                _group_means(original_mean, groups),
+                _group_means(new_mean, groups),
+            )
         scale = torch.where(new_mean == 0, torch.ones_like(new_mean), original_mean / new_mean)
         weighted = weighted * scale
     return weighted.to(hidden.dtype)

@@ -43,16 +43,27 @@ def encode_text(
     long_prompt: str = "truncate",
     inversions: InversionLookup | None = None,
     clip_skip: int = 1,
+    together: bool = False,
 ) -> list[torch.Tensor]:
     """The text encoder's last hidden states for each of ``texts``: (77, D) each, or with
     ``long_prompt`` "chunk" 77 positions per 75-token chunk (``sdgen.conditioning.chunks``).
     With an ``emphasis`` mode, A1111's (words:1.2) syntax weighs them
     (``sdgen.conditioning.emphasis``); the textual inversions of ``inversions`` are read
-    where the texts name them; ``clip_skip`` > 1 reads an earlier layer (``hidden_states``)."""
+    where the texts name them; ``clip_skip`` > 1 reads an earlier layer (``hidden_states``).
+    ``together``: the texts are one prompt's schedule, encoded as A1111 encodes one batch:
+    padded with empty chunks to the same number, each chunk's emphasis rescaled with one
+    mean over all the texts."""
     if long_prompt == "chunk":
         chunks = [prompt_chunks(tokenizer, text, emphasis, inversions) for text in texts]
+        groups = None
+        if together:  # every text as many chunks as the longest, empty ones after
+            count = max(len(text_chunks) for text_chunks in chunks)
+            chunks = [c + [Chunk([], [], [])] * (count - len(c)) for c in chunks]
+            groups = [index for c in chunks for index in range(len(c))]  # chunk k shares
         contents = [chunk for text_chunks in chunks for chunk in text_chunks]
-        hidden = _encode_windows(tokenizer, text_encoder, contents, device, emphasis, clip_skip)
+        hidden = _encode_windows(
+            tokenizer, text_encoder, contents, device, emphasis, clip_skip, groups
+        )
         return [part.flatten(0, 1) for part in hidden.split([len(c) for c in chunks])]
     if emphasis != "off" or inversions:
         size = tokenizer.model_max_length - 2
@@ -67,7 +78,10 @@ def encode_text(
                     text[:80],
                 )
             contents.append(truncated(tokens, size))
-        windows = _encode_windows(tokenizer, text_encoder, contents, device, emphasis, clip_skip)
+        groups = [0] * len(contents) if together else None  # one window each: one mean
+        windows = _encode_windows(
+            tokenizer, text_encoder, contents, device, emphasis, clip_skip, groups
+        )
         return list(windows)
     max_length = tokenizer.model_max_length
     tokens = tokenize(
@@ -97,11 +111,18 @@ def hidden_states(text_encoder, ids: torch.Tensor, mask, clip_skip: int = 1) -> 
 
 
 def _encode_windows(
-    tokenizer, text_encoder, contents: list[Chunk], device, emphasis: str, clip_skip: int = 1
+    tokenizer,
+    text_encoder,
+    contents: list[Chunk],
+    device,
+    emphasis: str,
+    clip_skip: int = 1,
+    groups: list[int] | None = None,
 ) -> torch.Tensor:
     """(N, 77, D) hidden states of N windows of at most 75 tokens, laid out as the text
     encoder reads them (``layout``), with their textual inversion vectors in place, each
-    weighted as ``emphasis`` says (rescaled on its own: A1111's, chunk by chunk)."""
+    weighted as ``emphasis`` says (rescaled on its own: A1111's, chunk by chunk; or with the
+    windows of the same ``groups`` entry, which A1111 encodes in one batch)."""
     windows = [layout(tokenizer, chunk.ids, chunk.weights) for chunk in contents]
     ids = torch.tensor([window[0] for window in windows], device=device)
     weights = torch.tensor([window[1] for window in windows], device=device)
@@ -113,7 +134,9 @@ def _encode_windows(
     fixes = [(row, 1 + at, v) for row, chunk in enumerate(contents) for at, v in chunk.fixes]
     with _input_embeddings_fixed(text_encoder, fixes):
         hidden = hidden_states(text_encoder, ids, mask, clip_skip)
-    return emphasize(hidden, weights, emphasis) if emphasis != "off" else hidden
+    if emphasis == "off":
+        return hidden
+    return emphasize(hidden, weights, emphasis, None if groups is None else torch.tensor(groups))
 
 
 # torch numbers a module's hooks with a counter it increments without a lock: two threads
@@ -233,10 +256,13 @@ def encode_scheduled(
 ) -> TextEmbeddings | EmbeddingSchedule:
     """``encode_conditioning`` (same ``options``) of prompts that may change between steps:
     with an ``emphasis`` mode, A1111's prompt editing and alternation are read over ``steps``
-    steps (after ``first_pass_steps`` for a hires pass: ``sdgen.conditioning.schedules``), and
-    each stretch of steps whose texts differ is encoded once. Prompts that do not change give
-    their ``TextEmbeddings`` (of the texts the schedule reads: an edit past the last step
-    still takes its brackets out)."""
+    steps (after ``first_pass_steps`` for a hires pass: ``sdgen.conditioning.schedules``).
+
+    As A1111 encodes a prompt's schedule, the texts of one prompt's schedule are encoded
+    together: padded to the same number of chunks, their emphasis rescaled with one mean per
+    chunk (``encode_text``'s ``together``). Each stretch of steps gets the rows of the texts
+    it reads. Prompts that do not change give their ``TextEmbeddings`` (of the texts the
+    schedule reads: an edit past the last step still takes its brackets out)."""
     if options.get("emphasis", "off") == "off":
         return encode_conditioning(tokenizer, text_encoder, image_prompts, **options)
     guided = options.get("guided", True)
@@ -248,16 +274,39 @@ def encode_scheduled(
             (schedules[p][0][1], schedules[n][0][1] if guided else n) for p, n in image_prompts
         ]
         return encode_conditioning(tokenizer, text_encoder, pairs, **options)
-    entries, encoded = [], {}
-    for end in ends:  # each stretch's texts: those whose entry covers its last step
-        pairs = [
-            (text_at_step(schedules[p], end), text_at_step(schedules[n], end) if guided else n)
-            for p, n in image_prompts
-        ]
-        key = tuple(pairs)
-        if key not in encoded:
-            encoded[key] = encode_conditioning(tokenizer, text_encoder, pairs, **options)
-        entries.append((end, encoded[key]))
+    reading = (
+        options.get("emphasis", "off"),
+        options.get("long_prompt", "truncate"),
+        options.get("inversions"),
+        options.get("clip_skip", 1),
+    )
+    device, dtype = options["device"], options["dtype"]
+    read: dict[str, dict[str, torch.Tensor]] = {}  # source text -> text read -> (L, D)
+    for source, schedule in schedules.items():
+        if len({text for _, text in schedule}) > 1:
+            variants = list(dict.fromkeys(text for _, text in schedule))
+            encoded = encode_text(
+                tokenizer, text_encoder, variants, device, *reading, together=True
+            )
+            read[source] = {v: e.to(dtype) for v, e in zip(variants, encoded, strict=True)}
+    # Every row as encode_conditioning makes it from each text's first reading (batched
+    # prompts, cached negative prompts); the rows of the texts that change are replaced by
+    # their schedule's at each stretch.
+    first = [(schedules[p][0][1], schedules[n][0][1] if guided else n) for p, n in image_prompts]
+    base = encode_conditioning(tokenizer, text_encoder, first, **options)
+    offset = len(image_prompts) if guided else 0  # [negative; prompt] rows when guiding
+    entries, joined = [], {}
+    for end in ends:
+        rows = list(base.rows)
+        for index, (prompt, negative) in enumerate(image_prompts):
+            if guided and negative in read:
+                rows[index] = read[negative][text_at_step(schedules[negative], end)]
+            if prompt in read:
+                rows[offset + index] = read[prompt][text_at_step(schedules[prompt], end)]
+        key = tuple(id(row) for row in rows)
+        if key not in joined:  # stretches of the same rows share one object
+            joined[key] = TextEmbeddings(tuple(rows))
+        entries.append((end, joined[key]))
     return EmbeddingSchedule(tuple(entries))
 
 
