@@ -130,9 +130,10 @@ def _euler(config):
     return make_scheduler(resolve_sampler("euler"), config)
 
 
-def _swapping(pipe, texts_at: list[str], negatives_at: list[str]):
-    """A callback_on_step_end that gives each next step the prompt embeddings of its texts,
-    [negative; prompt] as the pipeline holds them while guiding, and the first step's."""
+def _swapped_latents(pipe, texts_at: list[str], negatives_at: list[str], **call):
+    """diffusers' ``pipe`` (with ``call``'s arguments) given each step's prompt embeddings:
+    [negative; prompt] as the pipeline holds them while guiding, swapped in for the next step
+    by its step-end callback; its final latents."""
 
     def embeds(step: int) -> torch.Tensor:
         prompt, negative = pipe.encode_prompt(
@@ -146,7 +147,15 @@ def _swapping(pipe, texts_at: list[str], negatives_at: list[str]):
         return tensors
 
     first_negative, first_prompt = embeds(0).chunk(2)  # [negative; prompt]
-    return first_prompt, first_negative, callback
+    return pipe(
+        prompt_embeds=first_prompt,
+        negative_prompt_embeds=first_negative,
+        generator=torch.Generator().manual_seed(5),
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["prompt_embeds"],
+        output_type="latent",
+        **call,
+    ).images
 
 
 def _final_latents(model, request) -> torch.Tensor:
@@ -183,18 +192,8 @@ def test_latents_are_diffusers_with_the_embeddings_swapped_between_steps(
     pipe.scheduler = _euler(pipe.scheduler.config)
 
     def reference(prompts, negatives):
-        first, first_negative, callback = _swapping(pipe, prompts, negatives)
-        return pipe(
-            prompt_embeds=first,
-            negative_prompt_embeds=first_negative,
-            num_inference_steps=6,
-            width=32,
-            height=32,
-            generator=torch.Generator().manual_seed(5),
-            callback_on_step_end=callback,
-            callback_on_step_end_tensor_inputs=["prompt_embeds"],
-            output_type="latent",
-        ).images
+        size = dict(width=32, height=32)
+        return _swapped_latents(pipe, prompts, negatives, num_inference_steps=6, **size)
 
     prompts, negatives = _steps_texts(prompt, 6), _steps_texts(negative, 6)
     assert len(set(prompts)) == 2  # the reference does change its prompt
@@ -225,18 +224,8 @@ def test_img2img_counts_the_schedule_from_its_first_step_over_the_requests_steps
     pipe.set_progress_bar_config(disable=True)
 
     def reference(texts):
-        first, first_negative, callback = _swapping(pipe, texts, ["blue"] * 4)
-        return pipe(
-            prompt_embeds=first,
-            negative_prompt_embeds=first_negative,
-            image=init,
-            strength=0.5,
-            num_inference_steps=8,
-            generator=torch.Generator().manual_seed(5),
-            callback_on_step_end=callback,
-            callback_on_step_end_tensor_inputs=["prompt_embeds"],
-            output_type="latent",
-        ).images
+        call = dict(image=init, strength=0.5, num_inference_steps=8)
+        return _swapped_latents(pipe, texts, ["blue"] * 4, **call)
 
     texts = ["a red circle"] * 3 + ["a blue square"]
     assert float((latents - reference(texts)).abs().max()) <= 1e-4

@@ -178,26 +178,23 @@ def _check_recorded_weights(model, request: GenerationRequest, options: RunOptio
             f"the weights recorded in the picture (Model hash {expected}; these are "
             f"{model.short_hash}), or --model to use another model on purpose",
         )
-    if options.ti_hashes is not None:
-        found = ti_hashes(model, request)
-        if found != options.ti_hashes:
-            raise InvalidRequest(
-                "embeddings",
-                str(options.embeddings) if options.embeddings else "none",
-                f"the embeddings the picture's prompts named (TI hashes {options.ti_hashes}; "
-                f"these give {found or 'none'}): --embeddings with them",
-            )
-    if options.lora_hashes is not None:
+    folders = (  # (field, folder given, what, A1111's record, recorded, hashes now)
+        ("embeddings", options.embeddings, "embeddings", "TI hashes", options.ti_hashes, ti_hashes),
+        ("lora_dir", options.lora_dir, "LoRAs", "Lora hashes", options.lora_hashes, lora_hashes),
+    )
+    for field, folder, what, record, recorded, hashes in folders:
+        if recorded is None:
+            continue
         try:
-            found = lora_hashes(model, request)
+            found = hashes(model, request)
         except InvalidRequest:  # a LoRA the folder (or no folder) does not have
             found = ""
-        if found != options.lora_hashes:
+        if found != recorded:
             raise InvalidRequest(
-                "lora_dir",
-                str(options.lora_dir) if options.lora_dir else "none",
-                f"the LoRAs the picture's prompts named (Lora hashes {options.lora_hashes}; "
-                f"these give {found or 'none'}): --lora-dir with them",
+                field,
+                str(folder) if folder else "none",
+                f"the {what} the picture's prompts named ({record} {recorded}; these give "
+                f"{found or 'none'}): --{field.replace('_', '-')} with them",
             )
 
 

@@ -102,8 +102,8 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
     from sdgen.pipelines.init_images import sized_picture, strength_timesteps
     from sdgen.pipelines.masking import check_inpaint_pictures
     from sdgen.pipelines.stages import (
-        check_loras,
         inversions_of,
+        named_loras,
         new_scheduler,
         resolve_request,
     )
@@ -117,7 +117,7 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
     scheduler = new_scheduler(model, resolved)  # steps the sampler can take; eta DDIM's only
     # chunks, when prompts are read in chunks
     check_prompt_lengths(model.tokenizer, resolved, inversions_of(model))
-    check_loras(model, resolved)  # each named LoRA read, or refused naming its prompt
+    named_loras(model, resolved)  # each named LoRA read, or refused naming its prompt
     if resolved.init_image is not None:
         if resolved.mask is not None:  # sizes, and a mask to crop to
             check_inpaint_pictures(resolved)

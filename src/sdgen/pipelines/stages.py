@@ -148,13 +148,15 @@ def resolve_request(model: LoadedModel, request: GenerationRequest) -> Generatio
     return request
 
 
-def check_loras(model: LoadedModel, request: GenerationRequest) -> None:
-    """Read each LoRA ``request``'s prompts name (the hires fix's prompt's too), or refuse it
-    naming the field: a server's preflight, before the job is queued."""
-    lora_set(model, request)
+def named_loras(model: LoadedModel, request: GenerationRequest) -> LoraSet:
+    """Every LoRA ``request``'s prompts name (the hires fix's prompt's too), each read, or
+    refused naming its field: what a server's preflight checks and the pictures record."""
+    loras = lora_set(model, request)
     if request.hires is not None and request.hires.prompt is not None:
-        for tag in split_loras("hires.prompt", request.hires.prompt)[1]:
-            model.loras.get("hires.prompt", tag.name)
+        loras += _applied(
+            model, "hires.prompt", split_loras("hires.prompt", request.hires.prompt)[1]
+        )
+    return loras
 
 
 def lora_set(model: LoadedModel, request: GenerationRequest, field: str = "prompt") -> LoraSet:
@@ -165,7 +167,11 @@ def lora_set(model: LoadedModel, request: GenerationRequest, field: str = "promp
     Raises:
         InvalidRequest: a LoRA the folder does not have or that cannot serve the model.
     """
-    tags = request_loras(request)
+    return _applied(model, field, request_loras(request))
+
+
+def _applied(model: LoadedModel, field: str, tags) -> LoraSet:
+    """``tags`` (``LoraTag``s) as ``model``'s LoRAs with their multipliers."""
     return tuple(AppliedLora(model.loras.get(field, t.name), t.te, t.unet) for t in tags)
 
 
@@ -290,11 +296,7 @@ def ti_hashes(model: LoadedModel, request: GenerationRequest) -> str:
 def lora_hashes(model: LoadedModel, request: GenerationRequest) -> str:
     """A1111's ``Lora hashes`` of the LoRAs ``request``'s prompts name in ``model``'s folder
     now (the hires fix's too), as ``format_lora_hashes`` writes them."""
-    loras = list(lora_set(model, request))
-    if request.hires is not None and request.hires.prompt is not None:
-        tags = split_loras("hires.prompt", request.hires.prompt)[1]
-        loras += [AppliedLora(model.loras.get("hires.prompt", t.name), t.te, t.unet) for t in tags]
-    return format_lora_hashes(loras)
+    return format_lora_hashes(named_loras(model, request))
 
 
 def format_lora_hashes(loras) -> str:

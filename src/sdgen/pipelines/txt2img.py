@@ -81,8 +81,8 @@ def start_txt2img(
     if second_prompts is not None:
         loras_2 = lora_set(model, second_prompts, "hires.prompt")  # first: names the field
         embeddings_2 = text_conditioning(model, second_prompts, *timeline)
-    elif request.emphasis != "off":  # where schedules are read (the same texts otherwise)
-        embeddings_2 = text_conditioning(model, request, *timeline)
+    elif request.emphasis != "off" and any("[" in t for _, t in request.named_texts()):
+        embeddings_2 = text_conditioning(model, request, *timeline)  # an edit may fall in it
     total = request.steps + second
     state = DenoisingState(run, latents, embeddings, counted_steps(callback, 0, total), loras=loras)
     then = partial(
