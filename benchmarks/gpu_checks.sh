@@ -116,7 +116,7 @@ python3 -c 'import torch, diffusers, transformers; print("torch", torch.__versio
 bench() {  # sd_benchmark.py with the given options; the rows it wrote (it writes them as it
   # goes) saved under the stage's name, also when the stage is stopped by its time limit
   started=$(mktemp)
-  trap 'for f in benchmarks/results/sd_benchmark-cuda.{json,md}; do
+  trap 'for f in benchmarks/results/sd_benchmark-cuda*.{json,md}; do
           [ "$f" -nt "$started" ] && cp "$f" "$out/$stage.${f##*.}" || true
         done' EXIT
   trap 'exit 124' TERM

@@ -24,7 +24,9 @@ interleaved (alternating which goes first), with guidance 7.5, and reports:
 Models: on the CPU (fp32), sdgen's embedded miniature model at 64x64 and the tests' tiny random
 model (tests/tiny_models.py) at 32x32, ``--steps`` 10; on CUDA (fp16), SD 1.5's architecture
 (configs below) with random weights at 512x512, 50 steps. Both pipelines load the same folder.
-Writes JSON and a markdown table to benchmarks/results/.
+Writes JSON and a markdown table to benchmarks/results/: ``sd_benchmark-cpu`` and
+``sd_benchmark-cuda`` with the device's default fast path (off on the CPU, on on CUDA),
+``-fastpath-on`` / ``-fastpath-off`` appended when ``--fast-path`` chose the other.
 """
 
 from __future__ import annotations
@@ -554,7 +556,11 @@ def main() -> None:
 def write_report(report: dict) -> str:
     """The JSON and the table so far (written after every row: a run cut short keeps its rows)."""
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"sd_benchmark-{report['device']['type']}"
+    device = report["device"]["type"]
+    # the fast path as the device has it by default keeps the plain name: -cuda on, -cpu off
+    fast = bool(report["settings"]["fast_path"])
+    other = {True: "-fastpath-on", False: "-fastpath-off"}[fast] if fast != (device == "cuda") else ""
+    stem = RESULTS / f"sd_benchmark-{device}{other}"
     for suffix, text in ((".json", json.dumps(report, indent=2) + "\n"), (".md", markdown(report))):
         partial = stem.with_suffix(suffix + ".partial")  # renamed whole: never half a file
         partial.write_text(text)

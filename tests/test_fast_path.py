@@ -8,6 +8,7 @@ The CPU checks the arrangement and the math; the speed it is for is the GPU's
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from sdgen.models.fast_path import (
     apply_fast_path,
     compile_with_fallback,
     fast_path_parts,
+    frozen_weights,
 )
 from sdgen.models.loader import load_model
 from sdgen.params import GenerationRequest
@@ -35,17 +37,38 @@ def test_auto_is_on_for_cuda_and_off_on_the_cpu(monkeypatch):
     monkeypatch.delenv("SDGEN_FAST_PATH", raising=False)
     assert fast_path_parts("auto", CUDA) == ALL_ON_CUDA
     assert fast_path_parts("auto", CPU) == ()
-    assert fast_path_parts("on", CPU) == ("channels_last", "fused_qkv", "compile")
+    assert fast_path_parts("on", CPU) == ("channels_last", "fused_qkv", "compile", "freezing")
     assert fast_path_parts("off", CUDA) == ()
 
 
-def test_the_environment_overrides_auto_only(monkeypatch):
-    monkeypatch.setenv("SDGEN_FAST_PATH", "off")
-    assert fast_path_parts("auto", CUDA) == ()
-    assert fast_path_parts("on", CUDA) == ALL_ON_CUDA  # an explicit choice wins
-    monkeypatch.setenv("SDGEN_FAST_PATH", "fast")
-    with pytest.raises(InvalidRequest, match="SDGEN_FAST_PATH.*one of auto, on, off"):
-        fast_path_parts("auto", CUDA)
+def test_weights_that_lora_merges_change_are_never_frozen():
+    """A frozen graph keeps packed copies of the weights: merges in place would not reach it."""
+    assert fast_path_parts("on", CPU, loras=True) == ("channels_last", "fused_qkv", "compile")
+    assert "freezing" not in fast_path_parts("on", CUDA)  # not measured on a GPU: not used
+
+
+def test_freezing_is_on_in_the_calling_thread_only_while_its_call_runs():
+    import torch._inductor.config as inductor_config
+
+    seen = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def frozen_call():
+        with frozen_weights():
+            seen["inside"] = inductor_config.freezing
+            inside.set()
+            release.wait(5)
+
+    other = threading.Thread(target=frozen_call)
+    other.start()
+    inside.wait(5)
+    seen["beside"] = inductor_config.freezing  # another thread's compile is not frozen
+    release.set()
+    other.join(5)
+    assert seen == {"inside": True, "beside": False}
+    with pytest.raises(ValueError), frozen_weights():
+        raise ValueError("a failing call")
+    assert inductor_config.freezing is False
 
 
 def test_an_unknown_mode_is_refused_before_loading(tiny_sd1):
@@ -77,13 +100,28 @@ def test_compiled_networks_keep_the_pictures_and_skip_tracing(
 ):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a cold cache
     model = load_model(tiny_sd1, device="cpu", fast_path="on")
-    assert model.fast_path == ("channels_last", "fused_qkv", "compile")
+    assert model.fast_path == ("channels_last", "fused_qkv", "compile", "freezing")
     assert not isinstance(denoising_unet(model), TracedUNet)
     request = GenerationRequest("a blue square", num_images=2, steps=4, seed=9)
     fast = generate(model, request)
     assert any((tmp_path / "inductor").iterdir())  # compiled artefacts kept for the next process
     for a, b in zip(generate(sd1_model, request).images, fast.images, strict=True):
         assert max_pixel_diff(a, b) <= 1
+    # frozen: the convolutions run from packed weights, not from each call's aten.convolution
+    code = "".join(p.read_text() for p in (tmp_path / "inductor").rglob("*.py"))
+    assert "mkldnn._convolution_pointwise" in code
+
+    # another model of the same architecture gets its own frozen graph, with its own weights
+    other = load_model(tiny_sd1, device="cpu", fast_path="on")
+    plain_other = load_model(tiny_sd1, device="cpu", fast_path="off")
+    with torch.no_grad():
+        for network in (other.unet, plain_other.unet):
+            for name, param in network.named_parameters():
+                if name.endswith("conv_out.weight"):
+                    param.mul_(-1)
+    turned = generate(other, request).images
+    for a, b, c in zip(generate(plain_other, request).images, turned, fast.images, strict=True):
+        assert max_pixel_diff(a, b) <= 1 and max_pixel_diff(b, c) > 10
 
 
 def test_with_cuda_graphs_the_loop_gets_copies_of_the_predictions(sd1_model):

@@ -263,6 +263,23 @@ def test_fused_attention_projections_take_their_rows_of_the_change(tiny_sd1, lor
     assert max_pixel_diff(picture, generate(unfused, REQUEST).images[0]) > 10
 
 
+@pytest.mark.slow  # torch.compile on the CPU: about a minute of compiling on 2 cores
+def test_a_compiled_unet_reads_the_merged_weights(tiny_sd1, lora_dir, tmp_path, monkeypatch):
+    """The fast path on the CPU (inductor, not frozen with a LoRA folder): each request's
+    merge reaches the compiled graphs, and the plain weights come back after it."""
+    from sdgen.models.loader import load_model
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    compiled = load_model(tiny_sd1, device="cpu", loras=lora_dir, fast_path="on")
+    assert "compile" in compiled.fast_path and "freezing" not in compiled.fast_path
+    eager = load_model(tiny_sd1, device="cpu", loras=lora_dir)
+    with_lora = REQUEST.replace(prompt="a red circle <lora:inkstyle:1>")
+    for request in (REQUEST, with_lora, REQUEST):
+        picture = generate(compiled, request).images[0]
+        assert max_pixel_diff(picture, generate(eager, request).images[0]) <= 1
+    assert max_pixel_diff(picture, generate(eager, with_lora).images[0]) > 10
+
+
 def _weights(value: float = 0.0):
     """A one-layer network and a LoRA that adds ``value`` to its weight, for the turns."""
     network = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False))

@@ -12,6 +12,11 @@ Applied once, when a model is loaded (``load_model(..., fast_path=...)``):
   elementwise kernels, autotuned layouts). Compiled artefacts go to inductor's on-disk caches
   under ``~/.cache/sdgen/torchinductor`` (or ``TORCHINDUCTOR_CACHE_DIR``), so a second process
   loads them instead of compiling again.
+- ``freezing`` (CPU): inductor's freezing: the compiled graphs take the weights as constants,
+  so convolutions and linear layers run from weights packed once for oneDNN and MKL, instead
+  of each call's ``aten.convolution`` and ``mm`` (the packed copies are held beside the
+  weights). Weights that change in place are not seen by a frozen graph, so a model with a
+  LoRA folder (``sdgen.models.lora_weights`` merges into the weights) is compiled without it.
 - ``cuda_graphs``: the UNet compiled in ``reduce-overhead`` mode, which replays each step as one
   CUDA graph (one launch instead of ~1,900 kernel launches at batch 1). Shapes are static per
   batch size and picture size; each new shape is compiled and captured once.
@@ -22,10 +27,12 @@ unless a step callback asks for one, and the negative prompt's embedding is comp
 model.
 
 ``auto`` turns it on for CUDA devices and off elsewhere, and off for the one-off commands
-(``for_one_off_command``: compiling takes longer than it saves there). On the CPU sdgen runs the
-UNet as TorchScript traces instead (``sampling.loop.TracedUNet``), which pays more there than
-compilation, and keeps the CPU's pictures bit-identical to the eager UNet's. ``SDGEN_FAST_PATH``
-(``on``/``off``) overrides ``auto``. Pictures with and without it agree within fp16's rounding
+(``for_one_off_command``: compiling takes longer than it saves there). Without it the CPU runs
+the UNet as TorchScript traces (``sampling.loop.TracedUNet``: bit-identical to the eager UNet,
+nothing to compile); with it (``on``) a picture of a batch of 8 takes about 10-20% less time
+than traced on the embedded and the tests' models, but each new shape compiles for 30-100 s
+on two cores (benchmarks/results/cpu_profile.md), so ``auto`` leaves it off there.
+``SDGEN_FAST_PATH`` (``on``/``off``) overrides ``auto``. Pictures with and without it agree within fp16's rounding
 (benchmarks/sd_benchmark.py checks them against diffusers' eager pipeline).
 """
 
@@ -47,8 +54,9 @@ ENV_VAR = "SDGEN_FAST_PATH"
 RECOMPILE_LIMIT = 64  # shapes per compiled network (batch sizes x guidance x picture sizes)
 
 
-def fast_path_parts(mode: str, device: torch.device) -> tuple[str, ...]:
-    """What the fast path does on ``device`` for ``mode`` (auto, on, off); () when off."""
+def fast_path_parts(mode: str, device: torch.device, *, loras: bool = False) -> tuple[str, ...]:
+    """What the fast path does on ``device`` for ``mode`` (auto, on, off); () when off.
+    ``loras``: the model has a LoRA folder, whose merges change its weights in place."""
     if mode not in FAST_PATH_MODES:
         raise InvalidRequest("fast_path", mode, f"one of {', '.join(FAST_PATH_MODES)}")
     if mode == "auto":
@@ -60,7 +68,9 @@ def fast_path_parts(mode: str, device: torch.device) -> tuple[str, ...]:
     if mode == "off":
         return ()
     parts = ("channels_last", "fused_qkv", "compile")
-    return (*parts, "cuda_graphs") if device.type == "cuda" else parts
+    if device.type == "cuda":
+        return (*parts, "cuda_graphs")
+    return parts if loras else (*parts, "freezing")
 
 
 def for_one_off_command(mode: str) -> str:
@@ -101,8 +111,9 @@ def apply_fast_path(unet: torch.nn.Module, vae: torch.nn.Module, parts: tuple[st
         # reduce-overhead: CUDA graphs; the VAE decoder's kernels are large, launches are not
         # what it waits for, and graphs would keep its big activations in their own pool.
         mode = "reduce-overhead" if "cuda_graphs" in parts else None
-        compile_with_fallback(unet, mode=mode, fullgraph=True)
-        compile_with_fallback(vae.decoder)
+        freezing = "freezing" in parts
+        compile_with_fallback(unet, mode=mode, fullgraph=True, freezing=freezing)
+        compile_with_fallback(vae.decoder, freezing=freezing)
 
 
 def drop_unfused_projections(network: torch.nn.Module) -> int:
@@ -130,13 +141,20 @@ def drop_unfused_projections(network: torch.nn.Module) -> int:
     return freed
 
 
-def compile_with_fallback(module: torch.nn.Module, **options) -> None:
+def compile_with_fallback(module: torch.nn.Module, *, freezing: bool = False, **options) -> None:
     """``module.compile(**options)``, except that if compiling fails (an unsupported operator,
     no working compiler) the module logs it once and runs eagerly from then on, instead of
-    failing every generation. Errors while running are not hidden: they are raised."""
+    failing every generation. Errors while running are not hidden: they are raised.
+    ``freezing``: compile with inductor's freezing (``frozen_weights``)."""
     from torch._dynamo.exc import TorchDynamoException  # inductor's errors derive from it too
 
     compiled = torch.compile(module._call_impl, **options)
+    if freezing:
+        unfrozen = compiled
+
+        def compiled(*args, **kwargs):
+            with frozen_weights():
+                return unfrozen(*args, **kwargs)
 
     def call(*args, **kwargs):
         try:
@@ -151,6 +169,24 @@ def compile_with_fallback(module: torch.nn.Module, **options) -> None:
             return module._call_impl(*args, **kwargs)
 
     module._compiled_call_impl = call
+
+
+def frozen_weights():
+    """A context in which graphs that torch.compile captures and compiles are frozen.
+
+    Dynamo reads inductor's ``freezing`` while it captures a graph, before the options given
+    to ``torch.compile`` apply (with ``options={"freezing": True}`` the graph was frozen but
+    kept its ``aten.convolution``), so the setting is turned on around each call of a frozen
+    network: compiling happens inside the call that first meets a shape. Inductor's settings
+    are per thread (a ``ContextVar`` in torch 2.13), so other threads' compiles are not
+    touched; with older torch they are global, and overlapping calls may leave ``freezing``
+    on, which is harmless while no model of the process has weights that change (every model
+    a server loads shares its one LoRA folder, or none). A frozen graph guards on its module:
+    another model of the same architecture compiles its own.
+    """
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)
 
 
 def use_compile_cache() -> Path:

@@ -75,7 +75,7 @@ def load_model(
     name = str(model) if model is not None else DEFAULT_MODEL
     target = resolve_device(device)
     dtype = resolve_dtype(precision, target)
-    fast = fast_path_parts(fast_path, target)  # checked before anything is loaded
+    fast = fast_path_parts(fast_path, target, loras=loras is not None)  # checked before loading
     if embeddings is not None and not Path(embeddings).is_dir():
         raise SdgenError(f"embeddings: {embeddings} is not a folder of embedding files")
     if loras is not None and not Path(loras).is_dir():
