@@ -559,7 +559,7 @@ def write_report(report: dict) -> str:
     device = report["device"]["type"]
     # the fast path as the device has it by default keeps the plain name: -cuda on, -cpu off
     fast = bool(report["settings"]["fast_path"])
-    other = {True: "-fastpath-on", False: "-fastpath-off"}[fast] if fast != (device == "cuda") else ""
+    other = "" if fast == (device == "cuda") else ("-fastpath-on" if fast else "-fastpath-off")
     stem = RESULTS / f"sd_benchmark-{device}{other}"
     for suffix, text in ((".json", json.dumps(report, indent=2) + "\n"), (".md", markdown(report))):
         partial = stem.with_suffix(suffix + ".partial")  # renamed whole: never half a file

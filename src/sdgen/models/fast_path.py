@@ -32,8 +32,9 @@ the UNet as TorchScript traces (``sampling.loop.TracedUNet``: bit-identical to t
 nothing to compile); with it (``on``) a picture of a batch of 8 takes about 10-20% less time
 than traced on the embedded and the tests' models, but each new shape compiles for 30-100 s
 on two cores (benchmarks/results/cpu_profile.md), so ``auto`` leaves it off there.
-``SDGEN_FAST_PATH`` (``on``/``off``) overrides ``auto``. Pictures with and without it agree within fp16's rounding
-(benchmarks/sd_benchmark.py checks them against diffusers' eager pipeline).
+``SDGEN_FAST_PATH`` (``on``/``off``) overrides ``auto``. Pictures with and without it agree
+within fp16's rounding (benchmarks/sd_benchmark.py checks them against diffusers' eager
+pipeline).
 """
 
 from __future__ import annotations
