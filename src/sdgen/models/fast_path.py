@@ -29,9 +29,11 @@ model.
 ``auto`` turns it on for CUDA devices and off elsewhere, and off for the one-off commands
 (``for_one_off_command``: compiling takes longer than it saves there). Without it the CPU runs
 the UNet as TorchScript traces (``sampling.loop.TracedUNet``: bit-identical to the eager UNet,
-nothing to compile); with it (``on``) a picture of a batch of 8 takes about 10-20% less time
-than traced on the embedded and the tests' models, but each new shape compiles for 30-100 s
-on two cores (benchmarks/results/cpu_profile.md), so ``auto`` leaves it off there.
+nothing to compile); with it (``on``) the embedded model's pictures took 0.57-0.59 of
+diffusers' time at batch 1 (traced 0.59-0.73) and 0.76-0.79 at batch 8 (traced 0.73-0.85),
+while the tests' tiny model gained little at batch 8 and lost at batch 1, and each new shape
+compiles for 30-120 s on two cores (benchmarks/results/cpu_profile.md): ``auto`` leaves it off
+there.
 ``SDGEN_FAST_PATH`` (``on``/``off``) overrides ``auto``. Pictures with and without it agree
 within fp16's rounding (benchmarks/sd_benchmark.py checks them against diffusers' eager
 pipeline).
