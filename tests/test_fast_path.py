@@ -41,6 +41,15 @@ def test_auto_is_on_for_cuda_and_off_on_the_cpu(monkeypatch):
     assert fast_path_parts("off", CUDA) == ()
 
 
+def test_the_environment_overrides_auto_only(monkeypatch):
+    monkeypatch.setenv("SDGEN_FAST_PATH", "off")
+    assert fast_path_parts("auto", CUDA) == ()
+    assert fast_path_parts("on", CUDA) == ALL_ON_CUDA  # an explicit choice wins
+    monkeypatch.setenv("SDGEN_FAST_PATH", "fast")
+    with pytest.raises(InvalidRequest, match="SDGEN_FAST_PATH.*one of auto, on, off"):
+        fast_path_parts("auto", CUDA)
+
+
 def test_weights_that_lora_merges_change_are_never_frozen():
     """A frozen graph keeps packed copies of the weights: merges in place would not reach it."""
     assert fast_path_parts("on", CPU, loras=True) == ("channels_last", "fused_qkv", "compile")
