@@ -181,11 +181,12 @@ def frozen_weights():
     to ``torch.compile`` apply (with ``options={"freezing": True}`` the graph was frozen but
     kept its ``aten.convolution``), so the setting is turned on around each call of a frozen
     network: compiling happens inside the call that first meets a shape. Inductor's settings
-    are per thread (a ``ContextVar`` in torch 2.13), so other threads' compiles are not
-    touched; with older torch they are global, and overlapping calls may leave ``freezing``
-    on, which is harmless while no model of the process has weights that change (every model
-    a server loads shares its one LoRA folder, or none). A frozen graph guards on its module:
-    another model of the same architecture compiles its own.
+    are per thread in torch 2.13 (``ContextVar``s), so other threads' compiles are not
+    touched; a torch whose settings are global (older releases were not checked) could leave
+    ``freezing`` on after overlapping calls, which is harmless while no model of the process
+    has weights that change (every model a server loads shares its one LoRA folder, or none).
+    A frozen graph guards on its module: another model of the same architecture compiles its
+    own.
     """
     import torch._inductor.config as inductor_config
 
