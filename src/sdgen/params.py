@@ -198,13 +198,16 @@ class GenerationRequest:
         texts = check_networks(self)  # each text without its <lora:...> tags
         if self.emphasis != "off":
             # Imported here: the emphasis module pulls in torch, and params stays light.
+            from sdgen.conditioning.composition import check_parts, texts_of
             from sdgen.conditioning.emphasis import check_syntax
             from sdgen.conditioning.schedules import scheduled_texts
 
             hires_steps = None if self.hires is None else (self.hires.steps or self.steps)
             for name, text in texts:  # each text a prompt's schedule reads (prompt editing)
-                for read in scheduled_texts(text, self.steps, hires_steps):
-                    check_syntax(name, read, breaks=self.long_prompt == "chunk")
+                check_parts(name, text)  # of each part of a prompt with AND
+                for part in texts_of(name, text, self.emphasis):
+                    for read in scheduled_texts(part, self.steps, hires_steps):
+                        check_syntax(name, read, breaks=self.long_prompt == "chunk")
 
     def _check_pictures(self) -> None:
         for name in PICTURE_FIELDS:

@@ -43,8 +43,8 @@ def request_options(func):
             type=click.Choice(EMPHASIS_MODES),
             default="off",
             show_default=True,
-            help="read A1111's (words:1.2), (words), [words] in the prompts: original (A1111's), "
-            "no_norm, or off (plain text, as diffusers)",
+            help="read A1111's syntax in the prompts ((words:1.2), [from:to:when], [a|b], "
+            "a AND b :0.5): original (A1111's), no_norm, or off (plain text, as diffusers)",
         ),
         click.option(
             "--long-prompt",

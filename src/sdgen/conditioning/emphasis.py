@@ -9,7 +9,8 @@ leaves out the rescaling). A prompt without brackets gives exactly the plain emb
 ``BREAK`` ends a 75-token chunk where prompts are read in chunks (``long_prompt="chunk"``,
 ``sdgen.conditioning.chunks``) and is refused otherwise. Prompt editing ``[from:to:when]`` and
 alternation ``[a|b]`` make a prompt into several texts, one per stretch of steps
-(``sdgen.conditioning.schedules``), each read here; extra networks (``<lora:name:1>``) are cut
+(``sdgen.conditioning.schedules``), each read here, as is each part of a prompt cut at ``AND``
+(``sdgen.conditioning.composition``); extra networks (``<lora:name:1>``) are cut
 out of the prompt before (``sdgen.conditioning.networks``).
 """
 

@@ -23,12 +23,14 @@ from sdgen.conditioning.chunks import (
     prompt_tokens,
     truncated,
 )
+from sdgen.conditioning.composition import prompt_parts, texts_of
 from sdgen.conditioning.emphasis import emphasize
 from sdgen.conditioning.networks import without_loras
 from sdgen.conditioning.schedules import prompt_schedule, scheduled_texts, text_at_step
 from sdgen.errors import InvalidRequest
 from sdgen.models.tokenizing import tokenize
 from sdgen.sampling.embeddings import EmbeddingSchedule, TextEmbeddings
+from sdgen.sampling.guidance import PartWeights
 
 log = logging.getLogger(__name__)
 
@@ -310,18 +312,76 @@ def encode_scheduled(
     return EmbeddingSchedule(tuple(entries))
 
 
+def encode_prompts(
+    tokenizer,
+    text_encoder,
+    image_prompts: list[tuple[str, str]],
+    steps: int,
+    first_pass_steps: int | None = None,
+    **options,
+) -> TextEmbeddings | EmbeddingSchedule:
+    """``encode_scheduled`` (same arguments), with A1111's AND read in each prompt where an
+    ``emphasis`` mode reads A1111's syntax (``sdgen.conditioning.composition``).
+
+    A request with a composable prompt gets (K + 1)B rows, [negative; part 1; ...; part K]
+    in image order, K its prompts' most parts (a prompt with fewer repeats its last part with
+    weight 0), and the parts' weights (``part_weights``); the negative prompts are encoded at
+    every guidance scale. As A1111 pads a step's conditionings to one length, repeating the
+    last vector, an image's parts are padded to the longest of them (A1111 pads over the whole
+    batch; here each image alone, so that its picture does not depend on the others)."""
+    composable = options.get("emphasis", "off") != "off"
+    read = {p: prompt_parts(p) if composable else None for p, _ in image_prompts}
+    if all(parts is None for parts in read.values()):
+        return encode_scheduled(
+            tokenizer, text_encoder, image_prompts, steps, first_pass_steps, **options
+        )
+    parts = [read[p] or ((p, 1.0),) for p, _ in image_prompts]
+    count, images = max(len(p) for p in parts), len(image_prompts)
+    parts = [p + ((p[-1][0], 0.0),) * (count - len(p)) for p in parts]
+    # K x B pairs, part-major: encode_scheduled's rows are [negative x KB; parts x KB]
+    pairs = [(parts[i][k][0], image_prompts[i][1]) for k in range(count) for i in range(images)]
+    options["guided"] = True
+    encoded = encode_scheduled(tokenizer, text_encoder, pairs, steps, first_pass_steps, **options)
+    keep = [*range(images), *range(count * images, 2 * count * images)]
+    weights = tuple(tuple(parts[i][k][1] for i in range(images)) for k in range(count))
+    return _composed(encoded, keep, images, weights, {})
+
+
+def _composed(embeddings, keep: list[int], images: int, weights: PartWeights, made: dict):
+    """``embeddings``' rows ``keep``, each image's parts padded to one length (its last vector
+    repeated), with ``weights``; a schedule's stretches of the same rows stay one object."""
+    if isinstance(embeddings, EmbeddingSchedule):
+        entries = [
+            (end, _composed(e, keep, images, weights, made)) for end, e in embeddings.entries
+        ]
+        return EmbeddingSchedule(tuple(entries), weights)
+    if id(embeddings) in made:
+        return made[id(embeddings)]
+    rows = [embeddings.rows[j] for j in keep]  # [negative (B); part 1 (B); ...]
+    for i in range(images):
+        own = range(images + i, len(rows), images)
+        length = max(len(rows[j]) for j in own)
+        for j in own:
+            if len(rows[j]) < length:  # (L, D) -> (length, D)
+                rows[j] = torch.cat([rows[j], rows[j][-1:].expand(length - len(rows[j]), -1)])
+    made[id(embeddings)] = TextEmbeddings(tuple(rows), weights)
+    return made[id(embeddings)]
+
+
 def read_texts(request) -> list[tuple[str, str]]:
     """(field, text) of every text the text encoder reads for ``request`` (a
-    ``GenerationRequest``), each once: LoRA tags cut out, and with an emphasis mode each text
-    of a prompt's schedule, in every pass it may be read in (``scheduled_texts``)."""
+    ``GenerationRequest``), each once: LoRA tags cut out, and with an emphasis mode each part
+    of a prompt (A1111's AND) and each text of its schedule, in every pass it may be read in
+    (``scheduled_texts``)."""
     hires_steps = None if request.hires is None else (request.hires.steps or request.steps)
     texts = []
     for name, text in without_loras(request).named_texts():
         if request.emphasis == "off":
             texts.append((name, text))
             continue
-        texts += [(name, t) for t in scheduled_texts(text, request.steps, hires_steps)]
-    return texts
+        for part in texts_of(name, text, request.emphasis):  # a prompt's parts (AND)
+            texts += [(name, t) for t in scheduled_texts(part, request.steps, hires_steps)]
+    return list(dict.fromkeys(texts))
 
 
 def check_prompt_lengths(tokenizer, request, inversions: InversionLookup | None = None) -> None:

@@ -194,7 +194,7 @@ class Batcher:
         """One UNet call over the rows of ``states`` of one latent shape (one per embedding
         length, when their prompts' lengths differ: ``predict_noise``); each state's slice of
         the prediction."""
-        model_inputs = [s.unet_input() for s in states]  # each (2B or B, C', h, w)
+        model_inputs = [s.unet_input() for s in states]  # each (copies x B, C', h, w)
         rows = [x.shape[0] for x in model_inputs]
         # (N,): each row its own request's timestep, in the form ``denoise_state`` passes it
         timesteps = torch.cat([s.row_timesteps(n) for s, n in zip(states, rows, strict=True)])
@@ -202,7 +202,7 @@ class Batcher:
         embeddings = self._joined_embeddings(states)  # N rows
         with self.model.loras.holding(states[0].loras):  # one set: part of the signature
             noise_pred = predict_noise(self.unet, sample, timesteps, embeddings)
-        return list(noise_pred.split(rows))  # each (2B or B, C, h, w)
+        return list(noise_pred.split(rows))  # each (copies x B, C, h, w)
 
     def _joined_embeddings(self, states: list) -> TextEmbeddings:
         """The text embeddings of ``states``' rows at their steps, one after another; the same

@@ -32,7 +32,6 @@ from sdgen.pipelines.stages import (
     schedule_steps,
     text_conditioning,
 )
-from sdgen.sampling.guidance import uses_guidance
 from sdgen.sampling.loop import DenoisingState, StepCallback, prepare_run
 from sdgen.sampling.noise import image_generators, initial_latents
 
@@ -152,8 +151,6 @@ def _prepare(model, request, scheduler, timesteps, generators, pixels, mask):
     extra = None
     if inpainting_unet:
         extra = torch.cat([latent_mask, masked_latents], dim=1)  # (B, 5, h, w)
-        if uses_guidance(request.guidance_scale):
-            extra = torch.cat([extra, extra])  # the same for [uncond; text]
     blend = _Blend(scheduler, timesteps, image_latents, noise, latent_mask)
     return latents, extra, blend
 

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from sdgen.conditioning.chunks import InversionLookup, inversion_lookup, named_inversions
+from sdgen.conditioning.composition import composes
 from sdgen.conditioning.networks import request_loras, split_loras, without_loras
-from sdgen.conditioning.prompts import check_prompt_lengths, encode_scheduled, read_texts
+from sdgen.conditioning.prompts import check_prompt_lengths, encode_prompts, read_texts
 from sdgen.errors import GenerationStopped, InvalidRequest, SdgenError
 from sdgen.media.images import decode_latents
 from sdgen.models.devices import precision_name
@@ -258,7 +259,7 @@ def text_conditioning(
         if a.te and a.lora.touches("text_encoder")
     )
     with model.loras.holding(loras):
-        return encode_scheduled(
+        return encode_prompts(
             model.tokenizer,
             model.text_encoder,
             request.image_prompts(),
@@ -281,7 +282,7 @@ def ti_hashes(model: LoadedModel, request: GenerationRequest) -> str:
     negative prompts, when it guides) place: "name: hash, ..." in the order they are first
     named, without the ":" and "," A1111 also drops from names; "" for none."""
     lookup = inversions_of(model)
-    guided = uses_guidance(request.guidance_scale)
+    guided = uses_guidance(request.guidance_scale) or composes(request)
     # the texts read (LoRA tags cut out, each of a schedule), the hires fix's too
     texts = [t for field, t in read_texts(request) if guided or "negative_prompt" not in field]
     named: dict[str, str] = {}

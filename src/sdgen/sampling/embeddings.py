@@ -18,6 +18,8 @@ from functools import cached_property
 
 import torch
 
+from sdgen.sampling.guidance import PartWeights
+
 
 @dataclass(frozen=True, eq=False)
 class LengthGroup:
@@ -33,6 +35,9 @@ class TextEmbeddings:
     rows when guiding."""
 
     rows: tuple[torch.Tensor, ...]
+    # A1111's AND: rows [negative; part 1; ...; part K], B each, and the parts' weights
+    # (``sdgen.sampling.guidance.compose``); None for [negative; prompt] or [prompt] rows
+    part_weights: PartWeights | None = None
 
     @classmethod
     def stacked(cls, states: torch.Tensor) -> TextEmbeddings:
@@ -80,6 +85,7 @@ class EmbeddingSchedule:
     ``sdgen.conditioning.schedules``): (last step index, embeddings) entries, ascending."""
 
     entries: tuple[tuple[int, TextEmbeddings], ...]
+    part_weights: PartWeights | None = None  # as TextEmbeddings': the same at every step
 
     def at(self, step: int) -> TextEmbeddings:
         """The embeddings of step index ``step`` (from 0): the first entry not ended before it."""

@@ -21,7 +21,7 @@ import torch
 from torch.nn.modules import module as _nn_module  # its global hook registries
 
 from sdgen.sampling.embeddings import EmbeddingSchedule, TextEmbeddings, predict_noise
-from sdgen.sampling.guidance import guide, uses_guidance
+from sdgen.sampling.guidance import compose, guide, uses_guidance
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def denoise_state(unet: torch.nn.Module, state: DenoisingState) -> torch.Tensor:
     """Run ``state``'s remaining iterations alone, one UNet call each (one per embedding
     length, ``predict_noise``); the final latents (B, C, h, w)."""
     while not state.done:
-        model_input = state.unet_input()  # (2B or B, C', h, w)
+        model_input = state.unet_input()  # (copies x B, C', h, w)
         t = state.row_timesteps(model_input.shape[0])
         embeddings = state.embeddings.at(state.position)
         state.advance(predict_noise(unet, model_input, t, embeddings))
@@ -131,12 +131,13 @@ class DenoisingState:
     run: DenoisingRun  # its own scheduler, generators (in step_kwargs), timesteps, reports
     latents: torch.Tensor  # (B, C, h, w) after ``position`` iterations (at the start: already
     # multiplied by the scheduler's init_noise_sigma where it needs it)
-    # 2B or B rows: [negative; prompt] when guiding; an EmbeddingSchedule where the prompts
-    # change between steps (``embeddings.at(position)`` is the iteration's)
+    # 2B or B rows: [negative; prompt] when guiding ((K + 1)B with A1111's AND: its
+    # ``part_weights``); an EmbeddingSchedule where the prompts change between steps
+    # (``embeddings.at(position)`` is the iteration's)
     embeddings: TextEmbeddings | EmbeddingSchedule
     callback: StepCallback | None = None  # after every user-counted step, with a ``Step``
-    # Concatenated to the scaled UNet input in the same [uncond; text] order, e.g. an
-    # inpainting UNet's mask and masked-picture latents: (2B or B, 5, h, w).
+    # Each image's channels concatenated to the scaled UNet input (repeated as the latents
+    # are, ``copies``), e.g. an inpainting UNet's mask and masked-picture latents: (B, 5, h, w).
     extra_channels: torch.Tensor | None = None
     after_step: AfterStep | None = None  # on the latents after each scheduler step
     # The LoRAs the model's weights must hold for its UNet calls (sdgen.models.lora_weights),
@@ -175,10 +176,19 @@ class DenoisingState:
         rows = (channels, *self.latents.shape[2:])
         return (rows, self.latents.dtype, self.loras)
 
+    @property
+    def copies(self) -> int:
+        """How many times the latents are in a UNet call's rows: twice when guiding
+        ([uncond; text]), K + 1 times for a prompt of K parts (A1111's AND), else once."""
+        part_weights = self.embeddings.part_weights
+        if part_weights is not None:
+            return len(part_weights) + 1
+        return 2 if self.run.guided else 1
+
     def unet_input(self) -> torch.Tensor:
-        """The UNet input of the next iteration (2B or B, C', h, w)."""
+        """The UNet input of the next iteration (``copies`` x B rows, C', h, w)."""
         model_input, self._x_t = scaled_input(
-            self.run, self.latents, self.timestep, self.extra_channels
+            self.run, self.latents, self.timestep, self.extra_channels, self.copies
         )
         return model_input
 
@@ -193,7 +203,9 @@ class DenoisingState:
             raise RuntimeError("advance() without unet_input() for this iteration")
         x_t, self._x_t = self._x_t, None
         run, index, t = self.run, self.position, self.timestep
-        if run.guided:
+        if (part_weights := self.embeddings.part_weights) is not None:
+            noise_pred = compose(noise_pred, part_weights, run.guidance_scale)  # (B, C, h, w)
+        elif run.guided:
             noise_pred = guide(noise_pred, run.guidance_scale)  # (B, C, h, w)
         latents = run.scheduler.step(noise_pred, t, self.latents, **run.step_kwargs).prev_sample
         if self.after_step is not None:
@@ -212,14 +224,17 @@ def scaled_input(
     latents: torch.Tensor,
     t: torch.Tensor,
     extra_channels: torch.Tensor | None = None,
+    copies: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The UNet input (2B or B, C + extra, h, w) for timestep ``t``, and x_t (B, C, h, w)."""
-    model_input = torch.cat([latents] * 2) if run.guided else latents  # (2B or B, C, h, w)
+    """The UNet input (copies x B, C + extra, h, w) for timestep ``t``, and x_t (B, C, h, w):
+    ``latents`` and their ``extra_channels`` (B, extra, h, w) repeated ``copies`` times."""
+    model_input = torch.cat([latents] * copies) if copies > 1 else latents
     model_input = run.scheduler.scale_model_input(model_input, t)
     # The scaled input is in x_t space for every scheduler; x0 previews start from it.
     x_t = model_input[: latents.shape[0]]
     if extra_channels is not None:
-        model_input = torch.cat([model_input, extra_channels], dim=1)
+        extra = torch.cat([extra_channels] * copies) if copies > 1 else extra_channels
+        model_input = torch.cat([model_input, extra], dim=1)
     return model_input, x_t
 
 
