@@ -173,6 +173,9 @@ def test_parts_are_read_and_checked_one_by_one(sd1_model):
     with pytest.raises(InvalidRequest, match=r"prompt\[1\]: 'a dog :1000'.*from -100 to 100"):
         GenerationRequest(("x", "a cat AND a dog :1000"), emphasis="original")
     assert GenerationRequest("a dog :1000", emphasis="off").prompt == "a dog :1000"
+    with pytest.raises(InvalidRequest, match=r"prompt: '33 parts'.*at most 32 \(cut at AND\)"):
+        GenerationRequest(" AND ".join(["x"] * 33), emphasis="original")
+    assert GenerationRequest(" AND ".join(["x"] * 32), emphasis="original")
     half = " ".join(["red"] * 50)
     long = REQUEST.replace(prompt=f"{half} AND {half}")
     assert truncation_warnings(sd1_model.tokenizer, long) == []

@@ -29,6 +29,7 @@ _WEIGHT = re.compile(r"^(\s*.*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
 Parts = tuple[tuple[str, float], ...]  # (text, weight) of each part, in the prompt's order
 
 MAX_PART_WEIGHT = 100.0  # |weight| of a part; larger ones overflow half precision
+MAX_PARTS = 32  # parts of one prompt: each adds a UNet row per picture at every step
 
 
 def prompt_parts(text: str) -> Parts | None:
@@ -61,8 +62,12 @@ def texts_of(field: str, text: str, emphasis: str) -> list[str]:
 
 
 def check_parts(field: str, text: str) -> None:
-    """Refuse a part's weight past MAX_PART_WEIGHT, naming ``field``."""
-    for part, weight in prompt_parts(text) or ():
+    """Refuse more than MAX_PARTS parts and a part's weight past MAX_PART_WEIGHT, naming
+    ``field``."""
+    parts = prompt_parts(text) or ()
+    if len(parts) > MAX_PARTS:
+        raise InvalidRequest(field, f"{len(parts)} parts", f"at most {MAX_PARTS} (cut at AND)")
+    for part, weight in parts:
         if not abs(weight) <= MAX_PART_WEIGHT:
             limit = f"{MAX_PART_WEIGHT:g}"
             raise InvalidRequest(
