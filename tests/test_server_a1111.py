@@ -185,6 +185,7 @@ def test_img2img_and_inpainting_as_webuiapi_sends_them(client):
 
 A1111_INVALID = [
     ({"width": 65}, "width"),
+    ({"prompt": "a red circle AND a square :1000"}, "prompt"),  # a part's weight
     ({"cfg_scale": "nan"}, "cfg_scale"),
     ({"steps": 0}, "steps"),
     ({"batch_size": 0}, "batch_size"),
@@ -846,6 +847,18 @@ def test_a1111_prompts_are_read_with_a1111s_emphasis():
     assert Txt2ImgRequest(**body).to_request(model=None, max_pixels=1 << 20).prompt == (
         "a [cat:dog:0.5] circle"
     )
+
+
+def test_a1111_prompts_compose_their_parts(client):
+    """A1111's AND through its API: two pulls of one part at cfg 3.5 make the picture of one
+    at 7.0 (sdgen.conditioning.composition)."""
+    pictures = []
+    for prompt, cfg_scale in (("a red circle AND a red circle", 3.5), ("a red circle", 7.0)):
+        body = {**WEBUIAPI_TXT2IMG, "prompt": prompt, "cfg_scale": cfg_scale, "batch_size": 1}
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200, response.text
+        pictures.append(np.asarray(decode_png(response.json()["images"][0]), dtype=int))
+    assert np.abs(pictures[0] - pictures[1]).max() <= 1
 
 
 def test_the_emphasis_mode_is_an_a1111_setting(client):
