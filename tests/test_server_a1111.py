@@ -209,7 +209,7 @@ A1111_INVALID = [
     ({"enable_hr": True, "firstphase_width": 256}, "firstphase_width"),
     ({"restore_faces": True}, "restore_faces"),
     ({"subseed_strength": 1.5}, "subseed_strength"),
-    ({"seed_resize_from_w": 256}, "seed_resize_from_w"),
+    ({"seed_resize_from_w": 100, "seed_resize_from_h": 64}, "seed_resize_from_w"),
     ({"styles": ["cinematic"]}, "styles"),
     ({"script_name": "x/y/z plot"}, "script_name"),
     (

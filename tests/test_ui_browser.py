@@ -201,6 +201,8 @@ def test_generate_shows_progress_then_the_picture_and_reuse_seed_fills_the_seed(
         page.get_by_label("Prompts past 75 tokens").select_option("chunk")
         page.get_by_label("Clip skip", exact=True).fill("2")
         page.get_by_label("Variation strength", exact=True).fill("0.25")
+        page.get_by_label("Resize seed from width").fill("48")
+        page.get_by_label("Resize seed from height").fill("80")
         fill_form(page, prompt="a (red:1.2) circle on a blue background", steps=20)  # random seed
         generate(page)
         job_id = newest_job_id(page)
@@ -227,6 +229,7 @@ def test_generate_shows_progress_then_the_picture_and_reuse_seed_fills_the_seed(
         assert job["request"]["long_prompt"] == "chunk" and job["request"]["clip_skip"] == 2
         assert job["request"]["variation_strength"] == 0.25  # its seed drawn at random
         assert job["request"]["variation_seed"] is not None
+        assert job["request"]["seed_resize_from"] == [48, 80]
         seed = job["results"][0]["seed"]
         result = page.locator("#gallery .result").first
         assert result.get_attribute("data-image-id") == job["results"][0]["id"]
@@ -246,6 +249,9 @@ def test_generate_shows_progress_then_the_picture_and_reuse_seed_fills_the_seed(
         assert page.get_by_label("Variation seed", exact=True).input_value() == variation
         assert page.get_by_label("Variation strength", exact=True).input_value() == "0.25"
         assert f"variation seed {variation}, strength 0.25" in settings
+        assert "seed resized from 48×80" in settings
+        assert page.get_by_label("Resize seed from width").input_value() == "48"
+        assert page.get_by_label("Resize seed from height").input_value() == "80"
 
         # The history shows the job from the store, with its picture.
         page.get_by_role("button", name="Refresh history").click()
@@ -379,6 +385,30 @@ def test_an_invalid_width_shows_the_servers_message_next_to_the_width(browser, s
 
         width.fill("64")  # editing the field clears its message
         assert page.locator("#width-error").text_content() == ""
+
+
+def test_a_seed_resize_needs_both_sides_and_shows_the_servers_message(browser, server):
+    body = {"prompt": "a red circle", "steps": 2, "seed_resize_from": [50, 64]}
+    expected = httpx.post(f"{server.url}/v1/jobs", json=body, timeout=10)
+    assert expected.status_code == 422
+    assert expected.json()["error"]["field"] == "seed_resize_from"
+    with open_page(browser) as (page, _):
+        load(page, server.url)
+        fill_form(page, prompt="a red circle", steps=2)
+        page.get_by_label("Resize seed from width").fill("50")
+        generate(page)
+        page.wait_for_selector("#seed_resize_from-error:not(:empty)")
+        message = "Resize seed from: give both a width and a height"
+        assert page.locator("#seed_resize_from-error").text_content() == message
+        page.get_by_label("Resize seed from height").fill("64")
+        generate(page)
+        error = page.locator("#seed_resize_from-error")
+        page.wait_for_function(
+            "text => document.querySelector('#seed_resize_from-error').textContent === text",
+            arg=expected.json()["error"]["message"],
+        )
+        assert error.text_content() == expected.json()["error"]["message"]
+        assert page.locator("#jobs .job").count() == 0
 
 
 def test_with_an_api_key_the_page_asks_for_it_and_sends_it(browser, keyed_server):

@@ -122,7 +122,7 @@ def test_bad_variation_settings_are_refused_by_name(changes, field):
 
 def test_a1111_subseeds_are_variation_seeds(tmp_path):
     """A1111's subseed and subseed_strength: the same pictures and infotext, named as A1111
-    names them; seed_resize_from is still refused."""
+    names them."""
     from test_server_a1111 import WEBUIAPI_TXT2IMG
     from test_server_support import client_for, decode_png, serial_pictures
 
@@ -152,8 +152,6 @@ def test_a1111_subseeds_are_variation_seeds(tmp_path):
         assert "Variation seed: 78, Variation seed strength: 0.25" in info["infotexts"][1]
         bad = client.post("/sdapi/v1/txt2img", json={**body, "subseed_strength": 2})
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "subseed_strength"
-        resized = client.post("/sdapi/v1/txt2img", json={**body, "seed_resize_from_w": 256})
-        assert resized.status_code == 422
 
 
 def test_slerp_is_a1111s_and_stays_finite_on_one_row_latents():

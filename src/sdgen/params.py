@@ -90,7 +90,9 @@ class GenerationRequest:
     ``variation_strength`` (0..1) and ``variation_seed`` are A1111's variation seeds: each
     image's starting noise is slerped, that much of the way, toward the noise of its variation
     seed (``variation_seed + i``; drawn at random when not given), so pictures near a seed's
-    picture can be explored; 0 (the default) leaves the noise alone.
+    picture can be explored; 0 (the default) leaves the noise alone. ``seed_resize_from``
+    (width, height) is A1111's "resize seed from": each picture keeps, in its middle, the noise
+    its seed gives at that size, so a seed's picture keeps its composition at another size.
 
     ``clip_skip`` is A1111's "Clip skip": the prompts are read from the text encoder's
     ``clip_skip``-th layer from the end (1, the default: its last), then its final layer norm, as
@@ -122,6 +124,7 @@ class GenerationRequest:
     seed: int | None = None
     variation_seed: int | None = None
     variation_strength: float = 0.0
+    seed_resize_from: tuple[int, int] | None = None  # (width, height)
     precision: str = "auto"
     device: str = "auto"
     init_image: InputPicture | None = None
@@ -141,7 +144,7 @@ class GenerationRequest:
 
     def __post_init__(self) -> None:
         # Lists become tuples so the request stays hashable and immutable.
-        for name in ("prompt", "negative_prompt"):
+        for name in ("prompt", "negative_prompt", "seed_resize_from"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -175,6 +178,7 @@ class GenerationRequest:
         if self.variation_seed is not None and not self.variation_strength:
             allowed = "nothing without a variation_strength above 0, which it would not change"
             raise InvalidRequest("variation_seed", self.variation_seed, allowed)
+        self._check_seed_resize()
         if self.precision not in PRECISIONS:
             raise InvalidRequest("precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         if self.sampler is not None:
@@ -208,6 +212,30 @@ class GenerationRequest:
                 for part in texts_of(name, text, self.emphasis):
                     for read in scheduled_texts(part, self.steps, hires_steps):
                         check_syntax(name, read, breaks=self.long_prompt == "chunk")
+
+    def _check_seed_resize(self) -> None:
+        size = self.seed_resize_from
+        if size is None:
+            return
+        whole = isinstance(size, tuple) and len(size) == 2
+        whole = whole and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+        if not (whole and all(1 <= v <= MAX_SIDE for v in size)):
+            allowed = f"(width, height), each a whole number from 1 to {MAX_SIDE}, or nothing"
+            raise InvalidRequest("seed_resize_from", size, allowed)
+
+    def seed_noise_size(self, factor: int) -> tuple[int, int] | None:
+        """The latent (height, width) of ``seed_resize_from`` for a model of latent ``factor``
+        (it must be made of multiples of it: nothing is rounded), or None."""
+        if self.seed_resize_from is None:
+            return None
+        width, height = self.seed_resize_from
+        if width % factor or height % factor:
+            raise InvalidRequest(
+                "seed_resize_from",
+                f"{width}x{height}",
+                f"sides that are multiples of {factor} (this model's latent factor)",
+            )
+        return height // factor, width // factor
 
     def _check_pictures(self) -> None:
         for name in PICTURE_FIELDS:

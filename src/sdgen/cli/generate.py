@@ -82,6 +82,13 @@ def request_options(func):
             type=int,
             help="the first picture's variation seed (random if not given)",
         ),
+        click.option(
+            "--seed-resize-from",
+            metavar="WxH",
+            callback=_size_pair,
+            help="A1111's resize seed from: keep, in the middle, the noise each seed gives at "
+            "this size (its picture's composition at another size), e.g. 512x512",
+        ),
         click.option("--width", type=int, help="default: the model's native size"),
         click.option("--height", type=int, help="default: the model's native size"),
     ]
@@ -128,6 +135,16 @@ def output_options(func):
     return with_options(func, options)
 
 
+def _size_pair(_context, param, value: str | None) -> tuple[int, int] | None:
+    """A ``WxH`` flag as (width, height); the request checks the numbers."""
+    if value is None:
+        return None
+    width, x, height = value.lower().partition("x")
+    if not (x and width.strip().isdigit() and height.strip().isdigit()):
+        raise click.BadParameter(f"{value!r} is not WxH, e.g. 512x512", param=param)
+    return int(width), int(height)
+
+
 def _request(prompt: str, kwargs: dict, **fields) -> GenerationRequest:
     """The request of a command's flags (``kwargs``) and its own ``fields`` (pictures, ...)."""
     return GenerationRequest(
@@ -147,6 +164,7 @@ def _request(prompt: str, kwargs: dict, **fields) -> GenerationRequest:
         seed=kwargs["seed"],
         variation_seed=kwargs["variation_seed"],
         variation_strength=kwargs["variation_strength"],
+        seed_resize_from=kwargs["seed_resize_from"],
         precision=kwargs["precision"] or "auto",
         device=kwargs["device"],
         **fields,

@@ -63,6 +63,7 @@ class ImageRecord:
             # A1111's variation seed ("subseed"): this picture's, and how far it goes
             "Variation seed": r.variation_seed if r.variation else None,
             "Variation seed strength": f"{r.variation_strength:g}" if r.variation else None,
+            "Seed resize from": "x".join(map(str, r.seed_resize_from or ())) or None,
             "Denoising strength": _denoising_strength(r),
             "Clip skip": r.clip_skip if r.clip_skip > 1 else None,  # A1111 writes it past 1
             "Init image hash": r.init_image.sha256[:12] if r.init_image is not None else None,

@@ -117,6 +117,7 @@ def start_hires_pass(
         device=model.device,
         dtype=model.dtype,
         variation=request.variation,
+        resize_from=request.seed_noise_size(model.vae_scale_factor),
     )
     run = prepare_run(
         scheduler,

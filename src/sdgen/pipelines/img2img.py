@@ -70,6 +70,7 @@ def start_img2img(
         device=model.device,
         dtype=model.dtype,
         variation=request.variation,
+        resize_from=request.seed_noise_size(model.vae_scale_factor),
     )
     run = prepare_run(
         scheduler,

@@ -104,12 +104,18 @@ def noised_latents(
     device: torch.device,
     dtype: torch.dtype,
     variation: tuple[int, float] | None = None,
+    resize_from: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """``init_latents`` (B, C, h, w) noised to the first of ``timesteps``, each image's noise
-    from its own generator (varied by ``variation``, a request's ``variation``), as diffusers'
-    img2img ``prepare_latents`` does."""
+    from its own generator (varied by ``variation``, a request's ``variation``, and resized by
+    ``resize_from``, its ``seed_noise_size``), as diffusers' img2img ``prepare_latents`` does."""
     noise = initial_latents(
-        generators, init_latents.shape[1:], device=device, dtype=dtype, variation=variation
+        generators,
+        init_latents.shape[1:],
+        device=device,
+        dtype=dtype,
+        variation=variation,
+        resize_from=resize_from,
     )
     start = timesteps[:1].repeat(init_latents.shape[0])
     return scheduler.add_noise(init_latents.to(dtype), noise, start)

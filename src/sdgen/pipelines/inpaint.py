@@ -133,7 +133,12 @@ def _prepare(model, request, scheduler, timesteps, generators, pixels, mask):
     if not (inpainting_unet and from_noise):
         image_latents = latent_samples(model.vae, pixels, generators).to(model.dtype)
     noise = initial_latents(
-        generators, shape, device=model.device, dtype=model.dtype, variation=request.variation
+        generators,
+        shape,
+        device=model.device,
+        dtype=model.dtype,
+        variation=request.variation,
+        resize_from=request.seed_noise_size(factor),
     )
     if inpainting_unet:
         masked_pixels = pixels * (mask < 0.5)

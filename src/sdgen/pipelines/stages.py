@@ -139,6 +139,7 @@ def resolve_request(model: LoadedModel, request: GenerationRequest) -> Generatio
         precision=precision_name(model.dtype),  # "auto" resolved: the picture depends on it
     )
     check_size(request.width, request.height, model.vae_scale_factor)
+    request.seed_noise_size(model.vae_scale_factor)  # its sides checked too
     layers = model.text_encoder.config.num_hidden_layers
     if request.clip_skip > layers:
         raise InvalidRequest(

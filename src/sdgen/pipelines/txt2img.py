@@ -104,6 +104,11 @@ def noise_latents(
     factor = model.vae_scale_factor
     shape = (model.latent_channels, request.height // factor, request.width // factor)
     latents = initial_latents(
-        generators, shape, device=model.device, dtype=model.dtype, variation=request.variation
+        generators,
+        shape,
+        device=model.device,
+        dtype=model.dtype,
+        variation=request.variation,
+        resize_from=request.seed_noise_size(factor),
     )
     return latents * scheduler.init_noise_sigma

@@ -21,24 +21,60 @@ def initial_latents(
     device: torch.device,
     dtype: torch.dtype,
     variation: tuple[int, float] | None = None,
+    resize_from: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Gaussian latents (B, C, H/f, W/f): each image's own draw, in its generator's order.
 
     The same draw as diffusers' ``randn_tensor`` with a list of CPU generators, so seeds match
     diffusers' pipelines. With a ``variation`` (seed, strength), image i's draw is slerped
     toward a draw from a fresh generator seeded seed + i, as A1111's variation seeds do.
+
+    ``resize_from`` (h, w) is A1111's seed resize: image i's seed draws its noise at that
+    latent size from a fresh generator (varied at that size), and the middle of it replaces
+    the middle of its own draw (cropped where it is larger), as A1111's ``ImageRNG`` does; the
+    image's generator has still drawn its full-size noise, so its later draws are unchanged.
     """
     draws = [torch.randn((1, *shape), generator=g, device="cpu", dtype=dtype) for g in generators]
+    source_shape = shape if resize_from is None else (shape[0], *resize_from)
+    if resize_from is not None:
+        sources = [
+            torch.randn(source_shape, generator=_fresh(g), dtype=dtype).unsqueeze(0)
+            for g in generators
+        ]
+    else:
+        sources = draws
     if variation is not None:
         seed, strength = variation
         others = image_generators(seed, len(draws))
-        draws = [
-            slerp(strength, d[0].float(), torch.randn(shape, generator=g, dtype=dtype).float())
+        sources = [
+            slerp(
+                strength, d[0].float(), torch.randn(source_shape, generator=g, dtype=dtype).float()
+            )
             .to(dtype)
             .unsqueeze(0)
-            for d, g in zip(draws, others, strict=True)
+            for d, g in zip(sources, others, strict=True)
         ]
-    return torch.cat(draws).to(device)
+    if resize_from is not None:
+        sources = [_pasted(d, s) for d, s in zip(draws, sources, strict=True)]
+    return torch.cat(sources).to(device)
+
+
+def _fresh(generator: torch.Generator) -> torch.Generator:
+    """A new CPU generator seeded as ``generator`` was."""
+    return torch.Generator("cpu").manual_seed(generator.initial_seed())
+
+
+def _pasted(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``target`` (1, C, H, W) with the middle of ``source`` (1, C, h, w) over its middle:
+    A1111's arithmetic (its ``ImageRNG.first``), offsets floored toward the top left."""
+    height, width = target.shape[2:]
+    dx, dy = (width - source.shape[3]) // 2, (height - source.shape[2]) // 2
+    w = source.shape[3] if dx >= 0 else source.shape[3] + 2 * dx
+    h = source.shape[2] if dy >= 0 else source.shape[2] + 2 * dy
+    tx, ty, sx, sy = max(dx, 0), max(dy, 0), max(-dx, 0), max(-dy, 0)
+    pasted = target.clone()
+    pasted[:, :, ty : ty + h, tx : tx + w] = source[:, :, sy : sy + h, sx : sx + w]
+    return pasted
 
 
 def slerp(strength: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:

@@ -66,6 +66,11 @@ class JobCreate(BaseModel):
         _DEFAULTS["variation_strength"],
         description="how far each picture's noise goes toward its variation seed's, 0..1",
     )
+    seed_resize_from: list[int] | None = Field(
+        None,
+        description="A1111's resize seed from: [width, height] whose noise each picture keeps "
+        "in its middle (a seed's composition at another size); null: none",
+    )
     init_image: str | None = Field(None, description="base64 picture: makes the job img2img")
     mask: str | None = Field(None, description="base64 picture, white = repaint: inpainting")
     strength: float | None = Field(

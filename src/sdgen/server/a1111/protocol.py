@@ -3,7 +3,7 @@ and their conversion to the one request type.
 
 A1111 clients send every field of A1111's processing classes. Fields that do not change the
 picture (saving, comments) are accepted and ignored; features sdgen does not have (the hires
-fix's own checkpoint, face restoration, tiling, seed resizing, scripts,
+fix's own checkpoint, face restoration, tiling, scripts,
 sampler settings other than the defaults: Euler a's ``eta`` other than 1, ``s_churn``,
 ``s_noise``, ``s_tmin``, ``s_tmax``; img2img's ``initial_noise_multiplier``, ``latent_mask``)
 are refused with 422 naming the field when they are switched on, rather than silently giving a
@@ -19,7 +19,9 @@ missing, A1111's txt2img default), ``hr_upscaler`` (A1111's latent upscalers, La
 None, which resizes with Lanczos too; no upscaler models), ``hr_sampler_name``, ``hr_scheduler``,
 ``hr_prompt`` and ``hr_negative_prompt``. A scale whose size is not made of multiples of 8 is
 refused (A1111 rounds it down).
-``subseed`` and ``subseed_strength`` are sdgen's variation seed and strength; a call's
+``subseed`` and ``subseed_strength`` are sdgen's variation seed and strength,
+``seed_resize_from_w`` and ``seed_resize_from_h`` its ``seed_resize_from`` (when both are above
+0, as A1111 reads them; sides not multiples of 8 are refused where A1111 rounds down); a call's
 ``styles`` are the server's prompt styles (``.styles``), applied to its prompts.
 
 A1111's inpainting mask processing is reproduced, defaults included: the mask's edge blurred
@@ -63,6 +65,7 @@ A1111_FIELDS = {
     "clip_skip": "override_settings.CLIP_stop_at_last_layers",
     "variation_seed": "subseed",
     "variation_strength": "subseed_strength",
+    "seed_resize_from": "seed_resize_from_w",
     "num_images": "batch_size",
     "sampler": "sampler_name",
     "init_image": "init_images",
@@ -197,11 +200,17 @@ class Txt2ImgRequest(BaseModel):
             "variation_seed": None
             if self.subseed in (-1, None) or not self.subseed_strength
             else self.subseed,
+            "seed_resize_from": self._seed_resize_from(),
             "eta": self._ddim_eta(),
             "emphasis": self._emphasis(emphasis),
             "long_prompt": "chunk",  # A1111 reads every prompt in 75-token chunks
             "hires": hires_settings(self),
         }
+
+    def _seed_resize_from(self) -> tuple[int, int] | None:
+        """sdgen's seed_resize_from: A1111 resizes the seed's noise when both sides are above 0."""
+        size = (self.seed_resize_from_w, self.seed_resize_from_h)
+        return size if all(v is not None and v > 0 for v in size) else None
 
     def _clip_skip(self, default: int) -> int:
         """sdgen's clip skip: A1111's ``CLIP_stop_at_last_layers``, if overridden."""
@@ -236,8 +245,6 @@ class Txt2ImgRequest(BaseModel):
             "firstphase_height": self.enable_hr and self.firstphase_height != 0,
             "restore_faces": bool(self.restore_faces),
             "tiling": bool(self.tiling),
-            "seed_resize_from_w": self.seed_resize_from_w not in (-1, 0),
-            "seed_resize_from_h": self.seed_resize_from_h not in (-1, 0),
             "script_name": bool(self.script_name),
             "refiner_checkpoint": bool(self.refiner_checkpoint),
             "firstpass_image": bool(self.firstpass_image),

@@ -147,8 +147,7 @@ class A1111Handler:
             "sd_model_hash": model.short_hash,
             "sd_vae_name": None,
             "sd_vae_hash": None,
-            "seed_resize_from_w": -1,
-            "seed_resize_from_h": -1,
+            **_seed_resize_from(request),
             "denoising_strength": _denoising_strength(request),
             "extra_generation_params": {"Schedule type": sampler.schedule_type}
             if sampler and sampler.schedule_type
@@ -372,6 +371,12 @@ class A1111Handler:
         if bare in names:
             return bare
         raise InvalidRequest(field, checkpoint, f"one of the served models: {', '.join(names)}")
+
+
+def _seed_resize_from(request: dict) -> dict:
+    """A1111's seed resize fields: the size the seeds' noise was kept from, else -1."""
+    width, height = request.get("seed_resize_from") or (-1, -1)
+    return {"seed_resize_from_w": width, "seed_resize_from_h": height}
 
 
 def _subseeds(request: dict, seeds: list[int]) -> dict[str, Any]:

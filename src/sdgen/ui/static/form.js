@@ -28,6 +28,8 @@ export function jobBody() {
     const value = numberOf(name);
     if (value !== undefined) body[name] = value;
   }
+  const resize = seedResizeFrom();
+  if (resize) body.seed_resize_from = resize;
   if ($("hires-on").checked) body.hires = hiresOptions();
   if (initPicture) {
     body.init_image = initPicture;
@@ -50,6 +52,16 @@ function numberOf(name) {
   const value = Number(text);
   if (!Number.isFinite(value)) throw fieldError(name, `${labelOf(name)}: not a number`);
   return value;
+}
+
+// A1111's "resize seed from": [width, height] when both are typed, else nothing.
+function seedResizeFrom() {
+  const [width, height] = ["width", "height"].map((side) => numberOf(`seed_resize_from.${side}`));
+  if (width === undefined && height === undefined) return null;
+  if (width === undefined || height === undefined) {
+    throw fieldError("seed_resize_from", "Resize seed from: give both a width and a height");
+  }
+  return [width, height];
 }
 
 // The hires fix's settings (the server names its errors "hires.scale", the inputs' ids).
@@ -115,10 +127,17 @@ export function clearErrors() {
   }
 }
 
-// Fills the seed, and the variation seed and strength a varied picture was made with (empty
-// for a picture made without: a new variation seed would be drawn, another picture).
-export function setSeed(seed, variationSeed = null, variationStrength = null) {
-  const fields = { seed, variation_seed: variationSeed, variation_strength: variationStrength };
+// Fills the seed, the variation seed and strength a varied picture was made with (empty for a
+// picture made without: a new variation seed would be drawn, another picture), and the size its
+// seed's noise was resized from (empty for none).
+export function setSeed(seed, variationSeed = null, variationStrength = null, resizeFrom = null) {
+  const fields = {
+    seed,
+    variation_seed: variationSeed,
+    variation_strength: variationStrength,
+    "seed_resize_from.width": resizeFrom ? resizeFrom[0] : null,
+    "seed_resize_from.height": resizeFrom ? resizeFrom[1] : null,
+  };
   for (const [id, value] of Object.entries(fields)) {
     $(id).value = value === null ? "" : String(value);
     $(id).dispatchEvent(new Event("input", { bubbles: true }));

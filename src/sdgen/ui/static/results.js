@@ -21,6 +21,9 @@ export function settingsText(request, image) {
     const variation = variationSeed(request, image);
     parts.push(`variation seed ${variation}, strength ${request.variation_strength}`);
   }
+  if (request.seed_resize_from) {
+    parts.push(`seed resized from ${request.seed_resize_from.join("×")}`);
+  }
   if (request.hires) {
     // the picture's own size is shown above: the first pass's here
     const { steps, strength, upscaler } = request.hires;
@@ -55,10 +58,16 @@ export function renderResult(job, image) {
   const reuse = card.querySelector(".result-reuse-seed");
   reuse.setAttribute("aria-label", `Reuse seed ${image.seed}`);
   const varied = job.request.variation_strength > 0;
+  const resizeFrom = job.request.seed_resize_from ?? null;
   reuse.addEventListener("click", () =>
     varied
-      ? setSeed(image.seed, variationSeed(job.request, image), job.request.variation_strength)
-      : setSeed(image.seed),
+      ? setSeed(
+          image.seed,
+          variationSeed(job.request, image),
+          job.request.variation_strength,
+          resizeFrom,
+        )
+      : setSeed(image.seed, null, null, resizeFrom),
   );
   const useInit = card.querySelector(".result-use-init");
   useInit.setAttribute("aria-label", `Use picture with seed ${image.seed} as init picture`);
