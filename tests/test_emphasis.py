@@ -87,7 +87,7 @@ def test_prompt_editing_and_alternation_are_accepted_in_every_text(prompt):
     assert GenerationRequest(prompt, emphasis="original").prompt == prompt
     assert GenerationRequest("x", negative_prompt=prompt, emphasis="original")
     assert GenerationRequest(prompt).prompt == prompt
-    with pytest.raises(InvalidRequest, match="emphasis.*off, original, no_norm"):
+    with pytest.raises(InvalidRequest, match="emphasis.*off, original, no_norm, none"):
         GenerationRequest("x", emphasis="strong")
 
 
@@ -99,7 +99,33 @@ def test_the_mode_is_recorded_as_a1111_writes_it():
 
     assert fields("no_norm")["Emphasis"] == "No norm"
     assert fields("off")["Emphasis"] == "None"  # A1111's name for brackets read as text
+    assert fields("none")["Emphasis"] == "None"
     assert "Emphasis" not in fields("original")  # A1111's default
+
+
+def test_a1111s_none_reads_edits_and_parts_but_brackets_as_text(sd1_model):
+    """A1111's None: prompt editing and AND read, emphasis brackets and BREAK left as text (so
+    neither a weight past the bound nor a BREAK is refused)."""
+    from sdgen.conditioning.prompts import encode_prompts
+
+    args = (sd1_model.tokenizer, sd1_model.text_encoder)
+    options = dict(guided=False, device="cpu", dtype=torch.float32)
+    schedule = encode_prompts(
+        *args, [("a [cat:dog:5] (red:1.5)", "")], 10, emphasis="none", **options
+    )
+    texts = ["a cat (red:1.5)", "a dog (red:1.5)"]
+    plain = encode_conditioning(*args, [(t, "") for t in texts], **options)  # all text
+    assert [end for end, _ in schedule.entries] == [5, 10]
+    for (_, embeddings), row in zip(schedule.entries, plain.rows, strict=True):
+        assert torch.equal(embeddings.rows[0], row)
+    weighted = encode_conditioning(*args, [(texts[0], "")], emphasis="original", **options)
+    assert not torch.equal(weighted.rows[0], plain.rows[0])
+    composed = encode_prompts(*args, [("a cat AND a dog", "")], 10, emphasis="none", **options)
+    assert composed.part_weights == ((1.0,), (1.0,))
+    for prompt in ("a (cat:1000) BREAK x", "(" * 40 + "cat"):
+        assert GenerationRequest(prompt, emphasis="none").prompt == prompt
+    with pytest.raises(InvalidRequest, match="part weight"):
+        GenerationRequest("a cat :1000", emphasis="none")
 
 
 def test_parsing_is_linear_and_bounded():

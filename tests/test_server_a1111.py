@@ -863,7 +863,7 @@ def test_a1111_prompts_compose_their_parts(client):
 
 def test_the_emphasis_mode_is_an_a1111_setting(client):
     """A1111's "emphasis" setting: per call in override_settings, for later calls by POST
-    /options ("None" reads brackets as text), shown by GET /options."""
+    /options ("None": brackets are text, prompt editing is read), shown by GET /options."""
     from sdgen.server.a1111.protocol import Txt2ImgRequest
 
     body = {**WEBUIAPI_TXT2IMG, "override_settings": {"emphasis": "No norm"}}
@@ -873,12 +873,12 @@ def test_the_emphasis_mode_is_an_a1111_setting(client):
         assert client.post("/sdapi/v1/options", json={"emphasis": "None"}).status_code == 200
         assert client.get("/sdapi/v1/options").json()["emphasis"] == "None"
         handler = client.app.state.a1111_handler
-        assert handler.emphasis == "off"
+        assert handler.emphasis == "none"
         refused = client.post("/sdapi/v1/options", json={"emphasis": "Strong"})
         assert refused.status_code == 422 and refused.json()["error"]["field"] == "emphasis"
         both = {"emphasis": "Original", "sd_model_checkpoint": "nope"}
         assert client.post("/sdapi/v1/options", json=both).status_code == 422
-        assert handler.emphasis == "off"  # nothing set when anything is refused
+        assert handler.emphasis == "none"  # nothing set when anything is refused
     finally:
         client.post("/sdapi/v1/options", json={"emphasis": "Original"})
     odd = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": True})

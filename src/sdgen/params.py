@@ -33,7 +33,7 @@ MASKED_CONTENTS = ("original", "fill", "latent_noise", "latent_nothing")
 RESIZE_MODES = ("stretch", "crop", "fill")
 # How A1111's (words:1.2) syntax is read: off (plain text, as diffusers), A1111's default
 # ("Original") or its "No norm" (sdgen.conditioning.emphasis).
-EMPHASIS_MODES = ("off", "original", "no_norm")
+EMPHASIS_MODES = ("off", "original", "no_norm", "none")
 # How a prompt past the text encoder's 75 tokens is read: its first 75 only (diffusers), or in
 # 75-token chunks whose embeddings are joined (A1111, ComfyUI): sdgen.conditioning.chunks.
 LONG_PROMPT_MODES = ("truncate", "chunk")
@@ -82,6 +82,8 @@ class GenerationRequest:
     ``emphasis`` reads A1111's attention syntax in the prompts, ``(words:1.3)``, ``(words)``,
     ``[words]`` (``sdgen.conditioning.emphasis``): "original" as A1111 does by default,
     "no_norm" without rescaling; "off" (the default) reads them as plain text, as diffusers.
+    These three modes read the rest of A1111's syntax too (prompt editing, alternation, AND);
+    "none" is A1111's "None": that syntax read, emphasis brackets and BREAK left as text.
     ``long_prompt`` says how a prompt past the text encoder's 75 tokens is read
     (``LONG_PROMPT_MODES``): "truncate" (the default) reads its first 75, as diffusers; "chunk"
     reads it all, in 75-token chunks, as A1111 (``sdgen.conditioning.chunks``), where ``BREAK``
@@ -203,12 +205,14 @@ class GenerationRequest:
         if self.emphasis != "off":
             # Imported here: the emphasis module pulls in torch, and params stays light.
             from sdgen.conditioning.composition import check_parts, texts_of
-            from sdgen.conditioning.emphasis import check_syntax
+            from sdgen.conditioning.emphasis import WEIGHING_MODES, check_syntax
             from sdgen.conditioning.schedules import scheduled_texts
 
             hires_steps = None if self.hires is None else (self.hires.steps or self.steps)
             for name, text in texts:  # each text a prompt's schedule reads (prompt editing)
                 check_parts(name, text)  # of each part of a prompt with AND
+                if self.emphasis not in WEIGHING_MODES:
+                    continue  # "none": brackets and BREAK are text
                 for part in texts_of(name, text, self.emphasis):
                     for read in scheduled_texts(part, self.steps, hires_steps):
                         check_syntax(name, read, breaks=self.long_prompt == "chunk")

@@ -44,7 +44,8 @@ def request_options(func):
             default="off",
             show_default=True,
             help="read A1111's syntax in the prompts ((words:1.2), [from:to:when], [a|b], "
-            "a AND b :0.5): original (A1111's), no_norm, or off (plain text, as diffusers)",
+            "a AND b :0.5): original (A1111's), no_norm, none (A1111's None: brackets and BREAK "
+            "are text) or off (all plain text, as diffusers)",
         ),
         click.option(
             "--long-prompt",

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-from sdgen.conditioning.emphasis import weighted_runs
+from sdgen.conditioning.emphasis import WEIGHING_MODES, weighted_runs
 from sdgen.models.textual_inversion import TextualInversion
 from sdgen.models.tokenizing import tokenize
 
@@ -69,7 +69,7 @@ def prompt_chunks(
 ) -> list[Chunk]:
     """``text``'s tokens cut into chunks as A1111's ``tokenize_line`` cuts them (see the
     module's note), without start, end or padding (``layout`` adds them). ``emphasis`` "off"
-    reads the whole text as words, BREAK too, as A1111's "None" mode does."""
+    and "none" read the whole text as words, BREAK too, as A1111's "None" mode does."""
     size = tokenizer.model_max_length - 2  # 75 for CLIP
     comma = _comma_id(tokenizer)
     chunks: list[Chunk] = []
@@ -107,7 +107,7 @@ def prompt_tokens(
     tokenizer, text: str, emphasis: str, lookup: InversionLookup | None = None
 ) -> Chunk:
     """All of ``text``'s tokens, weights and embeddings' vectors in one run (no BREAK), for the
-    truncating reading; ``emphasis`` "off" reads the text as words."""
+    truncating reading; ``emphasis`` "off" and "none" read the text as words."""
     tokens = Chunk([], [], [])
     for token, weight, inversion in _units(tokenizer, text, emphasis, lookup, breaks=False):
         if inversion is None:
@@ -151,7 +151,8 @@ def truncated(tokens: Chunk, size: int) -> Chunk:
 def _units(tokenizer, text, emphasis, lookup, breaks) -> Iterator[tuple | None]:
     """(token, weight, None) for each token of ``text``, (first token, weight, embedding) for
     an embedding's name, None for a BREAK."""
-    runs = weighted_runs(text, breaks=breaks) if emphasis != "off" else [(text, 1.0)]
+    weighs = emphasis in WEIGHING_MODES
+    runs = weighted_runs(text, breaks=breaks) if weighs else [(text, 1.0)]
     for run_text, weight in runs:
         if run_text is None:
             yield None

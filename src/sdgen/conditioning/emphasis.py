@@ -23,6 +23,8 @@ import torch
 from sdgen.errors import InvalidRequest
 
 ROUND, SQUARE = 1.1, 1 / 1.1  # the weights of (words) and [words]
+# The emphasis modes that weigh words; "off" and "none" (A1111's None) read brackets as text
+WEIGHING_MODES = ("original", "no_norm")
 
 MAX_DEPTH = 32  # brackets open at once (1.1**32 = 21): deeper prompts are refused
 MAX_WEIGHT = 100.0  # |weight| of a (words:w) group; larger ones overflow half precision

@@ -24,7 +24,7 @@ from sdgen.conditioning.chunks import (
     truncated,
 )
 from sdgen.conditioning.composition import prompt_parts, texts_of
-from sdgen.conditioning.emphasis import emphasize
+from sdgen.conditioning.emphasis import WEIGHING_MODES, emphasize
 from sdgen.conditioning.networks import without_loras
 from sdgen.conditioning.schedules import prompt_schedule, scheduled_texts, text_at_step
 from sdgen.errors import InvalidRequest
@@ -67,7 +67,7 @@ def encode_text(
             tokenizer, text_encoder, contents, device, emphasis, clip_skip, groups
         )
         return [part.flatten(0, 1) for part in hidden.split([len(c) for c in chunks])]
-    if emphasis != "off" or inversions:
+    if emphasis in WEIGHING_MODES or inversions:
         size = tokenizer.model_max_length - 2
         contents = []
         for text in texts:
@@ -136,7 +136,7 @@ def _encode_windows(
     fixes = [(row, 1 + at, v) for row, chunk in enumerate(contents) for at, v in chunk.fixes]
     with _input_embeddings_fixed(text_encoder, fixes):
         hidden = hidden_states(text_encoder, ids, mask, clip_skip)
-    if emphasis == "off":
+    if emphasis not in WEIGHING_MODES:
         return hidden
     return emphasize(hidden, weights, emphasis, None if groups is None else torch.tensor(groups))
 

@@ -72,9 +72,9 @@ class ImageRecord:
             # picture's generator is a CPU one, as A1111's CPU source seeds its initial noise
             "RNG": "CPU",
             "Eta DDIM": f"{r.eta:g}" if r.eta else None,  # A1111 writes it when not 0
-            # A1111 writes its emphasis mode unless Original, its default; sdgen's "off" is
-            # A1111's "None" (brackets are text)
-            "Emphasis": {"off": "None", "no_norm": "No norm"}.get(r.emphasis),
+            # A1111 writes its emphasis mode unless Original, its default; sdgen's "off"
+            # (brackets are text, prompt editing too) is nearest A1111's "None"
+            "Emphasis": {"off": "None", "none": "None", "no_norm": "No norm"}.get(r.emphasis),
             **_mask_processing(r),
             **_hires_fix(r, self.hires_sampler_label),
             **self.extra,

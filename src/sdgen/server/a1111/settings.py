@@ -32,8 +32,9 @@ FIXED_SETTINGS: dict[str, tuple] = {
 }
 
 
-# A1111's emphasis modes (its "emphasis" setting) -> sdgen's: "None" reads brackets as text.
-EMPHASIS_LABELS = {"Original": "original", "No norm": "no_norm", "None": "off"}
+# A1111's emphasis modes (its "emphasis" setting) -> sdgen's: "None" reads brackets as text
+# (and still reads prompt editing and AND).
+EMPHASIS_LABELS = {"Original": "original", "No norm": "no_norm", "None": "none"}
 
 
 def clip_skip_setting(field: str, value: object) -> int:
