@@ -85,8 +85,9 @@ class JobCreate(BaseModel):
     eta: float = Field(_DEFAULTS["eta"], description="DDIM's eta, 0..1 (0: deterministic)")
     emphasis: str = Field(
         _DEFAULTS["emphasis"],
-        description="A1111's (words:1.2) syntax: off (plain text, as diffusers), original "
-        "(A1111's), no_norm",
+        description="A1111's prompt syntax ((words:1.2), [from:to:when], [a|b], a AND b): off "
+        "(plain text, as diffusers), original (A1111's), no_norm, none (A1111's None: "
+        "brackets are text, edits and AND read)",
     )
     long_prompt: str = Field(
         _DEFAULTS["long_prompt"],
