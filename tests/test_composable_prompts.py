@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import diffusers_pipeline, max_pixel_diff
+from test_prompt_editing import REQUEST as EDITING_REQUEST
 
 from sdgen.conditioning.composition import prompt_parts
 from sdgen.errors import InvalidRequest
@@ -35,16 +36,7 @@ def test_parts_are_a1111s(prompt, parts):
     assert prompt_parts(prompt) == parts
 
 
-REQUEST = GenerationRequest(
-    "a red circle",
-    negative_prompt="green",
-    steps=6,
-    width=32,
-    height=32,
-    seed=5,
-    sampler="euler",
-    emphasis="original",
-)
+REQUEST = EDITING_REQUEST.replace(negative_prompt="green")  # euler, 6 steps, 32 x 32, seed 5
 
 
 def _final_latents(model, request) -> torch.Tensor:

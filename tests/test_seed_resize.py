@@ -137,7 +137,7 @@ def test_recorded_in_a1111s_metadata_and_reproduced(capsys, tmp_path):
 def test_a1111s_seed_resize_fields(tmp_path):
     """Both sides above 0: sdgen's seed_resize_from, echoed in the info; one at 0: none, as
     A1111 reads them; a side that is not a multiple of 8 is a 422 naming the field."""
-    from test_server_a1111 import WEBUIAPI_TXT2IMG
+    from test_server_a1111 import WEBUIAPI_REQUEST, WEBUIAPI_TXT2IMG
     from test_server_support import client_for, decode_png, serial_pictures
 
     body = {**WEBUIAPI_TXT2IMG, "batch_size": 1, "seed_resize_from_w": 48}
@@ -149,16 +149,7 @@ def test_a1111s_seed_resize_fields(tmp_path):
         info = json.loads(resized.json()["info"])
         assert (info["seed_resize_from_w"], info["seed_resize_from_h"]) == (48, 80)
         assert "Seed resize from: 48x80" in info["infotexts"][0]
-        request = GenerationRequest(
-            "a red circle",
-            steps=3,
-            seed=1234,
-            guidance_scale=7.0,
-            sampler="euler_a",
-            width=64,
-            height=64,
-            seed_resize_from=(48, 80),
-        )
+        request = WEBUIAPI_REQUEST.replace(num_images=1)
         for response, resize in ((resized, (48, 80)), (ignored, None)):
             expected = serial_pictures(request.replace(seed_resize_from=resize))[0]
             sent = decode_png(response.json()["images"][0]).convert("RGB")

@@ -94,6 +94,17 @@ WEBUIAPI_IMG2IMG = {
     "batch_size": 1,
 }
 del WEBUIAPI_IMG2IMG["enable_hr"]
+# WEBUIAPI_TXT2IMG as the library's request: the pictures its answers must hold
+WEBUIAPI_REQUEST = GenerationRequest(
+    "a red circle",
+    steps=3,
+    seed=1234,
+    num_images=2,
+    guidance_scale=7.0,
+    sampler="euler_a",
+    width=64,
+    height=64,
+)
 
 
 def _same(a: Image.Image, b: Image.Image) -> bool:
@@ -111,18 +122,7 @@ def test_txt2img_answers_as_a1111_with_the_serial_pictures(client):
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body) == {"images", "parameters", "info"}
-    expected = serial_pictures(
-        GenerationRequest(
-            "a red circle",
-            steps=3,
-            seed=1234,
-            num_images=2,
-            guidance_scale=7.0,
-            sampler="euler_a",
-            width=64,
-            height=64,
-        )
-    )
+    expected = serial_pictures(WEBUIAPI_REQUEST)
     info = json.loads(body["info"])
     assert info["seed"] == 1234 and info["all_seeds"] == [1234, 1235]
     assert info["sampler_name"] == "Euler a" and info["cfg_scale"] == 7.0
@@ -909,16 +909,7 @@ def test_the_hires_fix_is_sdgens_with_a1111s_counting(client):
         upscaler="latent_bicubic_antialiased",
         sampler="dpmpp_2m_karras",
     )
-    request = GenerationRequest(
-        "a red circle",
-        steps=3,
-        seed=1234,
-        guidance_scale=7.0,
-        sampler="euler_a",
-        width=64,
-        height=64,
-        hires=hires,
-    )
+    request = WEBUIAPI_REQUEST.replace(num_images=1, hires=hires)
     picture = decode_png(response.json()["images"][0])
     assert picture.size == (96, 96) and _same(picture, serial_pictures(request)[0])
     fields = parse_parameters(picture.text["parameters"])
@@ -963,16 +954,7 @@ def test_clip_skip_is_an_a1111_setting(client):
     """CLIP_stop_at_last_layers, per call (override_settings, as SillyTavern sends it) or until
     a restart (POST /options): sdgen's clip_skip, recorded as A1111's "Clip skip"."""
     body = {**WEBUIAPI_TXT2IMG, "batch_size": 1}
-    expected = GenerationRequest(
-        "a red circle",
-        steps=3,
-        seed=1234,
-        guidance_scale=7.0,
-        sampler="euler_a",
-        width=64,
-        height=64,
-        clip_skip=2,
-    )
+    expected = WEBUIAPI_REQUEST.replace(num_images=1, clip_skip=2)
     picture = serial_pictures(expected)[0]
     override = {**body, "override_settings": {"CLIP_stop_at_last_layers": 2}}
     response = client.post("/sdapi/v1/txt2img", json=override)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_server_a1111 import WEBUIAPI_TXT2IMG
+from test_server_a1111 import WEBUIAPI_REQUEST, WEBUIAPI_TXT2IMG
 from test_server_support import (  # noqa: F401 (single_thread_torch: autouse)
     client_for,
     decode_png,
@@ -15,7 +15,6 @@ from test_server_support import (  # noqa: F401 (single_thread_torch: autouse)
 )
 
 from sdgen.errors import SdgenError
-from sdgen.params import GenerationRequest
 from sdgen.server.a1111.styles import merge_prompts, read_styles
 
 STYLES_CSV = (
@@ -71,15 +70,10 @@ def test_a1111_calls_apply_the_styles_they_name(tmp_path):
         negative = "green, blurry, cartoon, dull"
         assert (info["prompt"], info["negative_prompt"]) == (prompt, negative)
         assert info["styles"] == ["cinematic", "bright"]
-        expected = GenerationRequest(
-            prompt,
+        expected = WEBUIAPI_REQUEST.replace(
+            prompt=prompt,
             negative_prompt=negative,
-            steps=3,
-            seed=1234,
-            guidance_scale=7.0,
-            sampler="euler_a",
-            width=64,
-            height=64,
+            num_images=1,
             emphasis="original",
             long_prompt="chunk",
         )

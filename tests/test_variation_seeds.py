@@ -123,7 +123,7 @@ def test_bad_variation_settings_are_refused_by_name(changes, field):
 def test_a1111_subseeds_are_variation_seeds(tmp_path):
     """A1111's subseed and subseed_strength: the same pictures and infotext, named as A1111
     names them."""
-    from test_server_a1111 import WEBUIAPI_TXT2IMG
+    from test_server_a1111 import WEBUIAPI_REQUEST, WEBUIAPI_TXT2IMG
     from test_server_support import client_for, decode_png, serial_pictures
 
     body = {**WEBUIAPI_TXT2IMG, "subseed": 77, "subseed_strength": 0.25}
@@ -133,18 +133,7 @@ def test_a1111_subseeds_are_variation_seeds(tmp_path):
         info = json.loads(response.json()["info"])
         assert info["all_subseeds"] == [77, 78] and info["subseed_strength"] == 0.25
         expected = serial_pictures(
-            GenerationRequest(
-                "a red circle",
-                steps=3,
-                seed=1234,
-                num_images=2,
-                guidance_scale=7.0,
-                sampler="euler_a",
-                width=64,
-                height=64,
-                variation_seed=77,
-                variation_strength=0.25,
-            )
+            WEBUIAPI_REQUEST.replace(variation_seed=77, variation_strength=0.25)
         )
         for data, picture in zip(response.json()["images"], expected, strict=True):
             sent = decode_png(data)

@@ -95,6 +95,21 @@ def latent_samples(vae, pixels: torch.Tensor, generators: list[torch.Generator])
     return torch.cat(samples) * vae.config.scaling_factor
 
 
+def image_noise(model, request, generators: list[torch.Generator]) -> torch.Tensor:
+    """Each image's starting noise (B, C, H/f, W/f) at ``request``'s size, from its own
+    generator, varied and resized as the request asks (its ``variation``, ``seed_noise_size``)."""
+    factor = model.vae_scale_factor
+    shape = (model.latent_channels, request.height // factor, request.width // factor)
+    return initial_latents(
+        generators,
+        shape,
+        device=model.device,
+        dtype=model.dtype,
+        variation=request.variation,
+        resize_from=request.seed_noise_size(factor),
+    )
+
+
 def noised_latents(
     scheduler,
     init_latents: torch.Tensor,

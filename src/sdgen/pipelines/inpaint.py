@@ -16,6 +16,7 @@ from sdgen.errors import InvalidRequest
 from sdgen.models.loaded import LoadedModel
 from sdgen.params import GenerationRequest
 from sdgen.pipelines.init_images import (
+    image_noise,
     latent_samples,
     mask_tensor,
     pixels_tensor,
@@ -132,14 +133,7 @@ def _prepare(model, request, scheduler, timesteps, generators, pixels, mask):
     image_latents = masked_latents = None
     if not (inpainting_unet and from_noise):
         image_latents = latent_samples(model.vae, pixels, generators).to(model.dtype)
-    noise = initial_latents(
-        generators,
-        shape,
-        device=model.device,
-        dtype=model.dtype,
-        variation=request.variation,
-        resize_from=request.seed_noise_size(factor),
-    )
+    noise = image_noise(model, request, generators)  # (B, C, h, w)
     if inpainting_unet:
         masked_pixels = pixels * (mask < 0.5)
         masked_latents = latent_samples(model.vae, masked_pixels, generators).to(model.dtype)

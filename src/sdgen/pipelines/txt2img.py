@@ -14,6 +14,7 @@ from sdgen.pipelines.hires_pass import (
     second_pass_prompts,
     start_hires_pass,
 )
+from sdgen.pipelines.init_images import image_noise
 from sdgen.pipelines.stages import (
     GenerationResult,
     PreparedRequest,
@@ -25,7 +26,7 @@ from sdgen.pipelines.stages import (
     text_conditioning,
 )
 from sdgen.sampling.loop import DenoisingState, StepCallback, prepare_run
-from sdgen.sampling.noise import image_generators, initial_latents
+from sdgen.sampling.noise import image_generators
 
 
 @torch.inference_mode()  # not no_grad: less per-operator bookkeeping, ~3% on the CPU
@@ -101,14 +102,4 @@ def noise_latents(
     model: LoadedModel, request: GenerationRequest, generators: list[torch.Generator], scheduler
 ) -> torch.Tensor:
     """txt2img's starting latents (B, C, H/f, W/f): each image's noise, at the first sigma."""
-    factor = model.vae_scale_factor
-    shape = (model.latent_channels, request.height // factor, request.width // factor)
-    latents = initial_latents(
-        generators,
-        shape,
-        device=model.device,
-        dtype=model.dtype,
-        variation=request.variation,
-        resize_from=request.seed_noise_size(factor),
-    )
-    return latents * scheduler.init_noise_sigma
+    return image_noise(model, request, generators) * scheduler.init_noise_sigma
