@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import diffusers_pipeline, max_pixel_diff
+from helpers import batched_pictures, diffusers_pipeline, max_pixel_diff
 from test_prompt_editing import REQUEST as EDITING_REQUEST
 
 from sdgen.conditioning.composition import prompt_parts
@@ -118,19 +118,15 @@ def test_weights_scale_the_guidance(sd1_model, prompt, guidance, plain_guidance)
 def test_composed_requests_batched_with_others_get_their_pictures_alone(sd1_model):
     """Across requests (the engine's batching) and within one (a prompt list whose prompts
     have 2 parts and 1: the shorter padded with weight 0)."""
-    from sdgen.engine.batching import Batcher
-
     requests = [
         REQUEST.replace(prompt="a red circle AND a blue square :0.7"),
         REQUEST,
         REQUEST.replace(prompt="a [red|green] circle AND grey", seed=9, guidance_scale=1.0),
     ]
     alone = [generate(sd1_model, r).images[0] for r in requests]
-    batcher = Batcher(sd1_model)
-    tickets = [batcher.add(r) for r in requests]
-    finished = {id(f.prepared): f for f in batcher.run_until_done()}
-    for ticket, picture in zip(tickets, alone, strict=True):
-        assert max_pixel_diff(finished[id(ticket)].result.images[0], picture) <= 1
+    batched = batched_pictures(sd1_model, requests)
+    for picture, own in zip(batched, alone, strict=True):
+        assert max_pixel_diff(picture, own) <= 1
     listed = generate(sd1_model, REQUEST.replace(prompt=(requests[0].prompt, "a red circle")))
     assert max_pixel_diff(listed.images[0], alone[0]) <= 1
     second = generate(sd1_model, REQUEST.replace(seed=6)).images[0]  # image 1: seed + 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import diffusers_pipeline, max_pixel_diff
+from helpers import batched_pictures, diffusers_pipeline, max_pixel_diff
 
 from sdgen.conditioning.schedules import prompt_schedule, text_at_step
 from sdgen.params import GenerationRequest
@@ -235,7 +235,6 @@ def test_img2img_counts_the_schedule_from_its_first_step_over_the_requests_steps
 
 
 def test_a_scheduled_request_batched_with_a_plain_one_gets_its_picture_alone(tiny_sd1):
-    from sdgen.engine.batching import Batcher
     from sdgen.models.loader import load_model
 
     model = load_model(tiny_sd1, device="cpu")
@@ -245,11 +244,9 @@ def test_a_scheduled_request_batched_with_a_plain_one_gets_its_picture_alone(tin
         REQUEST.replace(prompt="[a red circle::3] on grey", seed=9),
     ]
     alone = [generate(model, r).images[0] for r in requests]
-    batcher = Batcher(model)
-    tickets = [batcher.add(r) for r in requests]
-    finished = {id(f.prepared): f for f in batcher.run_until_done()}
-    for ticket, picture in zip(tickets, alone, strict=True):
-        assert max_pixel_diff(finished[id(ticket)].result.images[0], picture) <= 1
+    batched = batched_pictures(model, requests)
+    for picture, own in zip(batched, alone, strict=True):
+        assert max_pixel_diff(picture, own) <= 1
 
 
 def test_the_hires_pass_goes_on_along_the_prompts_timeline(tiny_sd1):

@@ -163,14 +163,8 @@ def test_img2img_and_inpainting_as_webuiapi_sends_them(client):
         response = client.post("/sdapi/v1/img2img", json={**WEBUIAPI_IMG2IMG, **extra})
         assert response.status_code == 200, response.text
         expected = serial_pictures(
-            GenerationRequest(
-                "a red circle",
-                steps=3,
-                seed=1234,
-                guidance_scale=7.0,
-                sampler="euler_a",
-                width=64,
-                height=64,
+            WEBUIAPI_REQUEST.replace(
+                num_images=1,
                 strength=0.75,
                 resize=True,
                 **{k: InputPicture.from_image(v) for k, v in pictures.items()},
