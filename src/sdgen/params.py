@@ -31,8 +31,9 @@ MASKED_CONTENTS = ("original", "fill", "latent_noise", "latent_nothing")
 # centre-cropped, or scaled to fit and the rest filled from its edges (A1111's resize modes
 # 0, 1, 2; diffusers' VaeImageProcessor resize modes "default", "crop", "fill").
 RESIZE_MODES = ("stretch", "crop", "fill")
-# How A1111's (words:1.2) syntax is read: off (plain text, as diffusers), A1111's default
-# ("Original") or its "No norm" (sdgen.conditioning.emphasis).
+# How A1111's prompt syntax is read: off (all plain text, as diffusers), A1111's default
+# ("Original"), its "No norm" (sdgen.conditioning.emphasis) or its "None" (brackets are text,
+# prompt editing and AND are read).
 EMPHASIS_MODES = ("off", "original", "no_norm", "none")
 # How a prompt past the text encoder's 75 tokens is read: its first 75 only (diffusers), or in
 # 75-token chunks whose embeddings are joined (A1111, ComfyUI): sdgen.conditioning.chunks.
