@@ -97,13 +97,19 @@ def model(tiny_sd1, lora_dir):
     return load_model(tiny_sd1, device="cpu", loras=lora_dir)
 
 
-def _reference(tiny_sd1, lora_dir, adapters: dict[str, object], prompt="a red circle on grey"):
+def _reference(
+    tiny_sd1, lora_dir, adapters: dict[str, object], prompt="a red circle on grey", tiling=False
+):
     """diffusers' pipeline with the files loaded by load_lora_weights (peft) and set_adapters
-    at the weights given: name -> weight, or {"text_encoder": w, "unet": w}."""
+    at the weights given: name -> weight, or {"text_encoder": w, "unet": w}; with ``tiling``
+    every convolution of its UNet and VAE (peft's too) pads circularly, as A1111 tiles."""
     pipe = diffusers_pipeline(tiny_sd1)
     for name in adapters:
         pipe.load_lora_weights(str(next(lora_dir.rglob(f"{name}.safetensors"))), adapter_name=name)
     pipe.set_adapters(list(adapters), list(adapters.values()))
+    for module in [*pipe.unet.modules(), *pipe.vae.modules()] if tiling else []:
+        if isinstance(module, torch.nn.Conv2d):
+            module.padding_mode = "circular"
     return pipe(
         prompt,
         negative_prompt="blue",
@@ -200,6 +206,17 @@ def test_the_comparison_with_diffusers_can_fail(model, tiny_sd1, lora_dir):
         "a red circle on grey ",
     )
     assert max_pixel_diff(picture.images[0], unet_only) > TOLERANCE
+
+
+def test_a_tiled_request_reads_the_merged_loras(model, tiny_sd1, lora_dir):
+    """Tiling's circular copies hold the model's weights: the LoRA merged into them is read
+    (diffusers' pipeline with the LoRA and circular convolutions); without it, another picture."""
+    prompt = "a red circle on grey <lora:inkstyle:0.8>"
+    picture = generate(model, REQUEST.replace(prompt=prompt, tiling=True)).images[0]
+    reference = _reference(tiny_sd1, lora_dir, {"inkstyle": 0.8}, "a red circle on grey ", True)
+    assert max_pixel_diff(picture, reference) <= TOLERANCE
+    plain = generate(model, REQUEST.replace(tiling=True)).images[0]
+    assert max_pixel_diff(picture, plain) > 10
 
 
 def test_the_weights_are_restored_exactly(model, plain_model):

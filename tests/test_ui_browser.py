@@ -203,6 +203,7 @@ def test_generate_shows_progress_then_the_picture_and_reuse_seed_fills_the_seed(
         page.get_by_label("Variation strength", exact=True).fill("0.25")
         page.get_by_label("Resize seed from width").fill("48")
         page.get_by_label("Resize seed from height").fill("80")
+        page.get_by_label("Tiling: edges that continue each other").check()
         fill_form(page, prompt="a (red:1.2) circle on a blue background", steps=20)  # random seed
         generate(page)
         job_id = newest_job_id(page)
@@ -229,7 +230,7 @@ def test_generate_shows_progress_then_the_picture_and_reuse_seed_fills_the_seed(
         assert job["request"]["long_prompt"] == "chunk" and job["request"]["clip_skip"] == 2
         assert job["request"]["variation_strength"] == 0.25  # its seed drawn at random
         assert job["request"]["variation_seed"] is not None
-        assert job["request"]["seed_resize_from"] == [48, 80]
+        assert job["request"]["seed_resize_from"] == [48, 80] and job["request"]["tiling"]
         seed = job["results"][0]["seed"]
         result = page.locator("#gallery .result").first
         assert result.get_attribute("data-image-id") == job["results"][0]["id"]
@@ -249,7 +250,7 @@ def test_generate_shows_progress_then_the_picture_and_reuse_seed_fills_the_seed(
         assert page.get_by_label("Variation seed", exact=True).input_value() == variation
         assert page.get_by_label("Variation strength", exact=True).input_value() == "0.25"
         assert f"variation seed {variation}, strength 0.25" in settings
-        assert "seed resized from 48×80" in settings
+        assert "seed resized from 48×80" in settings and "tiling" in settings
         assert page.get_by_label("Resize seed from width").input_value() == "48"
         assert page.get_by_label("Resize seed from height").input_value() == "80"
 

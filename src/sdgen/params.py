@@ -96,6 +96,7 @@ class GenerationRequest:
     picture can be explored; 0 (the default) leaves the noise alone. ``seed_resize_from``
     (width, height) is A1111's "resize seed from": each picture keeps, in its middle, the noise
     its seed gives at that size, so a seed's picture keeps its composition at another size.
+    ``tiling`` is A1111's: every convolution pads circularly, so the pictures tile seamlessly.
 
     ``clip_skip`` is A1111's "Clip skip": the prompts are read from the text encoder's
     ``clip_skip``-th layer from the end (1, the default: its last), then its final layer norm, as
@@ -128,6 +129,7 @@ class GenerationRequest:
     variation_seed: int | None = None
     variation_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None  # (width, height)
+    tiling: bool = False  # pictures that tile seamlessly (sdgen.models.tiling)
     precision: str = "auto"
     device: str = "auto"
     init_image: InputPicture | None = None
@@ -182,6 +184,8 @@ class GenerationRequest:
             allowed = "nothing without a variation_strength above 0, which it would not change"
             raise InvalidRequest("variation_seed", self.variation_seed, allowed)
         self._check_seed_resize()
+        if not isinstance(self.tiling, bool):
+            raise InvalidRequest("tiling", self.tiling, "true or false")
         if self.precision not in PRECISIONS:
             raise InvalidRequest("precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         if self.sampler is not None:

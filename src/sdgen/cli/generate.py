@@ -84,6 +84,11 @@ def request_options(func):
             help="the first picture's variation seed (random if not given)",
         ),
         click.option(
+            "--tiling",
+            is_flag=True,
+            help="A1111's tiling: pictures whose edges continue each other, for textures",
+        ),
+        click.option(
             "--seed-resize-from",
             metavar="WxH",
             callback=_size_pair,
@@ -166,6 +171,7 @@ def _request(prompt: str, kwargs: dict, **fields) -> GenerationRequest:
         variation_seed=kwargs["variation_seed"],
         variation_strength=kwargs["variation_strength"],
         seed_resize_from=kwargs["seed_resize_from"],
+        tiling=kwargs["tiling"],
         precision=kwargs["precision"] or "auto",
         device=kwargs["device"],
         **fields,

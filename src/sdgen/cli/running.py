@@ -249,7 +249,9 @@ def _keep_best(ranker, result, count: int, extras: dict[int, dict]) -> list[int]
 def _write_extras(result, model, options: RunOptions, recorders: dict, indices) -> list[Path]:
     """The contact sheet, the denoising video and the step PNGs; their paths."""
     from sdgen.api import free_path
+    from sdgen.pipelines.stages import request_vae
 
+    vae = request_vae(model, result.request)
     paths = []
     if options.grid:
         from sdgen.media.grid import contact_sheet
@@ -261,10 +263,10 @@ def _write_extras(result, model, options: RunOptions, recorders: dict, indices) 
     if "video" in recorders:
         from sdgen.media.video import write_video
 
-        paths.append(write_video(recorders["video"].pictures(model), options.save_steps))
+        paths.append(write_video(recorders["video"].pictures(model, vae), options.save_steps))
     if "intermediates" in recorders:
         from sdgen.media.video import save_frames
 
-        frames = recorders["intermediates"].pictures(model)
+        frames = recorders["intermediates"].pictures(model, vae)
         paths.extend(save_frames(frames, options.save_intermediates))
     return paths

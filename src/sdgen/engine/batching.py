@@ -200,8 +200,9 @@ class Batcher:
         timesteps = torch.cat([s.row_timesteps(n) for s, n in zip(states, rows, strict=True)])
         sample = torch.cat(model_inputs)  # (N, C', h, w)
         embeddings = self._joined_embeddings(states)  # N rows
+        unet = denoising_unet(self.model, tiling=True) if states[0].tiling else self.unet
         with self.model.loras.holding(states[0].loras):  # one set: part of the signature
-            noise_pred = predict_noise(self.unet, sample, timesteps, embeddings)
+            noise_pred = predict_noise(unet, sample, timesteps, embeddings)
         return list(noise_pred.split(rows))  # each (copies x B, C, h, w)
 
     def _joined_embeddings(self, states: list) -> TextEmbeddings:

@@ -71,6 +71,7 @@ class ImageRecord:
             # where the noise is drawn (A1111 writes it unless GPU, its default): each
             # picture's generator is a CPU one, as A1111's CPU source seeds its initial noise
             "RNG": "CPU",
+            "Tiling": "True" if r.tiling else None,  # A1111 writes it when on
             "Eta DDIM": f"{r.eta:g}" if r.eta else None,  # A1111 writes it when not 0
             # A1111 writes its emphasis mode unless Original, its default; sdgen's "off"
             # (brackets are text, prompt editing too) is nearest A1111's "None"

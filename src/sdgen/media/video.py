@@ -69,9 +69,10 @@ class StepFrames:
         self.tensors.append(latents.detach().to("cpu", copy=True))
         self.indices.append(step.index)
 
-    def pictures(self, model: LoadedModel) -> list[Image.Image]:
+    def pictures(self, model: LoadedModel, vae: torch.nn.Module | None = None) -> list[Image.Image]:
         """The kept steps as pictures of their pass's size (a hires fix's second pass is
-        larger), in step order."""
+        larger), in step order; x0 previews decoded by ``vae`` (default the model's: a tiled
+        request's is its circular copy)."""
         pictures: list[Image.Image] = []
         start = 0
         while start < len(self.tensors):  # each run of one latent shape at once
@@ -81,7 +82,7 @@ class StepFrames:
                 end += 1
             latents = torch.stack(self.tensors[start:end])  # (N, C, h, w)
             if self.preview == "x0":
-                pictures += decode_latents(model.vae, latents.to(model.device))
+                pictures += decode_latents(vae or model.vae, latents.to(model.device))
             else:
                 pictures += approximate_pictures(model, latents)
             start = end

@@ -29,7 +29,7 @@ from sdgen.pipelines.init_images import (
     noised_latents,
     pixels_tensor,
 )
-from sdgen.pipelines.stages import new_scheduler
+from sdgen.pipelines.stages import new_scheduler, request_vae
 from sdgen.sampling.embeddings import TextEmbeddings
 from sdgen.sampling.loop import DenoisingState, Step, StepCallback, prepare_run
 
@@ -127,7 +127,7 @@ def start_hires_pass(
         steps=steps,
         eta=eta,
     )
-    return DenoisingState(run, noised, embeddings, callback, loras=loras)
+    return DenoisingState(run, noised, embeddings, callback, loras=loras, tiling=request.tiling)
 
 
 def upscaled_latents(
@@ -152,10 +152,11 @@ def upscaled_latents(
         ).to(latents.dtype)
     else:
         resample = PICTURE_FILTERS[hires.upscaler]
-        pictures = [p.resize(cover, resample=resample) for p in decode_latents(model.vae, latents)]
+        vae = request_vae(model, request)
+        pictures = [p.resize(cover, resample=resample) for p in decode_latents(vae, latents)]
         upscaled = torch.cat(
             [
-                latent_samples(model.vae, pixels_tensor(p).to(model.dtype), [g])
+                latent_samples(vae, pixels_tensor(p).to(model.dtype), [g])
                 for p, g in zip(pictures, generators, strict=True)
             ]
         )

@@ -17,6 +17,7 @@ from sdgen.pipelines.stages import (
     PreparedRequest,
     lora_set,
     new_scheduler,
+    request_vae,
     resolve_request,
     run_alone,
     schedule_steps,
@@ -61,7 +62,8 @@ def start_img2img(
     embeddings = text_conditioning(model, request, steps_read)  # 2B or B rows (L, D)
     # 3. The init picture's latents (B, C, H/f, W/f), noised to the first step that runs.
     generators = image_generators(request.seed, request.total_images)
-    init_latents = latent_samples(model.vae, picture_tensor(request).to(model.dtype), generators)
+    pixels = picture_tensor(request).to(model.dtype)
+    init_latents = latent_samples(request_vae(model, request), pixels, generators)
     latents = noised_latents(
         scheduler,
         init_latents,
@@ -80,5 +82,6 @@ def start_img2img(
         steps=steps,
         eta=request.eta,
     )
-    state = DenoisingState(run, latents, embeddings, callback, loras=lora_set(model, request))
+    loras = lora_set(model, request)
+    state = DenoisingState(run, latents, embeddings, callback, loras=loras, tiling=request.tiling)
     return PreparedRequest(request, state)

@@ -28,6 +28,7 @@ from sdgen.pipelines.stages import (
     PreparedRequest,
     lora_set,
     new_scheduler,
+    request_vae,
     resolve_request,
     run_alone,
     schedule_steps,
@@ -103,6 +104,7 @@ def start_inpaint(
         extra_channels=extra if inpainting_unet else None,
         after_step=None if inpainting_unet else blend,
         loras=lora_set(model, request),
+        tiling=request.tiling,
     )
     return PreparedRequest(request, state, finish=pictures.finish)
 
@@ -128,15 +130,16 @@ def _prepare(model, request, scheduler, timesteps, generators, pixels, mask):
     count, factor = request.total_images, model.vae_scale_factor
     inpainting_unet = model.unet.config.in_channels == INPAINTING_CHANNELS
     from_noise = request.strength == 1.0  # diffusers starts from pure noise at full strength
+    vae = request_vae(model, request)
     shape = (model.latent_channels, request.height // factor, request.width // factor)
     # Each image's draws in diffusers' order: init sample, noise, masked-picture sample.
     image_latents = masked_latents = None
     if not (inpainting_unet and from_noise):
-        image_latents = latent_samples(model.vae, pixels, generators).to(model.dtype)
+        image_latents = latent_samples(vae, pixels, generators).to(model.dtype)
     noise = image_noise(model, request, generators)  # (B, C, h, w)
     if inpainting_unet:
         masked_pixels = pixels * (mask < 0.5)
-        masked_latents = latent_samples(model.vae, masked_pixels, generators).to(model.dtype)
+        masked_latents = latent_samples(vae, masked_pixels, generators).to(model.dtype)
     else:
         # diffusers samples the masked picture's latents for 4-channel UNets too, and ignores
         # them; the same draw, without the VAE encode, keeps later sampler draws equal to its.

@@ -21,6 +21,7 @@ from sdgen.models.devices import precision_name
 from sdgen.models.fast_path import GraphedUNet
 from sdgen.models.loaded import LoadedModel
 from sdgen.models.lora_weights import AppliedLora, LoraSet
+from sdgen.models.tiling import tiled_networks
 from sdgen.params import GenerationRequest, check_size
 from sdgen.sampling.embeddings import EmbeddingSchedule, TextEmbeddings
 from sdgen.sampling.guidance import uses_guidance
@@ -105,7 +106,7 @@ class PreparedRequest:
                 f"{self.request.precision}; fp32 may not"
             )
         stopped_at = None if stopped is None else (stopped.steps, stopped.total)
-        pictures = decode_latents(model.vae, latents)
+        pictures = decode_latents(request_vae(model, self.request), latents)
         if self.finish is not None:
             pictures = self.finish(pictures)
         hashes = format_lora_hashes(self._loras_used)
@@ -115,7 +116,7 @@ class PreparedRequest:
 def run_alone(model: LoadedModel, prepared: PreparedRequest) -> GenerationResult:
     """Denoise ``prepared`` on its own (one UNet call per iteration) and decode it; a callback
     that raises GenerationStopped ends it with the pictures predicted at that step."""
-    unet = denoising_unet(model)
+    unet = denoising_unet(model, prepared.request.tiling)
     try:
         denoise_state(holding_loras(model, unet, prepared.state.loras), prepared.state)
         while prepared.start_next_pass():
@@ -319,13 +320,21 @@ def inversions_of(model: LoadedModel) -> InversionLookup:
     return model.caches["inversion_lookup"]
 
 
-def denoising_unet(model: LoadedModel):
+def denoising_unet(model: LoadedModel, tiling: bool = False):
     """The UNet the denoising loop calls: traced on the CPU, where a step is mostly Python.
 
     Traced and eager UNets give bit-identical predictions; on CUDA, launch overhead wants CUDA
     graphs rather than tracing, so the UNet runs as loaded there (compiled by the fast path),
-    and so does a UNet the fast path compiled on the CPU.
+    and so does a UNet the fast path compiled on the CPU. ``tiling``: the circular copy
+    (``sdgen.models.tiling``), traced on the CPU, eager elsewhere.
     """
+    if tiling:
+        unet = tiled_networks(model)[0]
+        if model.device.type != "cpu":
+            return unet
+        if "traced_tiled_unet" not in model.caches:
+            model.caches["traced_tiled_unet"] = TracedUNet(unet)
+        return model.caches["traced_tiled_unet"]
     if "cuda_graphs" in model.fast_path:
         if "graphed_unet" not in model.caches:
             model.caches["graphed_unet"] = GraphedUNet(model.unet)
@@ -335,6 +344,12 @@ def denoising_unet(model: LoadedModel):
     if "traced_unet" not in model.caches:
         model.caches["traced_unet"] = TracedUNet(model.unet)
     return model.caches["traced_unet"]
+
+
+def request_vae(model: LoadedModel, request: GenerationRequest) -> torch.nn.Module:
+    """The VAE that encodes and decodes ``request``'s pictures: the circular copy when it
+    tiles (``sdgen.models.tiling``)."""
+    return tiled_networks(model)[1] if request.tiling else model.vae
 
 
 def holding_loras(model: LoadedModel, unet, loras: LoraSet):

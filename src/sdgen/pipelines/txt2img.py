@@ -69,7 +69,9 @@ def start_txt2img(
     )
     loras = lora_set(model, request)  # what the UNet calls need merged, as the text encoder
     if request.hires is None:
-        state = DenoisingState(run, latents, embeddings, callback, loras=loras)
+        state = DenoisingState(
+            run, latents, embeddings, callback, loras=loras, tiling=request.tiling
+        )
         return PreparedRequest(request, state)
     # The hires fix: a second pass at the larger size, its steps counted after these, with
     # its own prompts' embeddings (and LoRAs) where it has some. Checked and encoded now,
@@ -85,7 +87,14 @@ def start_txt2img(
     elif request.emphasis != "off" and any("[" in t for _, t in request.named_texts()):
         embeddings_2 = text_conditioning(model, request, *timeline)  # an edit may fall in it
     total = request.steps + second
-    state = DenoisingState(run, latents, embeddings, counted_steps(callback, 0, total), loras=loras)
+    state = DenoisingState(
+        run,
+        latents,
+        embeddings,
+        counted_steps(callback, 0, total),
+        loras=loras,
+        tiling=request.tiling,
+    )
     then = partial(
         start_hires_pass,
         model,

@@ -143,6 +143,7 @@ class DenoisingState:
     # The LoRAs the model's weights must hold for its UNet calls (sdgen.models.lora_weights),
     # those its embeddings were encoded with; () for none
     loras: tuple = ()
+    tiling: bool = False  # its UNet calls go to the circular copy (sdgen.models.tiling)
     position: int = 0  # iterations done
     _x_t: torch.Tensor | None = None  # the scaled input of the iteration under way
 
@@ -168,13 +169,13 @@ class DenoisingState:
     @property
     def signature(self) -> tuple:
         """What states must share to be advanced by shared UNet calls: the shape of a row of
-        the UNet's input, the precision and the LoRAs (rows whose text embeddings differ in
-        length are called apart, ``predict_noise``)."""
+        the UNet's input, the precision, the LoRAs and tiling (rows whose text embeddings
+        differ in length are called apart, ``predict_noise``)."""
         channels = self.latents.shape[1]
         if self.extra_channels is not None:
             channels += self.extra_channels.shape[1]
         rows = (channels, *self.latents.shape[2:])
-        return (rows, self.latents.dtype, self.loras)
+        return (rows, self.latents.dtype, self.loras, self.tiling)
 
     @property
     def copies(self) -> int:

@@ -71,6 +71,9 @@ class JobCreate(BaseModel):
         description="A1111's resize seed from: [width, height] whose noise each picture keeps "
         "in its middle (a seed's composition at another size); null: none",
     )
+    tiling: bool = Field(
+        False, description="pictures that tile seamlessly (every convolution pads circularly)"
+    )
     init_image: str | None = Field(None, description="base64 picture: makes the job img2img")
     mask: str | None = Field(None, description="base64 picture, white = repaint: inpainting")
     strength: float | None = Field(

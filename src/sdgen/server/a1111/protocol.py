@@ -3,7 +3,7 @@ and their conversion to the one request type.
 
 A1111 clients send every field of A1111's processing classes. Fields that do not change the
 picture (saving, comments) are accepted and ignored; features sdgen does not have (the hires
-fix's own checkpoint, face restoration, tiling, scripts,
+fix's own checkpoint, face restoration, scripts,
 sampler settings other than the defaults: Euler a's ``eta`` other than 1, ``s_churn``,
 ``s_noise``, ``s_tmin``, ``s_tmax``; img2img's ``initial_noise_multiplier``, ``latent_mask``)
 are refused with 422 naming the field when they are switched on, rather than silently giving a
@@ -21,7 +21,8 @@ None, which resizes with Lanczos too; no upscaler models), ``hr_sampler_name``, 
 refused (A1111 rounds it down).
 ``subseed`` and ``subseed_strength`` are sdgen's variation seed and strength,
 ``seed_resize_from_w`` and ``seed_resize_from_h`` its ``seed_resize_from`` (when both are above
-0, as A1111 reads them; sides not multiples of 8 are refused where A1111 rounds down); a call's
+0, as A1111 reads them; sides not multiples of 8 are refused where A1111 rounds down);
+``tiling`` is sdgen's (``sdgen.models.tiling``); a call's
 ``styles`` are the server's prompt styles (``.styles``), applied to its prompts.
 
 A1111's inpainting mask processing is reproduced, defaults included: the mask's edge blurred
@@ -201,6 +202,7 @@ class Txt2ImgRequest(BaseModel):
             if self.subseed in (-1, None) or not self.subseed_strength
             else self.subseed,
             "seed_resize_from": self._seed_resize_from(),
+            "tiling": bool(self.tiling),
             "eta": self._ddim_eta(),
             "emphasis": self._emphasis(emphasis),
             "long_prompt": "chunk",  # A1111 reads every prompt in 75-token chunks
@@ -244,7 +246,6 @@ class Txt2ImgRequest(BaseModel):
             "firstphase_width": self.enable_hr and self.firstphase_width != 0,
             "firstphase_height": self.enable_hr and self.firstphase_height != 0,
             "restore_faces": bool(self.restore_faces),
-            "tiling": bool(self.tiling),
             "script_name": bool(self.script_name),
             "refiner_checkpoint": bool(self.refiner_checkpoint),
             "firstpass_image": bool(self.firstpass_image),

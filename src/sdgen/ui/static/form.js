@@ -30,6 +30,7 @@ export function jobBody() {
   }
   const resize = seedResizeFrom();
   if (resize) body.seed_resize_from = resize;
+  if ($("tiling").checked) body.tiling = true;
   if ($("hires-on").checked) body.hires = hiresOptions();
   if (initPicture) {
     body.init_image = initPicture;

@@ -21,6 +21,7 @@ export function settingsText(request, image) {
     const variation = variationSeed(request, image);
     parts.push(`variation seed ${variation}, strength ${request.variation_strength}`);
   }
+  if (request.tiling) parts.push("tiling");
   if (request.seed_resize_from) {
     parts.push(`seed resized from ${request.seed_resize_from.join("×")}`);
   }
