@@ -37,3 +37,23 @@ def batched_pictures(model, requests) -> list[Image.Image]:
     tickets = [batcher.add(r) for r in requests]
     finished = {id(f.prepared): f for f in batcher.run_until_done()}
     return [finished[id(ticket)].result.images[0] for ticket in tickets]
+
+
+def generated_and_reproduced(capsys, folder, flags: list[str]):
+    """``sdgen generate`` with ``flags`` (a small picture of the embedded model), then ``sdgen
+    reproduce`` of its PNG, which must give the identical picture: the recorded request and
+    A1111's settings fields of the picture."""
+    from pathlib import Path
+
+    from sdgen.cli import main
+    from sdgen.media.metadata import parse_parameters, read_request
+
+    size = ["--steps", "2", "--width", "64", "--height", "64", "--seed", "3"]
+    assert main(["generate", "a red circle", *size, *flags, "--out", str(folder / "a")]) == 0
+    picture = Path(capsys.readouterr().out.strip())
+    assert main(["reproduce", str(picture), "--out", str(folder / "b")]) == 0
+    again = Path(capsys.readouterr().out.strip())
+    with Image.open(picture) as a, Image.open(again) as b:
+        assert max_pixel_diff(a, b) == 0
+        fields = parse_parameters(a.text["parameters"])
+    return read_request(picture), fields

@@ -5,11 +5,10 @@ gives at another size. The pictures equal diffusers' pipeline started from the n
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import TOLERANCE, diffusers_pipeline, max_pixel_diff
+from helpers import TOLERANCE, diffusers_pipeline, generated_and_reproduced, max_pixel_diff
 from test_variation_seeds import a1111_slerp
 
 from sdgen.errors import InvalidRequest
@@ -113,22 +112,10 @@ def test_a_size_the_model_cannot_make_is_refused_by_name(sd1_model):
 
 
 def test_recorded_in_a1111s_metadata_and_reproduced(capsys, tmp_path):
-    from PIL import Image
-
     from sdgen.cli import main
-    from sdgen.media.metadata import parse_parameters, read_request
 
-    args = ["--steps", 2, "--width", 64, "--height", 64, "--seed", 3]
-    out = ["--out", str(tmp_path / "a"), "--seed-resize-from", "48x80"]
-    assert main(["generate", "a red circle", *map(str, args), *out]) == 0
-    picture = Path(capsys.readouterr().out.strip())
-    assert read_request(picture).seed_resize_from == (48, 80)
-    with Image.open(picture) as image:
-        assert parse_parameters(image.text["parameters"])["Seed resize from"] == "48x80"
-    assert main(["reproduce", str(picture), "--out", str(tmp_path / "b")]) == 0
-    again = Path(capsys.readouterr().out.strip())
-    with Image.open(picture) as a, Image.open(again) as b:
-        assert max_pixel_diff(a, b) == 0
+    request, fields = generated_and_reproduced(capsys, tmp_path, ["--seed-resize-from", "48x80"])
+    assert request.seed_resize_from == (48, 80) and fields["Seed resize from"] == "48x80"
     bad = ["generate", "x", "--seed-resize-from", "48by80", "--out", str(tmp_path / "c")]
     assert main(bad) == 2
     assert "'48by80' is not WxH" in capsys.readouterr().err

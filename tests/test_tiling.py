@@ -4,11 +4,15 @@ diffusers' pipeline whose convolutions are switched to circular padding (A1111's
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from helpers import TOLERANCE, batched_pictures, diffusers_pipeline, max_pixel_diff
+from helpers import (
+    TOLERANCE,
+    batched_pictures,
+    diffusers_pipeline,
+    generated_and_reproduced,
+    max_pixel_diff,
+)
 
 from sdgen.params import GenerationRequest
 from sdgen.pipelines.generate import generate
@@ -118,21 +122,8 @@ def test_tiling_is_true_or_false(value):
 
 
 def test_recorded_as_a1111_writes_it_and_reproduced(capsys, tmp_path):
-    from PIL import Image
-
-    from sdgen.cli import main
-    from sdgen.media.metadata import parse_parameters, read_request
-
-    args = ["--steps", "2", "--width", "64", "--height", "64", "--seed", "3", "--tiling"]
-    assert main(["generate", "a red circle", *args, "--out", str(tmp_path / "a")]) == 0
-    picture = Path(capsys.readouterr().out.strip())
-    assert read_request(picture).tiling is True
-    with Image.open(picture) as image:
-        assert parse_parameters(image.text["parameters"])["Tiling"] == "True"
-    assert main(["reproduce", str(picture), "--out", str(tmp_path / "b")]) == 0
-    again = Path(capsys.readouterr().out.strip())
-    with Image.open(picture) as a, Image.open(again) as b:
-        assert max_pixel_diff(a, b) == 0
+    request, fields = generated_and_reproduced(capsys, tmp_path, ["--tiling"])
+    assert request.tiling is True and fields["Tiling"] == "True"
 
 
 def test_a1111s_tiling_is_sdgens(tmp_path):
