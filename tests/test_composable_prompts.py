@@ -156,7 +156,8 @@ def test_an_inpainting_unet_gets_its_extra_channels_for_every_part(inpaint_folde
 def test_parts_are_read_and_checked_one_by_one(sd1_model):
     """Each part is its own text: a part's weight is checked, tokens are counted per part,
     and parts of other chunk counts are padded with their last vector (A1111)."""
-    from sdgen.conditioning.prompts import encode_prompts, truncation_warnings
+    from sdgen.conditioning.prompts import encode_prompts
+    from sdgen.conditioning.request_texts import truncation_warnings
 
     with pytest.raises(InvalidRequest, match=r"prompt\[1\]: 'a dog :1000'.*from -100 to 100"):
         GenerationRequest(("x", "a cat AND a dog :1000"), emphasis="original")

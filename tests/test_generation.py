@@ -192,7 +192,7 @@ def test_tokenizing_from_two_threads_keeps_each_calls_padding():
     unpadded) at once; the fast tokenizer's settings are shared, so sdgen serialises calls."""
     import threading
 
-    from sdgen.conditioning.prompts import truncation_warnings
+    from sdgen.conditioning.request_texts import truncation_warnings
     from sdgen.models.loader import load_model
     from sdgen.models.tokenizing import tokenize
 

@@ -9,7 +9,8 @@ import torch
 from helpers import TOLERANCE, diffusers_pipeline, max_pixel_diff
 
 from sdgen.conditioning.chunks import MAX_CHUNKS, layout, prompt_chunks
-from sdgen.conditioning.prompts import encode_text, truncation_warnings
+from sdgen.conditioning.prompts import encode_text
+from sdgen.conditioning.request_texts import truncation_warnings
 from sdgen.engine.batching import Batcher
 from sdgen.errors import InvalidRequest
 from sdgen.params import GenerationRequest

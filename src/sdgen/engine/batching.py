@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -200,10 +201,15 @@ class Batcher:
         timesteps = torch.cat([s.row_timesteps(n) for s, n in zip(states, rows, strict=True)])
         sample = torch.cat(model_inputs)  # (N, C', h, w)
         embeddings = self._joined_embeddings(states)  # N rows
-        unet = denoising_unet(self.model, tiling=True) if states[0].tiling else self.unet
+        unet = self._tiled_unet if states[0].tiling else self.unet
         with self.model.loras.holding(states[0].loras):  # one set: part of the signature
             noise_pred = predict_noise(unet, sample, timesteps, embeddings)
         return list(noise_pred.split(rows))  # each (copies x B, C, h, w)
+
+    @cached_property
+    def _tiled_unet(self):
+        """The UNet of tiled requests' calls (``denoising_unet``'s circular copy), found once."""
+        return denoising_unet(self.model, tiling=True)
 
     def _joined_embeddings(self, states: list) -> TextEmbeddings:
         """The text embeddings of ``states``' rows at their steps, one after another; the same

@@ -168,7 +168,7 @@ class Engine(WorkerLoop):
     def warnings(self, request: GenerationRequest) -> list[str]:
         """What a checked request runs with but not as asked: prompts past the tokenizer's limit
         (the text encoder reads only its first tokens, as diffusers does)."""
-        from sdgen.conditioning.prompts import truncation_warnings
+        from sdgen.conditioning.request_texts import truncation_warnings
         from sdgen.pipelines.stages import inversions_of
 
         model = self.models.any(request.model, self.devices[0])

@@ -97,7 +97,7 @@ def preflight(model: LoadedModel, request: GenerationRequest, limits: Limits) ->
     re-queued after a restart makes the same pictures (its random seed is drawn here, once).
     """
     # Imported here: the pipelines pull in diffusers; the engine's callers may not need them.
-    from sdgen.conditioning.prompts import check_prompt_lengths
+    from sdgen.conditioning.request_texts import check_prompt_lengths
     from sdgen.pipelines.hires_pass import hires_scheduler
     from sdgen.pipelines.init_images import sized_picture, strength_timesteps
     from sdgen.pipelines.masking import check_inpaint_pictures

@@ -14,7 +14,8 @@ from PIL import Image
 from sdgen.conditioning.chunks import InversionLookup, inversion_lookup, named_inversions
 from sdgen.conditioning.composition import composes
 from sdgen.conditioning.networks import request_loras, split_loras, without_loras
-from sdgen.conditioning.prompts import check_prompt_lengths, encode_prompts, read_texts
+from sdgen.conditioning.prompts import encode_prompts
+from sdgen.conditioning.request_texts import check_prompt_lengths, read_texts
 from sdgen.errors import GenerationStopped, InvalidRequest, SdgenError
 from sdgen.media.images import decode_latents
 from sdgen.models.devices import precision_name
